@@ -1,0 +1,43 @@
+# Two commands on a fresh machine:  make demo  |  make test
+# Each creates what it needs first: .venv (the local side) and .venv-pod (the pod side).
+
+PYTHON ?= python3
+VENV := .venv
+POD_VENV := .venv-pod
+SNAKEMAKE := $(VENV)/bin/snakemake
+CORES ?= 2
+
+.PHONY: demo test lint venvs clean-demo help
+
+help:
+	@echo "make demo   build the whole graph on the embedded sample (tiny model, local CPU) in demo/"
+	@echo "make test   run the test suite"
+	@echo "make lint   snakemake --lint"
+
+venvs: $(VENV)/.installed $(POD_VENV)/.installed
+
+$(VENV)/.installed: requirements/local.txt requirements/dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements/dev.txt
+	touch $@
+
+$(POD_VENV)/.installed: requirements/pod.txt
+	$(PYTHON) -m venv $(POD_VENV)
+	$(POD_VENV)/bin/pip install -q --upgrade pip
+	$(POD_VENV)/bin/pip install -q -r requirements/pod.txt
+	touch $@
+
+# The demo runs in its own working directory, so it never touches a real run's results.
+demo: venvs
+	$(SNAKEMAKE) --snakefile Snakefile --directory demo --configfile config/demo.yaml \
+		--cores $(CORES) --printshellcmds lovecraft_mlx
+
+test: venvs
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(SNAKEMAKE) --lint
+
+clean-demo:
+	rm -rf demo

@@ -1,0 +1,37 @@
+# The guide's eight manual steps as one build graph. `snakemake -n lovecraft_mlx` shows the plan.
+#
+#   data/training/{run}/train_sft.jsonl  -> results/{run}/data/train.jsonl         (validate_dataset)
+#                                        -> results/{run}/llamafactory/dataset_info.json, train.yaml
+#   remote training on the run's pod     -> lora_adapters/{run}_peft/              (train.smk)
+#   lora_adapters/{run}_peft/            -> lora_adapters/{run}_mlx/               (mlx.smk)
+#   base_model                           -> models/{base}-4bit-mlx/                (models.smk)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/train.smk"
+include: "rules/mlx.smk"
+
+
+rule all:
+    input:
+        [mlx_bundle(run) for run in RUNS],
+    default_target: True
+
+
+# One target per run, in the user's words: `snakemake lovecraft_mlx`.
+for _run in RUNS:
+
+    rule:
+        name:
+            f"{_run}_mlx"
+        input:
+            mlx_bundle(_run),

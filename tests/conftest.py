@@ -1,0 +1,88 @@
+"""Shared fixtures: the repository, the two environments, the tiny model, a Snakemake runner.
+
+The local side runs the tests (.venv); the pod side (.venv-pod, LLaMA-Factory) is reached
+by subprocess, exactly as the pipeline reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+SAMPLE_DATA = REPO / "data" / "training" / "lovecraft" / "train_sft.jsonl"
+SAMPLE_HELDOUT = REPO / "data" / "training" / "lovecraft" / "heldout_prompts.jsonl"
+POD_VENV = Path(os.environ.get("LORA_POD_VENV", REPO / ".venv-pod"))
+POD_PYTHON = POD_VENV / "bin" / "python"
+LLAMAFACTORY_CLI = POD_VENV / "bin" / "llamafactory-cli"
+
+sys.path.insert(0, str(SCRIPTS))
+
+
+def run_script(name: str, *args, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """Run scripts/<name> with the local interpreter, as the rules do."""
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)],
+                          capture_output=True, text=True, check=check, **kwargs)
+
+
+def run_pod_python(*args, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run the pod environment's interpreter (LLaMA-Factory installed)."""
+    if not POD_PYTHON.exists():
+        pytest.fail(f"{POD_PYTHON} missing: run `make venvs` (or set LORA_POD_VENV)")
+    proc = subprocess.run([str(POD_PYTHON), *map(str, args)], capture_output=True,
+                          text=True, **kwargs)
+    if check and proc.returncode != 0:
+        pytest.fail(f"pod python failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def snakemake(workdir: Path, *args, configfile: Path | None = None, check: bool = True,
+              timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real workflow in `workdir` (its own results/, logs/, lora_adapters/)."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2"]
+    if configfile:
+        cmd += ["--configfile", str(configfile)]
+    cmd += ["--", *args] if args else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 with a BPE tokenizer trained on the sample data (no hub)."""
+    from make_tiny_model import make_tiny_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
+    return make_tiny_model([str(SAMPLE_DATA)], str(out))
+
+
+@pytest.fixture
+def sample_rows() -> list[dict]:
+    return [json.loads(line) for line in SAMPLE_DATA.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def copy_sample(tmp_path):
+    """Copy the sample data into tmp_path/<rel> and return the path."""
+    def _copy(rel: str = "data/train_sft.jsonl") -> Path:
+        dest = tmp_path / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE_DATA, dest)
+        return dest
+    return _copy
