@@ -30,7 +30,7 @@ $(POD_VENV)/.installed: requirements/pod.txt
 
 # The demo runs in its own working directory, so it never touches a real run's results.
 demo: venvs
-	$(SNAKEMAKE) --snakefile Snakefile --directory demo --configfile config/demo.yaml \
+	$(SNAKEMAKE) --snakefile Snakefile --directory demo --configfile=config/demo.yaml \
 		--cores $(CORES) --printshellcmds lovecraft_mlx
 
 test: venvs

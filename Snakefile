@@ -6,12 +6,15 @@
 #   lora_adapters/{run}_peft/            -> lora_adapters/{run}_mlx/               (mlx.smk)
 #   base_model                           -> models/{base}-4bit-mlx/                (models.smk)
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# Always the repository's config; `--configfile FILE` merges FILE over it (config/demo.yaml).
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"

@@ -23,7 +23,15 @@ LOCAL_ENV = "../environment.yml"
 
 import train_yaml  # noqa: E402  (scripts/ is on the path only from here)
 
-validate(config, schema="../config/schema/config.schema.yaml")
+try:
+    validate(config, schema="../config/schema/config.schema.yaml")
+except WorkflowError:
+    # Same check, one line per problem instead of the whole schema.
+    import yaml
+    from config_errors import explain
+
+    with open(Path(workflow.basedir) / "config" / "schema" / "config.schema.yaml") as _f:
+        raise WorkflowError("\n".join(explain(config, yaml.safe_load(_f)))) from None
 
 RUNS = config["runs"]
 PODS = config["pods"]

@@ -59,11 +59,11 @@ def check_keys(args: dict, where: str, keys: set[str] | None = None) -> None:
             raise ConfigError(f"{where}: '{key}' is not a LLaMA-Factory training key; {hint}")
 
 
-def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict:
+def load_profile(name: str, profiles_dir: Path = PROFILES_DIR, where: str = "profile") -> dict:
     path = Path(profiles_dir) / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in Path(profiles_dir).glob("*.yaml")))
-        raise ConfigError(f"profile '{name}': no file {path}; known profiles: {known}")
+        raise ConfigError(f"{where}: profile '{name}' has no file {path}; known profiles: {known}")
     profile = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(profile, dict):
         raise ConfigError(f"{path}: a profile is a mapping of LLaMA-Factory keys to values")
@@ -100,7 +100,7 @@ def base_model_path(base_model: str, where: str = "base_model") -> str:
 
 def train_args(run: str, run_config: dict, profiles_dir: Path = PROFILES_DIR) -> dict:
     """The complete training arguments of one run, in the guide's key order."""
-    args = dict(load_profile(run_config["profile"], profiles_dir))
+    args = dict(load_profile(run_config["profile"], profiles_dir, f"config: runs.{run}.profile"))
     overrides = run_config.get("overrides") or {}
     where = f"config: runs.{run}.overrides"
     for key in RUN_KEYS:

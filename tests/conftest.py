@@ -45,14 +45,20 @@ def run_pod_python(*args, check: bool = True, **kwargs) -> subprocess.CompletedP
 
 
 def snakemake(workdir: Path, *args, configfile: Path | None = None, check: bool = True,
-              timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the real workflow in `workdir` (its own results/, logs/, lora_adapters/)."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+              timeout: float = 900, snakefile: Path = REPO / "Snakefile",
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real workflow in `workdir` (its own results/, logs/, lora_adapters/).
+
+    `args` are passed as they are (flags and targets); the config file in `configfile`
+    is merged over the repository's config/config.yaml, as for `make demo`.
+    """
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
            "--directory", str(workdir), "--cores", "2"]
     if configfile:
-        cmd += ["--configfile", str(configfile)]
-    cmd += ["--", *args] if args else []
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        cmd.append(f"--configfile={configfile}")  # the = form: targets after it stay targets
+    cmd += list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -61,6 +67,19 @@ def snakemake(workdir: Path, *args, configfile: Path | None = None, check: bool 
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def tripwire(tmp_path):
+    """`ssh` and `rsync` on PATH that only record that they were called: a dry run must not."""
+    bin_dir = tmp_path / "tripwire-bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "tripwire-calls"
+    for tool in ("ssh", "rsync", "scp"):
+        script = bin_dir / tool
+        script.write_text(f"#!/bin/sh\necho {tool} \"$@\" >> '{calls}'\nexit 255\n")
+        script.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, calls
 
 
 @pytest.fixture(scope="session")

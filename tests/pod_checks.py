@@ -1,0 +1,82 @@
+"""Checks that run inside the pod environment (LLaMA-Factory installed); called by the tests.
+
+    .venv-pod/bin/python tests/pod_checks.py load-dataset RUN_DIR
+    .venv-pod/bin/python tests/pod_checks.py parse-yaml RUN_DIR/train.yaml
+    .venv-pod/bin/python tests/pod_checks.py parse-profile PROFILE.yaml
+
+Each prints one JSON object with what LLaMA-Factory made of our files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import yaml
+
+
+def parse_yaml(path: str) -> dict:
+    """get_train_args on the generated YAML, in the run folder (as the executor starts it)."""
+    from llamafactory.hparams import get_train_args
+
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(
+        yaml.safe_load(open(path)))
+    return {
+        "model": model_args.model_name_or_path,
+        "dataset": data_args.dataset,
+        "dataset_dir": data_args.dataset_dir,
+        "template": data_args.template,
+        "cutoff_len": data_args.cutoff_len,
+        "max_steps": training_args.max_steps,
+        "output_dir": training_args.output_dir,
+        "lora_rank": finetuning_args.lora_rank,
+        "lora_alpha": finetuning_args.lora_alpha,
+        "finetuning_type": finetuning_args.finetuning_type,
+    }
+
+
+def load_dataset(run_dir: str) -> dict:
+    """LLaMA-Factory's own loader: dataset_info.json -> train.jsonl -> tokenised examples."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    os.chdir(run_dir)
+    model_args, data_args, training_args, _, _ = get_train_args(
+        yaml.safe_load(open("train.yaml")))
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    module = get_dataset(template, model_args, data_args, training_args, stage="sft",
+                         **tokenizer_module)
+    train, evaluation = module["train_dataset"], module.get("eval_dataset")
+    first = train[0]
+    return {
+        "train": len(train),
+        "eval": len(evaluation) if evaluation is not None else 0,
+        "first_text": tokenizer.decode(first["input_ids"]),
+        "first_labels": tokenizer.decode([t for t in first["labels"] if t != -100]),
+    }
+
+
+def parse_profile(path: str) -> dict:
+    """The parser's own unknown-key check on a profile (no GPU-dependent validation)."""
+    from transformers import HfArgumentParser
+
+    from llamafactory.hparams.parser import _TRAIN_ARGS
+
+    args = yaml.safe_load(open(path))
+    # The per-run keys the pipeline adds (nothing is downloaded: parsing only), and use_cpu so
+    # transformers' hardware check (bf16 needs a GPU) does not stop a parse on this machine.
+    run_keys = {"model_name_or_path": "Qwen/Qwen2.5-32B", "dataset": "x_sft",
+                "dataset_dir": "data", "output_dir": "output", "use_cpu": True}
+    HfArgumentParser(_TRAIN_ARGS).parse_dict({**args, **run_keys}, allow_extra_keys=False)
+    return {"keys": sorted(args)}
+
+
+if __name__ == "__main__":
+    command, arg = sys.argv[1], sys.argv[2]
+    result = {"parse-yaml": parse_yaml, "load-dataset": load_dataset,
+              "parse-profile": parse_profile}[command](arg)
+    print("RESULT " + json.dumps(result))

@@ -1,0 +1,205 @@
+"""Configuration: the schema, the profiles, and the files generated from them (guide steps 3-4)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, SAMPLE_DATA, run_script, snakemake, write_config
+
+import train_yaml
+from dataset_info import dataset_info
+
+GUIDE_YAML = Path(__file__).parent / "fixtures" / "guide_qwen25_32b_lora.yaml"
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def dry_run(tmp_path: Path, overlay: dict, *targets: str):
+    over = write_config(tmp_path / "overlay.yaml", overlay)
+    return snakemake(tmp_path, "-n", *targets, configfile=over, check=False)
+
+
+def output(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+def first_error(proc) -> str:
+    lines = [line for line in output(proc).splitlines() if line.startswith("config")]
+    assert proc.returncode != 0
+    assert lines, output(proc)
+    return lines[0]
+
+
+# --- the schema, checked when the workflow starts ------------------------------------------
+
+@pytest.mark.parametrize("overlay,needle", [
+    ({"runs": {"lovecraft": {"learning_rate": 1e-4}}},
+     "config: runs.lovecraft: unknown key 'learning_rate'"),
+    ({"typo_top_level": 1}, "config: unknown key 'typo_top_level'"),
+    ({"pods": {"runpod": {"hots": "1.2.3.4"}}}, "config: pods.runpod: unknown key 'hots'"),
+    ({"pods": {"runpod": {"port": "twenty-two"}}},
+     "config: pods.runpod.port: 'twenty-two' is a string, expected integer"),
+    ({"pods": {"runpod": {"port": 70000}}}, "config: pods.runpod.port: 70000"),
+    ({"runs": {"lovecraft": {"author": 42}}},
+     "config: runs.lovecraft.author: 42 is a number, expected string"),
+    ({"pods": {"runpod": {"executor": "slurm"}}},
+     "config: pods.runpod.executor: 'slurm' is not one of ssh, local"),
+    ({"runs": {"bad name!": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu",
+                             "pod": "runpod"}}},
+     "config: runs: name 'bad name!' may only use letters, digits, '_' and '-'"),
+    ({"runs": {"../escape": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu",
+                             "pod": "runpod"}}},
+     "config: runs: name '../escape' may only use"),
+    ({"runs": {"second": {"data": "x", "base_model": "a/b", "pod": "runpod"}}},
+     "config: runs.second: 'profile' is missing"),
+    ({"pods": {"other": {"executor": "ssh"}}}, "config: pods.other: 'host' is missing"),
+])
+def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, needle):
+    proc = dry_run(tmp_path, overlay)
+    assert needle in first_error(proc), output(proc)
+    assert "Failed validating" not in output(proc), "one line per problem, not the schema dump"
+
+
+@pytest.mark.parametrize("overlay,needle", [
+    ({"runs": {"lovecraft": {"overrides": {"lora_rnak": 8}}}},
+     "runs.lovecraft.overrides: 'lora_rnak' is not a LLaMA-Factory training key; "
+     "did you mean 'lora_rank'?"),
+    ({"runs": {"lovecraft": {"overrides": {"output_dir": "x"}}}},
+     "'output_dir' is set from the pipeline"),
+    ({"runs": {"lovecraft": {"profile": "qwen25_70b"}}}, "config: runs.lovecraft.profile: profile 'qwen25_70b' has no file"),
+    ({"runs": {"lovecraft": {"pod": "nowhere"}}}, "runs.lovecraft.pod: no pod 'nowhere'"),
+    ({"runs": {"lovecraft": {"base_model": "not a hub id"}}},
+     "runs.lovecraft.base_model: 'not a hub id' is neither a hub id"),
+])
+def test_cross_checks_fail_on_the_laptop_in_seconds(tmp_path, overlay, needle):
+    proc = dry_run(tmp_path, overlay)
+    assert needle in first_error(proc)
+
+
+def test_dry_run_on_the_default_config_lists_the_plan_and_touches_no_pod(tmp_path, tripwire):
+    """A fresh clone, the default config, a placeholder pod: `snakemake -n lovecraft_mlx` works."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for part in ("Snakefile", "rules", "scripts", "config", "data"):
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, clone / part)
+    env, calls = tripwire
+    proc = snakemake(clone, "-n", "lovecraft_mlx", snakefile=clone / "Snakefile", env=env)
+    assert "validate_dataset" in proc.stdout and "train_yaml" in proc.stdout
+    assert DEFAULT_CONFIG["pods"]["runpod"]["host"] == "POD_IP"  # the placeholder is kept
+    assert not (clone / "results").exists(), "a dry run writes nothing"
+    assert not calls.exists(), f"a dry run called {calls.read_text()}"
+
+
+def test_defaults_from_the_schema_are_applied(tmp_path):
+    overlay = {"runs": {"bare": {"data": "d.jsonl", "base_model": "Qwen/Qwen2.5-14B",
+                                 "profile": "qwen25_14b", "pod": "runpod"}}}
+    proc = dry_run(tmp_path, overlay, "results/bare/llamafactory/train.yaml")
+    assert proc.returncode == 0, proc.stderr
+
+
+# --- the profiles --------------------------------------------------------------------------
+
+def test_qwen25_32b_a100_is_exactly_the_guides_yaml():
+    """The default run's generated YAML is the guide's, with only the pod-side paths changed."""
+    guide = yaml.safe_load(GUIDE_YAML.read_text())
+    run = DEFAULT_CONFIG["runs"]["lovecraft"]
+    args = train_yaml.train_args("lovecraft", run)
+    assert args["dataset"] == guide["dataset"] == "lovecraft_sft"
+    assert args.pop("dataset_dir") == "data"
+    assert args.pop("output_dir") == "output"
+    guide.pop("output_dir")
+    assert args == guide
+
+
+def test_qwen25_14b_follows_the_guides_advice_for_smaller_gpus():
+    big = train_yaml.load_profile("qwen25_32b_a100")
+    small = train_yaml.load_profile("qwen25_14b")
+    assert small["lora_rank"] == 32
+    assert small["lora_alpha"] / small["lora_rank"] == big["lora_alpha"] / big["lora_rank"] == 4
+    assert {k: v for k, v in small.items() if k not in ("lora_rank", "lora_alpha")} == \
+        {k: v for k, v in big.items() if k not in ("lora_rank", "lora_alpha")}
+
+
+def test_tiny_cpu_needs_no_gpu():
+    tiny = train_yaml.load_profile("tiny_cpu")
+    assert "quantization_bit" not in tiny and tiny["bf16"] is False
+    assert tiny["report_to"] == "none"
+    assert tiny["eval_steps"] < tiny["max_steps"], "evaluates, so best-checkpoint logic runs"
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "config/profiles").glob("*.yaml")))
+def test_every_profile_key_is_a_llamafactory_key(profile):
+    keys = train_yaml.known_keys()
+    assert set(train_yaml.load_profile(profile)) <= keys
+
+
+def test_a_profile_with_a_typo_names_the_file_and_the_fix(tmp_path):
+    (tmp_path / "p.yaml").write_text("lora_rank: 8\nlearnig_rate: 1.0e-4\n")
+    with pytest.raises(train_yaml.ConfigError, match=r"p\.yaml: 'learnig_rate' .* did you mean 'learning_rate'"):
+        train_yaml.load_profile("p", tmp_path)
+
+
+def test_overrides_win_over_the_profile():
+    run = {**DEFAULT_CONFIG["runs"]["lovecraft"], "overrides": {"max_steps": 800, "lora_rank": 32}}
+    args = train_yaml.train_args("lovecraft", run)
+    assert args["max_steps"] == 800 and args["lora_rank"] == 32 and args["lora_alpha"] == 256
+
+
+def test_local_base_model_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = {**DEFAULT_CONFIG["runs"]["lovecraft"], "base_model": "./models/tiny", "profile": "tiny_cpu"}
+    assert train_yaml.train_args("x", run)["model_name_or_path"] == str(tmp_path / "models/tiny")
+
+
+# --- the generated files agree with each other ---------------------------------------------
+
+def test_dataset_info_declares_the_dataset_the_yaml_trains_on():
+    args = train_yaml.train_args("lovecraft", DEFAULT_CONFIG["runs"]["lovecraft"])
+    info = dataset_info("lovecraft")
+    assert list(info) == [args["dataset"]]
+    assert info[args["dataset"]]["columns"] == {"prompt": "instruction", "query": "input",
+                                                "response": "output"}
+
+
+def test_data_stage_end_to_end_through_snakemake(tmp_path):
+    data = tmp_path / "data" / "my_run.jsonl"
+    data.parent.mkdir()
+    shutil.copy(SAMPLE_DATA, data)
+    overlay = {"runs": {"my-run": {"data": "data/my_run.jsonl", "base_model": "Qwen/Qwen2.5-14B",
+                                   "profile": "qwen25_14b", "pod": "runpod",
+                                   "overrides": {"max_steps": 300}}}}
+    over = write_config(tmp_path / "overlay.yaml", overlay)
+    targets = ["results/my-run/data/validation.json", "results/my-run/llamafactory/train.yaml",
+               "results/my-run/llamafactory/dataset_info.json"]
+    snakemake(tmp_path, *targets, configfile=over)
+    out = yaml.safe_load((tmp_path / targets[1]).read_text())
+    assert out["max_steps"] == 300 and out["dataset"] == "my-run_sft"
+    assert out["model_name_or_path"] == "Qwen/Qwen2.5-14B"
+    info = json.loads((tmp_path / targets[2]).read_text())
+    assert list(info) == ["my-run_sft"]
+    assert json.loads((tmp_path / targets[0]).read_text())["examples"] == 40
+
+    # A rerun with nothing changed runs nothing.
+    proc = snakemake(tmp_path, "-n", *targets, configfile=over)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # A bad edit fails at validation, names file and line, and leaves no normalised data.
+    data.write_text(data.read_text() + '{"instruction": "x", "output": ""}\n', encoding="utf-8")
+    proc = snakemake(tmp_path, *targets, configfile=over, check=False)
+    assert proc.returncode != 0
+    assert 'data/my_run.jsonl:41: missing field "input"' in output(proc)
+    assert not (tmp_path / "results/my-run/data/train.jsonl").exists()
+
+
+def test_train_yaml_cli_builds_from_a_config(tmp_path):
+    out = tmp_path / "train.yaml"
+    proc = run_script("train_yaml.py", "--run", "lovecraft", "--config",
+                      REPO / "config" / "config.yaml", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(out.read_text())["lora_rank"] == 64
+    proc = run_script("train_yaml.py", "--args", '{"lora_rnak": 1}', "--output", out)
+    assert proc.returncode == 1 and "did you mean 'lora_rank'" in proc.stderr

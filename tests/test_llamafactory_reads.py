@@ -1,0 +1,94 @@
+"""LLaMA-Factory's own code reads what we generate, in the pod environment.
+
+A typo in a 7-hour configuration must fail on the laptop in seconds, not on the pod: these
+tests pin our generated files, and our laptop-side key list, to LLaMA-Factory itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SAMPLE_DATA, run_pod_python, run_script
+
+import train_yaml
+from dataset_info import DATA_FILE
+
+pytestmark = pytest.mark.pod
+POD_CHECKS = Path(__file__).parent / "pod_checks.py"
+
+
+def pod_check(command: str, arg) -> dict:
+    proc = run_pod_python(POD_CHECKS, command, arg)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model) -> Path:
+    """The run folder exactly as the executor lays it out on the pod."""
+    run = tmp_path_factory.mktemp("pod") / "lovecraft"
+    data = run / train_yaml.DATASET_DIR
+    data.mkdir(parents=True)
+    proc = run_script("validate_dataset.py", SAMPLE_DATA, "--output", data / DATA_FILE,
+                      "--report", run / "validation.json")
+    assert proc.returncode == 0, proc.stderr
+    assert run_script("dataset_info.py", "--run", "lovecraft", "--output",
+                      data / "dataset_info.json").returncode == 0
+    args = train_yaml.train_args("lovecraft", {"profile": "tiny_cpu",
+                                               "base_model": str(tiny_model)})
+    train_yaml.write_yaml(args, str(run / "train.yaml"))
+    return run
+
+
+def test_tiny_cpu_yaml_is_accepted_by_get_train_args(run_dir, tiny_model):
+    parsed = pod_check("parse-yaml", run_dir / "train.yaml")
+    assert parsed["model"] == str(tiny_model)
+    assert parsed["dataset"] == ["lovecraft_sft"] and parsed["dataset_dir"] == "data"
+    assert parsed["template"] == "qwen" and parsed["finetuning_type"] == "lora"
+    assert (parsed["max_steps"], parsed["lora_rank"], parsed["lora_alpha"]) == (10, 8, 32)
+    assert parsed["cutoff_len"] == 512
+    assert parsed["output_dir"] == "output"
+
+
+def test_llamafactory_loader_finds_the_dataset_through_dataset_info(run_dir, sample_rows):
+    loaded = pod_check("load-dataset", run_dir)
+    # val_size 0.1 of 40 examples: LLaMA-Factory splits 36 / 4.
+    assert (loaded["train"], loaded["eval"]) == (36, 4)
+    # The example is rendered in the qwen chat format: instruction + "\n" + input in the user
+    # turn, under the default system prompt (not the guide's "instruction as system").
+    assert "<|im_start|>system\nYou are Qwen" in loaded["first_text"]
+    assert loaded["first_labels"].rstrip().endswith("<|im_end|>")
+    assert any(row["output"] in loaded["first_labels"] for row in sample_rows)
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "config/profiles").glob("*.yaml")))
+def test_every_profile_key_is_known_to_llamafactorys_parser(profile):
+    parsed = pod_check("parse-profile", REPO / "config" / "profiles" / profile)
+    assert parsed["keys"]
+
+
+def test_a_typo_is_rejected_by_llamafactorys_parser_too(tmp_path):
+    """The same key our laptop-side check rejects is rejected by the real parser."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora_rnak: 8\n")
+    proc = run_pod_python(POD_CHECKS, "parse-profile", bad, check=False)
+    assert proc.returncode != 0 and "lora_rnak" in proc.stderr
+    assert "lora_rnak" not in train_yaml.known_keys()
+
+
+def test_shipped_key_list_matches_the_installed_llamafactory(tmp_path):
+    out = tmp_path / "keys.txt"
+    run_pod_python(REPO / "scripts" / "list_llamafactory_keys.py", "--output", out)
+    assert out.read_text() == (REPO / "config" / "llamafactory_keys.txt").read_text(), (
+        "regenerate: .venv-pod/bin/python scripts/list_llamafactory_keys.py "
+        "--output config/llamafactory_keys.txt")
+
+
+def test_shipped_template_matches_the_installed_llamafactory(tmp_path):
+    out = tmp_path / "qwen.json"
+    run_pod_python(REPO / "scripts" / "dump_template.py", "qwen", "--output", out)
+    assert json.loads(out.read_text()) == json.loads(
+        (REPO / "config" / "templates" / "qwen.json").read_text())

@@ -1,0 +1,160 @@
+"""Step 2 of the guide, checked: every rule of the SFT JSONL validator, on real files."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import SAMPLE_DATA, run_script
+
+GOOD = {"instruction": "Rewrite in Lovecraft's style.", "input": "A cellar.", "output": "Nameless."}
+
+
+def line(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+def validate(tmp_path, content: bytes, *extra):
+    src = tmp_path / "train_sft.jsonl"
+    src.write_bytes(content)
+    out, report = tmp_path / "out" / "train.jsonl", tmp_path / "out" / "validation.json"
+    proc = run_script("validate_dataset.py", src, "--output", out, "--report", report, *extra)
+    return proc, src, out, report
+
+
+def assert_rejected(tmp_path, content: bytes, line_no: int | None, *needles: str):
+    proc, src, out, report = validate(tmp_path, content)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    prefix = f"{src}:{line_no}: " if line_no else f"{src}: "
+    errors = [e for e in proc.stderr.splitlines() if e.startswith(prefix)]
+    assert errors, f"no error line starting with {prefix!r} in:\n{proc.stderr}"
+    for needle in needles:
+        assert any(needle in e for e in errors), f"{needle!r} not in {errors}"
+    assert not out.exists() and not report.exists(), "an invalid file must leave no output behind"
+    return errors
+
+
+def test_sample_data_is_valid_and_normalised_copy_round_trips(tmp_path):
+    proc, _, out, report = validate(tmp_path, SAMPLE_DATA.read_bytes())
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in SAMPLE_DATA.read_text(encoding="utf-8").splitlines()]
+    assert [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()] == rows
+    stats = json.loads(report.read_text())
+    assert stats["examples"] == len(rows) == 40
+    assert stats["duplicates"] == 0
+    assert stats["empty_input"] == sum(1 for r in rows if not r["input"])
+    assert stats["chars"]["output"]["max"] == max(len(r["output"]) for r in rows)
+
+
+def test_crlf_bom_and_trailing_blank_lines_are_accepted(tmp_path):
+    content = b"\xef\xbb\xbf" + (line(GOOD).rstrip(b"\n") + b"\r\n") * 2 + b"\r\n\n  \n"
+    proc, _, out, report = validate(tmp_path, content)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == line(GOOD) * 2  # LF, no BOM, no blank lines
+    stats = json.loads(report.read_text())
+    assert stats["crlf_line_endings"] and stats["utf8_bom"]
+    assert stats["duplicates"] == 1 and stats["duplicate_lines"] == [{"line": 2, "same_as_line": 1}]
+
+
+def test_extra_keys_are_dropped_and_counted(tmp_path):
+    proc, _, out, report = validate(tmp_path, line({**GOOD, "source": "x"}))
+    assert proc.returncode == 0
+    assert json.loads(out.read_text()) == GOOD
+    assert json.loads(report.read_text())["dropped_keys"] == {"source": 1}
+
+
+def test_invalid_json_names_line_and_column(tmp_path):
+    assert_rejected(tmp_path, line(GOOD) + b'{"instruction": "a", "input": "b",\n', 2,
+                    "invalid JSON at column", "one complete JSON object")
+
+
+def test_line_that_is_not_an_object(tmp_path):
+    assert_rejected(tmp_path, line(GOOD) + b'["a", "b", "c"]\n' + b'"text"\n', 2, "an array, not a JSON object")
+    assert_rejected(tmp_path, line(GOOD) + b'"text"\n', 2, "a string, not a JSON object")
+
+
+def test_whole_file_json_array_is_recognised(tmp_path):
+    content = json.dumps([GOOD, GOOD], indent=2).encode()
+    errors = assert_rejected(tmp_path, content, 1, "one JSON array, not JSON Lines", "jq -c")
+    assert len(errors) == 1, "one clear message, not one per line of the array"
+
+
+@pytest.mark.parametrize("field", ["instruction", "input", "output"])
+def test_missing_field(tmp_path, field):
+    obj = {k: v for k, v in GOOD.items() if k != field}
+    assert_rejected(tmp_path, line(GOOD) + line(obj), 2, f'missing field "{field}"')
+
+
+def test_missing_input_hint_says_empty_string(tmp_path):
+    obj = {"instruction": "a", "output": "b"}
+    assert_rejected(tmp_path, line(obj), 1, 'use "" for an empty input')
+
+
+@pytest.mark.parametrize("value,kind", [(3, "a number"), (None, "null"), (["x"], "an array"),
+                                        ({"a": 1}, "an object"), (True, "true/false")])
+def test_non_string_field(tmp_path, value, kind):
+    assert_rejected(tmp_path, line({**GOOD, "output": value}), 1,
+                    f'field "output" is {kind}, not a string')
+
+
+def test_blank_output(tmp_path):
+    assert_rejected(tmp_path, line({**GOOD, "output": "  \n"}), 1, 'field "output" is blank')
+
+
+def test_blank_prompt(tmp_path):
+    assert_rejected(tmp_path, line({**GOOD, "instruction": "", "input": " "}), 1,
+                    '"instruction" and "input" are both blank')
+
+
+def test_empty_input_with_instruction_is_fine(tmp_path):
+    proc, *_ = validate(tmp_path, line({**GOOD, "input": ""}))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_invalid_utf8(tmp_path):
+    bad = line(GOOD).replace(b"cellar", b"caf\xe9")  # latin-1 e-acute
+    assert_rejected(tmp_path, line(GOOD) + bad, 2, "invalid UTF-8", "iconv")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", b"\xef\xbb\xbf\r\n"])
+def test_empty_file(tmp_path, content):
+    assert_rejected(tmp_path, content, None, "no examples")
+
+
+def test_every_bad_line_is_reported_in_one_pass(tmp_path):
+    content = line(GOOD) + b"nope\n" + line({"instruction": "a"}) + line(GOOD) + b"[1]\n"
+    proc, src, *_ = validate(tmp_path, content)
+    numbered = re.compile(re.escape(str(src)) + r":(\d+): ")
+    lines = {int(m.group(1)) for m in map(numbered.match, proc.stderr.splitlines()) if m}
+    assert lines == {2, 3, 5}
+    assert "problems; nothing written" in proc.stderr
+
+
+def test_a_failed_run_removes_stale_outputs(tmp_path):
+    """A previous good run's output must not survive a bad edit (nothing stale reaches the pod)."""
+    proc, src, out, report = validate(tmp_path, line(GOOD))
+    assert proc.returncode == 0 and out.exists()
+    src.write_bytes(b"{broken\n")
+    proc = run_script("validate_dataset.py", src, "--output", out, "--report", report)
+    assert proc.returncode == 1
+    assert not out.exists() and not report.exists()
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    proc = run_script("validate_dataset.py", tmp_path / "nope.jsonl", "--output", tmp_path / "o",
+                      "--report", tmp_path / "r")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "cannot read the file" in proc.stderr and "data:" in proc.stderr
+
+
+def test_token_counts_and_cutoff_len_with_a_tokenizer(tmp_path, tiny_model):
+    long = {**GOOD, "output": "eldritch " * 200}
+    proc, _, out, report = validate(tmp_path, line(GOOD) + line(long),
+                                    "--tokenizer", tiny_model, "--cutoff-len", "100")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(report.read_text())
+    assert stats["cutoff_len"] == 100
+    assert stats["over_cutoff_len"] == 1 and stats["over_cutoff_len_lines"] == [2]
+    assert stats["tokens"]["max"] > 200 > stats["tokens"]["min"]
