@@ -84,9 +84,15 @@ def base_4bit_dir(run):
 
 
 def mlx_bundle(run):
-    """Everything `snakemake {run}_mlx` builds (the stages written so far)."""
+    """Everything `snakemake {run}_mlx` builds: the data stage, the adapter, the MLX bundle."""
     return [
         f"results/{run}/data/validation.json",
         f"results/{run}/llamafactory/dataset_info.json",
         f"results/{run}/llamafactory/train.yaml",
+        f"lora_adapters/{run}_peft",
+        f"lora_adapters/{run}_mlx/adapters.safetensors",
+        f"lora_adapters/{run}_mlx/adapter_config.json",
+        f"lora_adapters/{run}_mlx/metadata.json",
+        base_4bit_dir(run),
+        f"results/{run}/samples.md",
     ]

@@ -1,0 +1,97 @@
+# The guide's steps 1, 2, 5 and 6 on the run's pod: submit -> wait -> fetch (scripts/remote_train.py).
+# The expensive node. What keeps it cheap to get right:
+#  - preflight checks the pod against the profile before anything is uploaded or launched;
+#  - the pod's folder for a run is keyed by a hash of its inputs, so a rerun re-attaches to the
+#    training there (live or finished) instead of launching it twice, and changed data never
+#    touches an older run's checkpoints;
+#  - training runs detached (tmux / setsid nohup); wait survives dropped connections and resumes a
+#    run whose process died from its last checkpoint.
+# Where a run trains (its pod's settings) is a resource of these jobs, as a cluster partition would
+# be, not a param: a new IP, port or key for the same run changes no result, so it reruns nothing.
+# (Not a pod.json file read as ancient(): snakemake#4166 then skips a job that needs to run.)
+# Never inputs: the scripts themselves, so an edit to them does not retrain.
+
+POD_SETTINGS = lambda w: json.dumps({"name": RUNS[w.run]["pod"], **pod_config(w.run)})
+
+
+# Checks the pod for a run without launching anything: `snakemake -f results/<run>/train/preflight.json`.
+rule preflight:
+    input:
+        data="results/{run}/data/train.jsonl",
+        dataset_info="results/{run}/llamafactory/dataset_info.json",
+        train_yaml="results/{run}/llamafactory/train.yaml",
+    output:
+        "results/{run}/train/preflight.json",
+    resources:
+        pod=POD_SETTINGS,
+    conda:
+        LOCAL_ENV
+    log:
+        "logs/{run}/preflight.log",
+    shell:
+        "python -m remote_train preflight --run {wildcards.run} --pod-settings {resources.pod:q}"
+        " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
+        " --output {output:q} --log {log:q}"
+
+
+rule submit_training:
+    input:
+        data="results/{run}/data/train.jsonl",
+        dataset_info="results/{run}/llamafactory/dataset_info.json",
+        train_yaml="results/{run}/llamafactory/train.yaml",
+        base=lambda w: base_model_input(w.run),
+    output:
+        "results/{run}/train/launch.json",
+    resources:
+        pod=POD_SETTINGS,
+    conda:
+        LOCAL_ENV
+    log:
+        "logs/{run}/submit_training.log",
+    shell:
+        "python -m remote_train submit --run {wildcards.run} --pod-settings {resources.pod:q}"
+        " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
+        " --output {output:q} --log {log:q}"
+
+
+rule wait_training:
+    input:
+        launch="results/{run}/train/launch.json",
+        data="results/{run}/data/train.jsonl",
+        dataset_info="results/{run}/llamafactory/dataset_info.json",
+        train_yaml="results/{run}/llamafactory/train.yaml",
+    output:
+        "results/{run}/train/finished.json",
+    resources:
+        pod=POD_SETTINGS,
+    conda:
+        LOCAL_ENV
+    log:
+        remote="logs/{run}/train_remote.log",
+        wait="logs/{run}/wait_training.log",
+    shell:
+        "python -m remote_train wait --run {wildcards.run} --pod-settings {resources.pod:q}"
+        " --launch {input.launch:q} --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
+        " --output {output:q} --remote-log {log.remote:q} --log {log.wait:q}"
+
+
+rule best_checkpoint:
+    input:
+        launch="results/{run}/train/launch.json",
+        finished="results/{run}/train/finished.json",
+    output:
+        adapter=directory("lora_adapters/{run}_peft"),
+        summary="results/{run}/train/training_summary.json",
+        plot=report("results/{run}/train/loss.svg", category="Training"),
+        state="results/{run}/train/trainer_state.json",
+    resources:
+        pod=POD_SETTINGS,
+    conda:
+        LOCAL_ENV
+    log:
+        "logs/{run}/best_checkpoint.log",
+    shell:
+        "python -m remote_train fetch --run {wildcards.run} --pod-settings {resources.pod:q}"
+        " --launch {input.launch:q} --finished {input.finished:q} --adapter-dir {output.adapter:q}"
+        " --summary {output.summary:q} --plot {output.plot:q} --trainer-state {output.state:q}"
+        " --log {log:q}"

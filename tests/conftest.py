@@ -69,6 +69,16 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 with throwaway keys: the pod, for one test module."""
+    from sshd import Sshd
+
+    server = Sshd(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def tripwire(tmp_path):
     """`ssh` and `rsync` on PATH that only record that they were called: a dry run must not."""

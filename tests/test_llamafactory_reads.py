@@ -7,7 +7,6 @@ tests pin our generated files, and our laptop-side key list, to LLaMA-Factory it
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

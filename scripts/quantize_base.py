@@ -1,0 +1,143 @@
+"""Build the 4-bit MLX base model with mlx_lm.convert -q, and check it is quantised (the guide's step 8).
+
+    python scripts/quantize_base.py --hf-path Qwen/Qwen2.5-32B --mlx-path models/Qwen2.5-32B-4bit-mlx
+    python scripts/quantize_base.py --check models/Qwen2.5-32B-4bit-mlx
+
+The same as ``mlx_lm.convert --hf-path X -q --q-bits 4 --mlx-path Y``, with the guide's warning
+made a check: without ``-q`` mlx_lm.convert writes the model at full precision (~61 GB
+instead of ~18 GB for Qwen2.5-32B) and nothing complains. So the result must say it is
+quantised (``quantization`` in config.json, the requested bits and group size) and every
+linear layer of every block must be stored packed with its scales.
+
+--hf-path is a local model directory or a hub id; a hub id is downloaded by mlx_lm.convert
+into the Hugging Face cache (on the user's machine; never in tests). mlx_lm.convert refuses an
+existing --mlx-path, so this does too, and it converts into a temporary folder beside it that
+is renamed into place only after the check: a failed or interrupted conversion leaves nothing
+that looks like a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from convert_peft_to_mlx import ConversionError, human_size, read_header
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Linear layers inside a decoder block: what -q must have packed.
+BLOCK_LINEAR = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.\d+\..*_proj\.weight$")
+
+
+class QuantizeError(ValueError):
+    """The base model cannot be built or is not quantised; the message says what to do."""
+
+
+def check_quantized(model_dir: str | Path, bits: int = 4, group_size: int = 64) -> dict:
+    """Raise QuantizeError unless model_dir is an MLX model quantised to `bits`; return a summary."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise QuantizeError(f"{model_dir}: no config.json; not a model directory")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    quant = config.get("quantization")
+    if not isinstance(quant, dict):
+        raise QuantizeError(
+            f"{config_path}: no 'quantization' entry: the model was converted without -q and is "
+            "stored at full precision (for Qwen2.5-32B ~61 GB instead of ~18 GB). Delete "
+            f"{model_dir} and convert with -q --q-bits {bits}.")
+    if quant.get("bits") != bits or quant.get("group_size") != group_size:
+        raise QuantizeError(
+            f"{config_path}: quantised to {quant.get('bits')} bits in groups of "
+            f"{quant.get('group_size')}, expected {bits} bits in groups of {group_size}; delete "
+            f"{model_dir} and convert again")
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise QuantizeError(f"{model_dir}: no *.safetensors weights")
+    tensors: dict[str, dict] = {}
+    for path in files:
+        try:
+            header, _ = read_header(path)
+        except ConversionError as exc:
+            raise QuantizeError(str(exc)) from None
+        tensors.update(header)
+    linears = [name for name in tensors if BLOCK_LINEAR.match(name)]
+    if not linears:
+        raise QuantizeError(f"{model_dir}: no decoder-block linear layers (layers.N.*_proj.weight)")
+    unpacked = [name for name in linears
+                if tensors[name]["dtype"] != "U32" or name[: -len("weight")] + "scales" not in tensors]
+    if unpacked:
+        raise QuantizeError(
+            f"{model_dir}: {len(unpacked)} of {len(linears)} block linear layers are not quantised "
+            f"(e.g. {unpacked[0]}, {tensors[unpacked[0]]['dtype']}); delete {model_dir} and "
+            f"convert with -q --q-bits {bits}")
+    size = sum(path.stat().st_size for path in files)
+    return {"bits": bits, "group_size": group_size, "quantized_linears": len(linears),
+            "bytes": size}
+
+
+def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, log=print) -> dict:
+    target = Path(mlx_path)
+    if target.exists():
+        raise QuantizeError(f"--mlx-path {target} already exists (mlx_lm.convert will not write "
+                            "into it); delete it to rebuild the base model")
+    local = Path(hf_path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise QuantizeError(f"--hf-path {hf_path}: a directory without config.json; not a model")
+        source = str(local)
+    elif hf_path.startswith(("/", "./", "../", "~")) or not HUB_ID.match(hf_path):
+        raise QuantizeError(f"--hf-path {hf_path}: no such directory, and not a hub id (org/name)")
+    else:
+        source = hf_path
+        log(f"{hf_path}: a hub id; mlx_lm.convert downloads it into the Hugging Face cache")
+
+    from mlx_lm.convert import convert
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # mlx_lm.convert wants a path that does not exist: a fresh name inside a private folder.
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staged = scratch / target.name
+    try:
+        log(f"mlx_lm.convert --hf-path {source} -q --q-bits {bits} --q-group-size {group_size} "
+            f"--mlx-path {target}")
+        convert(source, str(staged), quantize=True, q_bits=bits, q_group_size=group_size)
+        summary = check_quantized(staged, bits, group_size)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log(f"{target}: {summary['quantized_linears']} block linear layers in {bits} bits, "
+        f"{human_size(summary['bytes'])} of weights")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hf-path", help="local model directory or hub id (e.g. Qwen/Qwen2.5-32B)")
+    parser.add_argument("--mlx-path", help="MLX model directory to write (must not exist)")
+    parser.add_argument("--check", metavar="DIR", help="only check that DIR is a quantised MLX model")
+    parser.add_argument("--q-bits", type=int, default=4)
+    parser.add_argument("--q-group-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            summary = check_quantized(args.check, args.q_bits, args.q_group_size)
+            print(f"{args.check}: quantised, {summary['quantized_linears']} block linear layers "
+                  f"in {args.q_bits} bits, {human_size(summary['bytes'])} of weights")
+        elif args.hf_path and args.mlx_path:
+            quantize(args.hf_path, args.mlx_path, args.q_bits, args.q_group_size)
+        else:
+            parser.error("give --hf-path and --mlx-path, or --check DIR")
+    except QuantizeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

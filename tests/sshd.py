@@ -1,0 +1,113 @@
+"""A throwaway OpenSSH server on 127.0.0.1 that plays the pod in the tests.
+
+It runs Debian's real sshd in the foreground on a free port, with its own host key, client key,
+authorized_keys and pid file, all in a temporary folder. Logins run the real `llamafactory-cli`
+of the pod environment (.venv-pod) by its absolute path, as a pod's would run its own.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lora-test", "-f", str(path)],
+                   check=True)
+    return path
+
+
+class Sshd:
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.host_key = keygen(root / "ssh_host_ed25519_key")
+        self.client_key = keygen(root / "client_key")
+        self.other_key = keygen(root / "unauthorized_key")   # a key the pod does not know
+        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+        os.chmod(root / "authorized_keys", 0o600)
+        self.config = root / "sshd_config"
+        self.config.write_text("\n".join([
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.host_key}",
+            f"PidFile {root / 'sshd.pid'}",
+            f"AuthorizedKeysFile {root / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes",
+            "StrictModes no",      # tmp folders are not a home directory
+            "UsePAM no",
+            "LogLevel VERBOSE",
+            # One torch thread: on a 2-core CI machine two spinning OpenMP threads slow down ten
+            # times whenever anything else runs (the tests, snakemake, sshd itself).
+            "SetEnv OMP_NUM_THREADS=1",
+            "",
+        ]))
+        self.log = root / "sshd.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10) -> "Sshd":
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"sshd did not listen on port {self.port}: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        """Stop listening (connections already open finish on their own, as on a real host)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def pod(self, tmp_path: Path, cli: str | os.PathLike, **extra) -> dict:
+        """A `pods:` entry of the config that reaches this server."""
+        return {
+            "executor": "ssh",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": getpass.getuser(),
+            "identity_file": str(self.client_key),
+            "known_hosts": str(tmp_path / "known_hosts"),
+            "remote_dir": str(tmp_path / "pod"),
+            "llamafactory_cli": str(cli),
+            "poll_seconds": 1,
+            "reconnect_minutes": 3,
+            **extra,
+        }
+
+
+def style_run_config(tmp: Path, pod: dict, tiny_model: Path, **overrides) -> Path:
+    """A config with one run, `style`, training the tiny model on `pod` (e.g. Sshd.pod(...))."""
+    from conftest import SAMPLE_DATA, write_config
+
+    return write_config(tmp / "config.yaml", {
+        "runs": {"style": {"data": str(SAMPLE_DATA), "base_model": str(tiny_model),
+                           "profile": "tiny_cpu", "pod": "testpod", "overrides": overrides}},
+        "pods": {"testpod": pod},
+    })

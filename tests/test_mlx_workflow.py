@@ -1,0 +1,120 @@
+"""`snakemake lovecraft_mlx` builds the MLX bundle from a PEFT adapter, and rebuilds only what is stale.
+
+Training is not run here (its own tests do that): a real PEFT adapter made with `peft` on the
+tiny model stands where training leaves one, and only this stage's rules (plus the data
+rules before them) may run, so the adapter folder is taken as given. The workflow runs from a
+copy of the repository's Snakefile, rules, scripts and config, so a test can edit a script.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, write_config
+from test_mlx_helpers import make_peft_adapter
+
+RULES = ["validate_dataset", "dataset_info", "train_yaml", "base_4bit", "mlx_adapter", "metadata",
+         "samples", "lovecraft_mlx"]
+
+
+def snakemake(repo, work, target, *flags, configfile):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+           "--directory", str(work), "--cores", "2", f"--configfile={configfile}", *flags,
+           "--allowed-rules", *RULES, "--", target]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(flags)} {target} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(proc) -> dict[str, int]:
+    """The dry run's job table: {rule: count}."""
+    table = proc.stdout.split("Job stats:", 1)
+    if len(table) == 1:
+        return {}
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table[1], re.M)
+            if m[1] != "total"}
+
+
+def config(tmp_path, author="H.P. Lovecraft"):
+    return write_config(tmp_path / "test.yaml", {
+        "runs": {"lovecraft": {
+            "data": str(SAMPLE_DATA), "heldout": str(SAMPLE_HELDOUT),
+            "base_model": "./models/tiny-qwen2", "author": author, "profile": "tiny_cpu",
+            "pod": "local", "samples": {"count": 2, "max_tokens": 8},
+        }},
+        "pods": {"local": {"executor": "local", "remote_dir": "pod"}},
+    })
+
+
+@pytest.fixture(scope="module")
+def built(tiny_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("workflow")
+    repo = work / "repo"
+    repo.mkdir()
+    for part in ("Snakefile", "environment.yml"):
+        shutil.copy2(REPO / part, repo / part)
+    for part in ("requirements", "rules", "scripts", "config"):
+        shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tiny_model, work / "models" / "tiny-qwen2")
+    peft = work / "lora_adapters" / "lovecraft_peft"
+    make_peft_adapter(work / "models" / "tiny-qwen2", peft, r=8, lora_alpha=32)  # tiny_cpu's
+    (peft / "training_summary.json").write_text(json.dumps({
+        "run": "lovecraft", "run_id": "test", "best_step": 10, "best_eval_loss": 4.2,
+        "selected_by": "min_eval_loss", "total_steps": 10, "wall_time_s": 1.0,
+        "llamafactory_version": "0.9.5", "sha256": {}}))
+    cfg = config(work)
+    snakemake(repo, work, "lovecraft_mlx", configfile=cfg)
+    return repo, work, cfg
+
+
+def test_bundle_is_built(built):
+    _, work, _ = built
+    bundle = work / "lora_adapters" / "lovecraft_mlx"
+    assert sorted(p.name for p in bundle.iterdir()) == ["adapter_config.json", "adapters.safetensors",
+                                                        "metadata.json"]
+    adapter_config = json.loads((bundle / "adapter_config.json").read_text())
+    assert adapter_config["num_layers"] == 2 and adapter_config["lora_parameters"]["scale"] == 4
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert meta["author"] == "H.P. Lovecraft"
+    assert meta["base_model"] == "models/tiny-qwen2-4bit-mlx"
+    assert (meta["lora_rank"], meta["lora_alpha"], meta["training_examples"]) == (8, 32, 40)
+    assert meta["checkpoint"]["step"] == 10
+    assert json.loads((work / "models" / "tiny-qwen2-4bit-mlx" / "config.json").read_text())[
+        "quantization"]["bits"] == 4
+    samples = (work / "results" / "lovecraft" / "samples.md").read_text()
+    heldout = [json.loads(line) for line in SAMPLE_HELDOUT.read_text().splitlines() if line.strip()]
+    assert samples.count("\n## ") == 2
+    assert f"## 1. {heldout[0]['instruction']}" in samples and heldout[0]["input"] in samples
+    assert "held out of training" in samples
+
+
+def test_nothing_to_do_when_up_to_date(built):
+    repo, work, cfg = built
+    proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
+    assert planned_jobs(proc) == {}, proc.stdout
+
+
+def test_author_change_rebuilds_only_metadata(built):
+    repo, work, _ = built
+    cfg = config(work / "lora_adapters", author="Clark Ashton Smith")  # another file, same workdir
+    proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
+    assert planned_jobs(proc) == {"metadata": 1, "lovecraft_mlx": 1}, proc.stdout
+
+
+def test_converter_edit_reconverts_and_nothing_else(built):
+    """The converter is an input of mlx_adapter only: an edit reconverts (and re-samples)."""
+    repo, work, cfg = built
+    converter = repo / "scripts" / "convert_peft_to_mlx.py"
+    original = converter.read_text()
+    converter.write_text(original + "\n# an edit\n")
+    try:
+        proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
+    finally:
+        converter.write_text(original)
+    assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "lovecraft_mlx": 1}, proc.stdout
