@@ -4,7 +4,7 @@ LLaMA-Factory's alpaca converter puts ``instruction + "\\n" + input`` (either pa
 left out when empty) in the *user* turn, and its template adds its default system
 prompt. The guide's "Prompt Format" section (instruction as the system turn) is not
 what training sees. The template itself is not copied by hand: ``config/templates/
-<name>.json`` is written by ``scripts/dump_template.py`` from LLaMA-Factory's own
+<name>.json`` is written by ``scripts/llamafactory_facts.py template`` from LLaMA-Factory's own
 registry, a test checks it against LLaMA-Factory's rendering, and a run records the
 template of the pod that trained it.
 """
@@ -22,7 +22,7 @@ def load_template(name: str = "qwen", path: str | Path | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no prompt template '{name}'; write it with "
-            f"scripts/dump_template.py {name} in the LLaMA-Factory environment"
+            f"scripts/llamafactory_facts.py template {name} in the LLaMA-Factory environment"
         )
     return json.loads(path.read_text(encoding="utf-8"))
 

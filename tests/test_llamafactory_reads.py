@@ -80,14 +80,14 @@ def test_a_typo_is_rejected_by_llamafactorys_parser_too(tmp_path):
 
 def test_shipped_key_list_matches_the_installed_llamafactory(tmp_path):
     out = tmp_path / "keys.txt"
-    run_pod_python(REPO / "scripts" / "list_llamafactory_keys.py", "--output", out)
+    run_pod_python(REPO / "scripts" / "llamafactory_facts.py", "keys", "--output", out)
     assert out.read_text() == (REPO / "config" / "llamafactory_keys.txt").read_text(), (
-        "regenerate: .venv-pod/bin/python scripts/list_llamafactory_keys.py "
+        "regenerate: .venv-pod/bin/python scripts/llamafactory_facts.py keys "
         "--output config/llamafactory_keys.txt")
 
 
 def test_shipped_template_matches_the_installed_llamafactory(tmp_path):
     out = tmp_path / "qwen.json"
-    run_pod_python(REPO / "scripts" / "dump_template.py", "qwen", "--output", out)
+    run_pod_python(REPO / "scripts" / "llamafactory_facts.py", "template", "qwen", "--output", out)
     assert json.loads(out.read_text()) == json.loads(
         (REPO / "config" / "templates" / "qwen.json").read_text())
