@@ -73,10 +73,15 @@ def pod_config(run):
     return PODS[RUNS[run]["pod"]]
 
 
+def local_model_input(base_model):
+    """A base model as a file dependency when it is a local directory (maybe built by a rule)."""
+    if is_local_model(base_model):
+        return [os.path.normpath(os.path.expanduser(base_model))]
+    return []
+
+
 def base_model_input(run):
-    """The base model as a file dependency when it is a local directory (maybe built by a rule)."""
-    base = RUNS[run]["base_model"]
-    return [os.path.normpath(os.path.expanduser(base))] if is_local_model(base) else []
+    return local_model_input(RUNS[run]["base_model"])
 
 
 def base_4bit_dir(run):

@@ -32,11 +32,7 @@ for _base_run, _base_cfg in RUNS.items():
 
 rule base_4bit:
     input:
-        base=lambda w: (
-            [os.path.normpath(os.path.expanduser(BASE_MODELS[w.base]))]
-            if is_local_model(BASE_MODELS[w.base])
-            else []
-        ),
+        base=lambda w: local_model_input(BASE_MODELS[w.base]),
     output:
         directory("models/{base}-4bit-mlx"),
     wildcard_constraints:
