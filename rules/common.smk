@@ -65,10 +65,6 @@ def _check_config():
 TRAIN_ARGS = _check_config()
 
 
-def run_config(run):
-    return RUNS[run]
-
-
 def pod_config(run):
     return PODS[RUNS[run]["pod"]]
 

@@ -50,6 +50,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train_yaml import HUB_ID
+from validate_dataset import read_json_object
+
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 MLX_WEIGHTS = "adapters.safetensors"
@@ -320,13 +323,7 @@ def base_layer_count(config: dict) -> int | None:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConversionError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, ConversionError)
 
 
 def find_base_config(base: str | None, adapter_cfg: dict) -> tuple[dict | None, str | None]:
@@ -342,7 +339,7 @@ def find_base_config(base: str | None, adapter_cfg: dict) -> tuple[dict | None, 
         path = Path(name).expanduser() / "config.json"
         if path.is_file():
             return read_json(path), str(path)
-        if re.match(r"^[\w.-]+/[\w.-]+$", name) and not name.startswith((".", "/")):
+        if HUB_ID.match(name):
             try:  # the local Hugging Face cache only; never a download
                 from huggingface_hub import try_to_load_from_cache
 

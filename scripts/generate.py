@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from prompt_format import load_template, render_prompt, split_guide_prompt
-from validate_dataset import write_atomic
+from validate_dataset import read_json_object, write_atomic
 
 
 class GenerateError(ValueError):
@@ -63,7 +63,7 @@ def read_prompts(path: str | Path) -> list[dict]:
 def read_metadata(adapter_path: str | None) -> dict:
     path = Path(adapter_path) / "metadata.json" if adapter_path else None
     if path and path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path, GenerateError, "the bundle's metadata")
     return {}
 
 

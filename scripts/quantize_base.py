@@ -19,7 +19,6 @@ that looks like a model.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -28,8 +27,9 @@ import tempfile
 from pathlib import Path
 
 from convert_peft_to_mlx import ConversionError, human_size, read_header
+from train_yaml import HUB_ID, is_local_model
+from validate_dataset import read_json_object
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Linear layers inside a decoder block: what -q must have packed.
 BLOCK_LINEAR = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.\d+\..*_proj\.weight$")
 
@@ -44,7 +44,7 @@ def check_quantized(model_dir: str | Path, bits: int = 4, group_size: int = 64) 
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise QuantizeError(f"{model_dir}: no config.json; not a model directory")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_json_object(config_path, QuantizeError)
     quant = config.get("quantization")
     if not isinstance(quant, dict):
         raise QuantizeError(
@@ -91,7 +91,7 @@ def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, l
         if not (local / "config.json").is_file():
             raise QuantizeError(f"--hf-path {hf_path}: a directory without config.json; not a model")
         source = str(local)
-    elif hf_path.startswith(("/", "./", "../", "~")) or not HUB_ID.match(hf_path):
+    elif is_local_model(hf_path) or not HUB_ID.match(hf_path):
         raise QuantizeError(f"--hf-path {hf_path}: no such directory, and not a hub id (org/name)")
     else:
         source = hf_path

@@ -250,6 +250,22 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError,
+                     what: str = "") -> dict:
+    """A JSON object from a file, or `error` with the file, the line and what it should be."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: missing" + (f" ({what})" if what else ""))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise error(f"{path}{line}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data
+
+
 def validate_file(path: str, tokenizer: str | None = None, cutoff_len: int | None = None):
     """Return (result, normalised bytes, report or None). Reads the file once."""
     try:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from prompt_format import load_template, render_prompt
-from validate_dataset import write_atomic
+from validate_dataset import read_json_object, write_atomic
 
 
 class MetadataError(ValueError):
@@ -31,12 +31,7 @@ class MetadataError(ValueError):
 
 
 def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise MetadataError(f"{path}: missing ({what})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MetadataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return read_json_object(path, MetadataError, what)
 
 
 def prompt_format(template_name: str) -> dict:
