@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from validate_dataset import write_atomic
+
 # The chosen checkpoint's files that make the adapter; never optimizer.pt, scheduler.pt, rng_state.
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json")
 
@@ -54,25 +56,6 @@ def select_checkpoint(log_history: list[dict], checkpoint_steps: list[int]) -> S
             f"evaluations at steps {sorted(evals)[:5]}... never fall on a saved checkpoint; make "
             "save_steps a multiple of eval_steps to choose by eval_loss")
     return Selection(last, None, "last_checkpoint", note)
-
-
-def merge_trainer_log(text: str) -> list[dict]:
-    """trainer_log.jsonl entries, the steps a resumed run repeated counted once (the later ones)."""
-    entries: list[dict] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut off by a kill
-        step = entry.get("current_steps")
-        if step is not None and entries and step < entries[-1].get("current_steps", 0):
-            # A resume from an earlier checkpoint: what was logged after it is replayed now.
-            entries = [e for e in entries if e.get("current_steps", 0) < step]
-        entries.append(entry)
-    return entries
 
 
 # ---------------------------------------------------------------------------------- loss plot
@@ -168,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"best_step": choice.step, "best_eval_loss": choice.eval_loss,
                       "selected_by": choice.selected_by}))
     if args.plot:
-        Path(args.plot).write_text(loss_svg(history, choice, Path(args.trainer_state).name))
+        write_atomic(args.plot, loss_svg(history, choice, Path(args.trainer_state).name).encode())
     return 0
 
 

@@ -175,6 +175,8 @@ class SSHExecutor(Executor):
         argv = self.ssh_argv(shlex.join(["sh", "-c", script]))
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise PodError("ssh not found on this machine: install the OpenSSH client") from None
         except subprocess.TimeoutExpired as exc:
             raise Unreachable(f"{self.where()} did not finish a command within {timeout:.0f} s") from exc
         err = proc.stderr.decode("utf-8", "replace")
@@ -186,7 +188,10 @@ class SSHExecutor(Executor):
         self._check_key()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         argv = ["rsync", "-a", "--partial", "-e", shlex.join(["ssh", *self.ssh_options()]), *paths]
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise PodError("rsync not found on this machine: install rsync") from None
         if proc.returncode in RSYNC_TRANSPORT_FAILED:
             raise Unreachable(explain_ssh_failure(proc.stderr, self), ssh_said(proc.stderr))
         if proc.returncode:
@@ -260,8 +265,18 @@ def make_executor(settings: dict, workdir: str | os.PathLike = ".") -> Executor:
 
 def load_settings(value: str) -> dict:
     """A pod's settings: JSON text (what the rules pass), or the path of a JSON file."""
-    text = value if value.lstrip().startswith("{") else Path(value).read_text(encoding="utf-8")
-    return json.loads(text)
+    inline = value.lstrip().startswith("{")
+    where = "--pod-settings (JSON text)" if inline else f"--pod-settings file {value}"
+    try:
+        text = value if inline else Path(value).read_text(encoding="utf-8")
+        settings = json.loads(text)
+    except OSError as exc:
+        raise PodError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PodError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise PodError(f"{where} is not a JSON object (a pods: entry with its name)")
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:

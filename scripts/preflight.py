@@ -2,14 +2,16 @@
 
 Preflight asks the pod, in one connection: does it answer; does ``llamafactory-cli`` run, and
 which version; which GPUs (``nvidia-smi``) with how much free memory; does ``bitsandbytes``
-import (when the profile quantises); how much disk the run folder has. The answers are compared
-with estimates for the run's profile (``estimate_memory``, calibrated on the guide's "Memory
-Requirements" for Qwen2.5-32B). Every failure says what is wrong and what to change; nothing is
-uploaded or launched until all checks pass.
+import (when the profile quantises); how much disk the run folder has; is rsync there (the ssh
+executor's file transfers need it). The answers are compared with estimates for the run's profile
+(``estimate_memory``, calibrated on the guide's "Memory Requirements" for Qwen2.5-32B). Every
+failure says what is wrong and what to change; nothing is uploaded or launched until all checks
+pass.
 
-Setup (``setup: true`` on a pod) does by hand-free what the guide's step 1 does by hand: tmux,
-and LLaMA-Factory with its ``metrics,bitsandbytes,qwen`` extras. It only installs what is
-missing, so it is safe to run on every launch, and records what it did on the pod.
+Setup (``setup: true`` on a pod) does by hand-free what the guide's step 1 does by hand: tmux (and
+rsync for the ssh executor), and LLaMA-Factory with its ``metrics,bitsandbytes,qwen`` extras. It
+only installs what is missing, so it is safe to run on every launch, and records what it did on
+the pod.
 """
 
 from __future__ import annotations
@@ -153,13 +155,22 @@ def planned_steps(args: dict, examples: int, devices: int = 1) -> int:
     return math.ceil(float(args.get("num_train_epochs", 3.0)) * math.ceil(max(train, 1) / per_step))
 
 
+def save_interval(args: dict, steps: int) -> int:
+    """Steps between checkpoints. A save_steps below 1 is a fraction of the run's steps (0.1:
+    every tenth of the run), rounded up as transformers' TrainerState.compute_steps does."""
+    value = float(args.get("save_steps", 500) or 500)
+    if value < 1:
+        return max(1, math.ceil(steps * value))
+    return int(value)
+
+
 def estimate_disk(arch: Arch | None, args: dict, steps: int) -> float:
     """GB the run folder needs: every checkpoint (adapter + fp32 Adam state) and the final adapter."""
     if arch is None:
         return 1.0
     trainable = lora_params(arch, int(args.get("lora_rank", 8)), str(args.get("lora_target", "all")))
-    save_steps = int(args.get("save_steps", 500) or 500)
-    checkpoints = max(1, steps // save_steps) if args.get("save_strategy", "steps") != "no" else 0
+    checkpoints = (max(1, steps // save_interval(args, steps))
+                   if args.get("save_strategy", "steps") != "no" else 0)
     per_checkpoint = trainable * (4 + 8) / GB + 0.02
     return checkpoints * per_checkpoint + trainable * 4 / GB + 0.1
 
@@ -219,6 +230,7 @@ def probe_script(remote_dir: str, cli: str, check_bnb: bool, for_setup: bool = F
         ] if check_bnb else []),
         'command -v tmux >/dev/null 2>&1 && echo "@@tmux $(tmux -V 2>&1)"',
         'command -v setsid >/dev/null 2>&1 && echo "@@setsid"',
+        'command -v rsync >/dev/null 2>&1 && echo "@@rsync"',
         *([
             'command -v apt-get >/dev/null 2>&1 && echo "@@apt_get"',
             f'[ -d {shlex.quote(TEMPLATE_DIR)} ] && echo "@@template_dir"',
@@ -291,8 +303,10 @@ def parse_gpus(lines: list[str]) -> list[dict]:
     return gpus
 
 
-def evaluate(facts: dict, args: dict, pod: str, examples: int) -> Report:
-    """Turn the pod's facts into checks against what the run's profile needs."""
+def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool = False) -> Report:
+    """Turn the pod's facts into checks against what the run's profile needs.
+
+    needs_rsync: the ssh executor copies files with rsync, which must exist at both ends."""
     report = Report()
     at = f"pods.{pod}"
     # llamafactory-cli
@@ -365,6 +379,15 @@ def evaluate(facts: dict, args: dict, pod: str, examples: int) -> Report:
                       f"need ~{need:.1f} GB",
                       "free space on the pod's volume, enlarge it, or raise save_steps")
         report.checks.append(check)
+    # rsync (the ssh executor's uploads and downloads run `rsync --server` on the pod)
+    if needs_rsync:
+        if "rsync" in facts:
+            report.checks.append(Check("rsync", True, "found"))
+        else:
+            report.checks.append(Check(
+                "rsync", False, "not found on the pod (a non-interactive ssh shell's PATH); "
+                "the upload of the run's files needs it",
+                f"apt-get install -y rsync on the pod, or set {at}.setup: true"))
     report.detach = "tmux" if "tmux" in facts else ("setsid nohup" if "setsid" in facts else "nohup")
     return report
 
@@ -381,16 +404,22 @@ def failure_message(report: Report, where: str) -> str:
 # ------------------------------------------------------------------------------------ setup
 
 
-def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION) -> list[dict]:
-    """What a fresh pod lacks and the command that installs it; empty when nothing is missing."""
+def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = False) -> list[dict]:
+    """What a fresh pod lacks and the command that installs it; empty when nothing is missing.
+
+    rsync: the pod needs rsync too (the ssh executor's file transfers)."""
     plan = []
-    if "tmux" not in facts:
-        if "apt_get" in facts:
-            plan.append({"install": "tmux", "command":
-                         "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux"})
-        else:
-            plan.append({"install": "tmux", "command": None,
-                         "note": "no apt-get: training runs under setsid nohup instead"})
+    packages = [name for name in ("tmux", *(["rsync"] if rsync else [])) if name not in facts]
+    if packages and "apt_get" in facts:
+        plan.append({"install": " ".join(packages), "command":
+                     "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                     + " ".join(packages)})
+    elif "tmux" in packages:
+        plan.append({"install": "tmux", "command": None,
+                     "note": "no apt-get: training runs under setsid nohup instead"})
+    if "rsync" in packages and "apt_get" not in facts:
+        plan.append({"install": "rsync", "command": None,
+                     "note": "no apt-get: install rsync on the pod by hand (the upload needs it)"})
     python = first(facts, "python")
     missing = " ".join(facts.get("missing_modules", [])).split()
     if not first(facts, "cli") or missing:

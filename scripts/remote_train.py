@@ -42,6 +42,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,6 +87,34 @@ class Say:
                 self.log.flush()
 
 
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM/SIGHUP) at a point that has a message of its own: str() is that message."""
+
+
+@contextmanager
+def stopped_as(message: str):
+    """Within the block, an interruption says `message` (an inner block's message wins)."""
+    try:
+        yield
+    except Stopped:
+        raise
+    except KeyboardInterrupt:
+        raise Stopped(message) from None
+
+
+# What an interruption means: by the step it cut (stopped_as), else by command (main).
+BEFORE_LAUNCH = ("stopped before the launch; nothing was launched on the pod. Run snakemake again "
+                 "to launch the training (or attach to it)")
+LAUNCH_CUT = ("stopped during the launch, which may be incomplete on the pod. Run snakemake again: "
+              "it re-attaches to the training if it started, else launches it")
+STOPPED = {
+    "preflight": "stopped; nothing was uploaded or launched",
+    "submit": BEFORE_LAUNCH,
+    "wait": "stopped following; the training goes on on the pod. Run snakemake again to re-attach",
+    "fetch": "download stopped; nothing landed. Run snakemake again: it fetches again",
+}
+
+
 # --------------------------------------------------------------------------- the run's identity
 
 
@@ -99,6 +128,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def base_fingerprint(model_name_or_path: str) -> str | None:
     """A local base model's identity: its small files' contents, its large files' names and sizes."""
+    if not model_name_or_path:
+        return None  # Path("") is the current folder, not a model
     root = Path(os.path.expanduser(model_name_or_path))
     if not root.is_dir():
         return None  # a hub id: the name in train.yaml is its identity
@@ -156,14 +187,17 @@ for d in output/checkpoint-*; do
   if [ -z "$last" ] || [ "$n" -gt "$last" ]; then last=$n; fi
 done"""
 
-# The state of the run folder in the current directory, as one `@@run` line.
+# The state of the run folder in the current directory, as one `@@run` line. Alive means: the
+# pid runs this folder's own run.sh by its absolute path (launch_script starts `sh "$here/run.sh"`
+# with here=$(pwd -P)), not a process that got the pid after a pod restart, another run's run.sh
+# included.
 RUN_STATE_SH = LAST_CHECKPOINT_SH + """
 alive=0; pid=""; rc=""
 [ -f pid ] && pid=$(cat pid)
 if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
   if [ -r "/proc/$pid/cmdline" ]; then args=$(tr '\\000' ' ' < "/proc/$pid/cmdline")
   else args=$(ps -o args= -p "$pid" 2>/dev/null); fi
-  case $args in *run.sh*) alive=1 ;; esac
+  case " $args " in *" $(pwd -P)/run.sh "*) alive=1 ;; esac
 fi
 [ -f exit_code ] && rc=$(cat exit_code)
 launched=0; [ -f run.sh ] && launched=1
@@ -207,17 +241,18 @@ def state_script(remote_dir: str, run_id: str) -> str:
             + RUN_STATE_SH + "\n")
 
 
-def poll_script(run_dir: str, log_offset: int, trainer_log_offset: int, cap: int = POLL_CAP) -> str:
-    """State plus what both logs gained since the offsets: header line, then the raw bytes."""
-    chunk = """size=0; [ -f "$f" ] && size=$(wc -c < "$f" | tr -d ' ')
+def poll_script(run_dir: str, log_offset: int, trainer_log_offset: int) -> str:
+    """State plus what both logs gained since the offsets (at most POLL_CAP bytes each): header
+    line, then the raw bytes."""
+    chunk = f"""size=0; [ -f "$f" ] && size=$(wc -c < "$f" | tr -d ' ')
 [ "$size" -lt "$off" ] && off=0
-n=$((size - off)); [ "$n" -gt {cap} ] && n={cap}
-echo "@@chunk $off $n\""""
-    tail = 'if [ "$n" -gt 0 ]; then tail -c +$((off + 1)) "$f" | head -c "$n"; fi'
+n=$((size - off)); [ "$n" -gt {POLL_CAP} ] && n={POLL_CAP}
+echo "@@chunk $off $n\"
+if [ "$n" -gt 0 ]; then tail -c +$((off + 1)) "$f" | head -c "$n"; fi
+"""
     return (cd_run(run_dir) + RUN_STATE_SH + "\n"
-            + f"f=train.log; off={int(log_offset)}\n" + chunk.format(cap=cap) + "\n" + tail + "\n"
-            + f"f=output/trainer_log.jsonl; off={int(trainer_log_offset)}\n" + chunk.format(cap=cap)
-            + "\n" + tail + "\n")
+            + f"f=train.log; off={int(log_offset)}\n" + chunk
+            + f"f=output/trainer_log.jsonl; off={int(trainer_log_offset)}\n" + chunk)
 
 
 def launch_script(run_dir: str, session: str) -> str:
@@ -331,11 +366,12 @@ def pod_setup(ex: Executor, settings: dict, say: Say) -> dict:
     remote_dir = settings.get("remote_dir", "lora-runs")
     cli = settings.get("llamafactory_cli", "llamafactory-cli")
     facts = preflight.parse_markers(ex.sh(preflight.probe_script(remote_dir, cli, False, True)).text)
-    plan = preflight.setup_plan(facts)
+    plan = preflight.setup_plan(facts, rsync=ex.kind == "ssh")
     record = {"at": now_iso(), "plan": plan, "installed": []}
     runnable = [step for step in plan if step.get("command")]
     if not runnable:
-        say("setup: the pod has tmux and LLaMA-Factory with its extras; nothing to install")
+        say(f"setup: the pod has tmux{', rsync' if ex.kind == 'ssh' else ''} and LLaMA-Factory "
+            "with its extras; nothing to install")
         return record
     say("setup: installing " + ", ".join(step["install"] for step in runnable) + " (this takes minutes)")
     result = ex.sh(preflight.setup_script(plan, remote_dir), timeout=3600)
@@ -362,7 +398,8 @@ def run_preflight(ex: Executor, settings: dict, files: RunFiles, say: Say) -> pr
     if "ok" not in facts:
         raise PodError(f"preflight failed on {ex.where()}: the login shell did not run the probe "
                        f"(exit {result.rc}): {result.err.strip()[-500:]}")
-    report = preflight.evaluate(facts, files.args, ex.name, files.examples())
+    report = preflight.evaluate(facts, files.args, ex.name, files.examples(),
+                                needs_rsync=ex.kind == "ssh")
     for check in report.checks:
         say(f"preflight: {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     if report.failures:
@@ -404,35 +441,37 @@ def remote_hashes(ex: Executor, run_dir: str, rel_paths: list[str]) -> dict[str,
 def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say) -> dict:
     """Setup (opt-in), preflight, upload, start detached. Returns what was launched."""
     record: dict = {}
-    if settings.get("setup"):
-        record["setup"] = pod_setup(ex, settings, say)
-    report = run_preflight(ex, settings, files, say)
-    run_dir = f"{report.remote_dir}/{files.run_id}"
-    upload(ex, files, run_dir, report.cli_path)
-    facts = preflight.parse_markers(ex.sh(launch_script(run_dir, files.session), timeout=120).text)
-    if "busy" in facts:
-        raise PodError(f"another launch of {files.run_id} is in progress on {ex.where()}; "
-                       "run again in a minute to attach to it")
-    if "already" in facts:
-        pid, detach = preflight.first(facts, "already"), "attached"
-        say(f"{files.run_id} is already running there (pid {pid}); attached, nothing launched")
-    else:
-        pid, detach = preflight.first(facts, "pid"), preflight.first(facts, "detach")
-        if not pid:
-            raise PodError(f"training did not start on {ex.where()}; see {run_dir}/train.log there")
-        start = f"resuming from checkpoint-{state.checkpoint}" if state.checkpoint else "from step 0"
-        say(f"launched {files.run_id} on {ex.where()} ({start}; pid {pid}, detached with {detach})")
-        if detach == "tmux":
-            say(f"watch it there: tmux -L {files.session} attach")
-    record.update({
-        "pid": pid, "detach": detach, "session": files.session if detach == "tmux" else None,
-        "resumed_from": state.checkpoint, "launched_at": now_iso(), "preflight": report.as_dict(),
-        "llamafactory_version": report.llamafactory_version, "remote_dir": report.remote_dir,
-    })
-    return record
+    with stopped_as(BEFORE_LAUNCH):
+        if settings.get("setup"):
+            record["setup"] = pod_setup(ex, settings, say)
+        report = run_preflight(ex, settings, files, say)
+        run_dir = f"{report.remote_dir}/{files.run_id}"
+        upload(ex, files, run_dir, report.cli_path)
+    with stopped_as(LAUNCH_CUT):
+        facts = preflight.parse_markers(ex.sh(launch_script(run_dir, files.session), timeout=120).text)
+        if "busy" in facts:
+            raise PodError(f"another launch of {files.run_id} is in progress on {ex.where()}; "
+                           "run again in a minute to attach to it")
+        if "already" in facts:
+            pid, detach = preflight.first(facts, "already"), "attached"
+            say(f"{files.run_id} is already running there (pid {pid}); attached, nothing launched")
+        else:
+            pid, detach = preflight.first(facts, "pid"), preflight.first(facts, "detach")
+            if not pid:
+                raise PodError(f"training did not start on {ex.where()}; see {run_dir}/train.log there")
+            start = f"resuming from checkpoint-{state.checkpoint}" if state.checkpoint else "from step 0"
+            say(f"launched {files.run_id} on {ex.where()} ({start}; pid {pid}, detached with {detach})")
+            if detach == "tmux":
+                say(f"watch it there: tmux -L {files.session} attach")
+        record.update({
+            "pid": pid, "detach": detach, "session": files.session if detach == "tmux" else None,
+            "resumed_from": state.checkpoint, "launched_at": now_iso(), "preflight": report.as_dict(),
+            "llamafactory_version": report.llamafactory_version, "remote_dir": report.remote_dir,
+        })
+        return record
 
 
-def launch_record(files: RunFiles, ex: Executor, settings: dict, action: str, state: RunState,
+def launch_record(files: RunFiles, ex: Executor, action: str, state: RunState,
                   attempt: dict | None = None, previous: dict | None = None) -> dict:
     previous = previous or {}
     remote_dir = (attempt or {}).get("remote_dir") or state.remote_dir or previous.get("remote_dir")
@@ -464,12 +503,13 @@ def submit(files: RunFiles, settings: dict, ex: Executor, say: Say) -> dict:
     if state.status in ("running", "finished"):
         say(f"{files.run_id} on {ex.where()} is {state.describe()}: attached, nothing launched")
         previous = read_remote_json(ex, f"{state.remote_dir}/{files.run_id}/launch.json")
-        return launch_record(files, ex, settings, "attached", state, previous.get("attempt"), previous)
+        return launch_record(files, ex, "attached", state, previous.get("attempt"), previous)
     if state.status != "new":
         say(f"{files.run_id} on {ex.where()} is {state.describe()}: starting it again")
     attempt = launch(ex, settings, files, state, say)
-    record = launch_record(files, ex, settings, "resumed" if state.checkpoint else "launched", state, attempt)
-    write_remote_json(ex, f"{record['run_dir']}/launch.json", record)
+    with stopped_as(LAUNCH_CUT):
+        record = launch_record(files, ex, "resumed" if state.checkpoint else "launched", state, attempt)
+        write_remote_json(ex, f"{record['run_dir']}/launch.json", record)
     return record
 
 
@@ -656,13 +696,14 @@ def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror
         else:
             say(f"{run_id} is {state.describe()}: resuming")
         attempt = launch(ex, settings, files, state, say)
-        record = launch_record(files, ex, settings, "resumed" if state.checkpoint else "launched",
-                               state, attempt, launch_rec)
-        write_remote_json(ex, f"{record['run_dir']}/launch.json", record)
-        state = with_reconnect(lambda: read_state(ex, remote_dir, run_id), settings, say, "attaching")
+        with stopped_as(LAUNCH_CUT):
+            record = launch_record(files, ex, "resumed" if state.checkpoint else "launched",
+                                   state, attempt, launch_rec)
+            write_remote_json(ex, f"{record['run_dir']}/launch.json", record)
+        run_dir = record["run_dir"]
     else:
         say(f"following {run_id} on {ex.where()}: {state.describe()}")
-    run_dir = f"{state.remote_dir}/{run_id}"
+        run_dir = f"{state.remote_dir}/{run_id}"
     follower = Follower(ex, run_dir, mirror, say)
     while True:
         state, more = with_reconnect(follower.poll, settings, say, "following the training")
@@ -722,6 +763,9 @@ def download_verified(ex: Executor, run_dir: str, rel: str, dest: Path,
 def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: dict,
           adapter_dir: Path, summary_path: Path, plot_path: Path, state_path: Path, say: Say) -> dict:
     """Choose the best checkpoint, download only its adapter and the logs, land them atomically."""
+    if adapter_dir.exists() and (not adapter_dir.is_dir() or any(adapter_dir.iterdir())):
+        raise PodError(f"{adapter_dir} already exists and is not empty; fetch never overwrites an "
+                       "adapter: remove it (or move it away) and run again")
     remote_dir = settings.get("remote_dir", "lora-runs")
     run_id = launch_rec["run_id"]
     state = with_reconnect(lambda: read_state(ex, remote_dir, run_id), settings, say, "fetching")
@@ -774,14 +818,23 @@ def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: di
         }
         text = json.dumps(summary, indent=2) + "\n"
         (stage / "training_summary.json").write_text(text)
-        write_atomic(summary_path, text.encode())
-        write_atomic(plot_path, best_checkpoint.loss_svg(history, choice, f"{run_id}: loss").encode())
-        write_atomic(state_path, final_state.read_bytes())
+        state_bytes = final_state.read_bytes()
         final_state.unlink()
         umask = os.umask(0)
         os.umask(umask)
         stage.chmod(0o777 & ~umask)  # mkdtemp made it private
-        os.replace(stage, adapter_dir)  # atomic: the adapter folder appears complete or not at all
+        try:
+            os.replace(stage, adapter_dir)  # atomic: the adapter folder appears complete or not at all
+        except OSError as exc:
+            raise PodError(f"cannot move the downloaded adapter into {adapter_dir}: {exc.strerror}; "
+                           "remove it (or move it away) and run again") from None
+        # Only once the adapter is in place: a failed fetch leaves no summary of an absent adapter.
+        with stopped_as(f"stopped after {adapter_dir} landed, before the run's summary, plot and "
+                        "trainer state were written. Run snakemake again: it fetches again (by "
+                        f"hand: remove {adapter_dir} first)"):
+            write_atomic(summary_path, text.encode())
+            write_atomic(plot_path, best_checkpoint.loss_svg(history, choice, f"{run_id}: loss").encode())
+            write_atomic(state_path, state_bytes)
         return summary
     finally:
         if stage.exists():
@@ -841,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     say = Say(args.run, args.log)
+    _stop_on_signals()  # SIGTERM and SIGHUP end it as Ctrl-C does: cleaned up, with a message
     try:
         settings = load_settings(args.pod_settings)
         ex = make_executor(settings)
@@ -859,11 +913,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "submit":
             _write_json(args.output, submit(files, settings, ex, say))
         elif args.command == "wait":
-            _stop_on_signals()
             launch_rec = json.loads(Path(args.launch).read_text())
             _write_json(args.output, wait(files, settings, ex, launch_rec, Path(args.remote_log), say))
-    except KeyboardInterrupt:
-        say("stopped following; the training goes on on the pod. Run snakemake again to re-attach")
+    except KeyboardInterrupt as exc:
+        say(str(exc) if isinstance(exc, Stopped) else STOPPED[args.command])
         return 130
     except PodError as exc:
         say(f"error: {exc}")

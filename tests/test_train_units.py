@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import xml.dom.minidom
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,6 +83,16 @@ def test_planned_steps():
     assert preflight.planned_steps(args, 100) == 2 * 23   # 90 train examples, 4 per step
 
 
+def test_disk_estimate_takes_a_fractional_save_steps_as_a_share_of_the_run():
+    arch = preflight.QWEN25["32"]
+    every_tenth = preflight.estimate_disk(arch, {"save_steps": 0.1}, 600)      # every 60 steps
+    assert every_tenth == pytest.approx(preflight.estimate_disk(arch, {"save_steps": 60}, 600))
+    assert preflight.save_interval({"save_steps": 0.1}, 600) == 60
+    assert preflight.save_interval({"save_steps": 0.3}, 10) == 3               # rounded up, as transformers does
+    assert preflight.save_interval({"save_steps": 0.01}, 5) == 1               # never 0
+    assert preflight.save_interval({}, 600) == 500
+
+
 # -------------------------------------------------------------------------- preflight checks
 
 FACTS_OK = {"ok": [""], "cli": ["/opt/lf/bin/llamafactory-cli"], "cli_rc": ["0"], "version": ["0.9.5"],
@@ -127,6 +139,17 @@ def test_preflight_small_disk_fails():
     assert failure.name == "disk" and "save_steps" in failure.fix
 
 
+def test_preflight_over_ssh_needs_rsync_on_the_pod():
+    tiny = yaml.safe_load((PROFILES / "tiny_cpu.yaml").read_text())
+    (failure,) = preflight.evaluate(FACTS_OK, tiny, "runpod", 40, needs_rsync=True).failures
+    assert failure.name == "rsync" and "not found on the pod" in failure.detail
+    assert failure.fix == "apt-get install -y rsync on the pod, or set pods.runpod.setup: true"
+    report = preflight.evaluate({**FACTS_OK, "rsync": [""]}, tiny, "runpod", 40, needs_rsync=True)
+    assert not report.failures and report.checks[-1].name == "rsync"
+    # The local executor copies files itself: no rsync check.
+    assert "rsync" not in [c.name for c in preflight.evaluate(FACTS_OK, tiny, "local", 40).checks]
+
+
 def test_probe_runs_here_and_finds_the_pod_environment(tmp_path):
     """The real probe script through the local executor: this machine's facts."""
     from conftest import LLAMAFACTORY_CLI
@@ -138,6 +161,7 @@ def test_probe_runs_here_and_finds_the_pod_environment(tmp_path):
     assert facts["cli_rc"] == ["0"] and facts["version"] == ["0.9.5"]
     assert facts["dir"] == [str((tmp_path / "runs dir").resolve())]
     assert int(facts["disk_free_kb"][0]) > 0
+    assert ("rsync" in facts) == (shutil.which("rsync") is not None)
 
 
 # -------------------------------------------------------------------------------------- setup
@@ -156,6 +180,22 @@ def test_setup_plan_installs_what_a_fresh_pod_lacks_the_guides_way():
     (step,) = plan
     assert shlex.split(step["command"])[:5] == ["/usr/bin/env", "python3", "-m", "pip", "install"]
     assert "llamafactory==0.9.5" in step["command"] and "bitsandbytes>=0.39.0" in step["command"]
+
+
+def test_setup_for_the_ssh_executor_installs_rsync_with_tmux():
+    fresh = {"ok": [""], "apt_get": [""], "cli": ["/x/llamafactory-cli"], "python": ["/x/python"],
+             "missing_modules": [""]}
+    (step,) = preflight.setup_plan(fresh, rsync=True)
+    assert step["install"] == "tmux rsync"
+    assert step["command"].endswith("apt-get install -y -qq tmux rsync")
+    (step,) = preflight.setup_plan({**fresh, "tmux": ["tmux 3.3a"]}, rsync=True)
+    assert step["install"] == "rsync" and step["command"].endswith("apt-get install -y -qq rsync")
+    assert preflight.setup_plan({**fresh, "tmux": ["tmux 3.3a"], "rsync": [""]}, rsync=True) == []
+    # No apt-get: nothing to run, but the plan says what to install by hand.
+    plan = preflight.setup_plan({"ok": [""], "cli": ["/x/llamafactory-cli"], "missing_modules": [""]},
+                                rsync=True)
+    assert [(s["install"], s["command"]) for s in plan] == [("tmux", None), ("rsync", None)]
+    assert "install rsync on the pod by hand" in plan[1]["note"]
 
 
 def test_setup_is_idempotent_a_ready_pod_needs_nothing():
@@ -225,6 +265,45 @@ def test_executor_kinds(tmp_path):
                        "identity_file": str(tmp_path / "nokey")}, tmp_path).sh("true")
 
 
+def test_no_ssh_or_rsync_here_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch):
+    """The executor's CLI with an empty PATH: one line saying what to install, exit status 1."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    settings = json.dumps({"name": "runpod", "executor": "ssh", "host": "203.0.113.7"})
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "executor.py"), "--pod-settings",
+                           settings, "true"], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": str(empty)})
+    assert proc.returncode == 1
+    assert proc.stderr == "error: ssh not found on this machine: install the OpenSSH client\n"
+    monkeypatch.setenv("PATH", str(empty))
+    ex = SSHExecutor(json.loads(settings), tmp_path)
+    with pytest.raises(PodError, match="^rsync not found on this machine: install rsync$"):
+        ex.get("/remote/file", tmp_path / "file")
+
+
+def test_unreadable_pod_settings_name_the_file(tmp_path):
+    from executor import load_settings
+
+    with pytest.raises(PodError, match=f"--pod-settings file {tmp_path}/nope.json: cannot read it"):
+        load_settings(str(tmp_path / "nope.json"))
+    (tmp_path / "bad.json").write_text('{"name": "p",')
+    with pytest.raises(PodError, match=f"--pod-settings file {tmp_path}/bad.json is not valid JSON"):
+        load_settings(str(tmp_path / "bad.json"))
+    with pytest.raises(PodError, match=r"--pod-settings \(JSON text\) is not valid JSON"):
+        load_settings('{"name": ')
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(PodError, match="is not a JSON object"):
+        load_settings(str(tmp_path / "list.json"))
+    assert load_settings('{"name": "p", "executor": "local"}') == {"name": "p", "executor": "local"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "remote_train.py"), "fetch",
+                           "--run", "style", "--pod-settings", str(tmp_path / "nope.json"),
+                           *(f"--{o}=x" for o in ("launch", "finished", "adapter-dir", "summary",
+                                                  "plot", "trainer-state"))],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"error: --pod-settings file {tmp_path}/nope.json: cannot read it" in proc.stderr
+
+
 # --------------------------------------------------------------------- the checkpoint choice
 
 def test_guide_loss_table_selects_step_600(tmp_path):
@@ -258,15 +337,6 @@ def test_no_evaluation_falls_back_to_the_last_checkpoint():
 def test_ties_choose_the_earlier_step():
     history = [{"step": 5, "eval_loss": 1.0}, {"step": 10, "eval_loss": 1.0}]
     assert best_checkpoint.select_checkpoint(history, [5, 10]).step == 5
-
-
-def test_trainer_log_of_a_resumed_run_counts_each_step_once():
-    lines = [{"current_steps": s, "loss": 1.0} for s in (1, 2, 3, 4, 5, 6, 7)]
-    lines += [{"current_steps": s, "loss": 0.5} for s in (6, 7, 8)]   # resumed from checkpoint-5
-    text = "\n".join(json.dumps(e) for e in lines) + '\n{"current_steps": 9, "lo'
-    merged = best_checkpoint.merge_trainer_log(text)
-    assert [e["current_steps"] for e in merged] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert merged[5]["loss"] == 0.5
 
 
 # ------------------------------------------------------------------------ states and messages
@@ -373,3 +443,141 @@ def test_launch_falls_back_to_setsid_nohup_and_never_starts_twice(tmp_path):
     assert state_of().status == "finished"
     assert (run / "attempts.log").read_text().count("start ") == 1
     assert "trained" in (run / "train.log").read_text()
+
+
+def test_only_this_folders_own_run_sh_counts_as_alive(tmp_path):
+    """A pid that runs another folder's run.sh (a pid reused after a pod restart) is not alive."""
+    script = remote_train.launch_script("/w/style-abc", "lora-style-abc")
+    # Every way of starting it runs run.sh by the absolute path the state script matches.
+    assert "here=$(pwd -P)" in script and script.count('sh "$here/run.sh"') == 3
+    runs = (tmp_path / "runs").resolve()
+    for name in ("style-abc", "style-abc2", "other"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "run.sh").write_text("sleep 30\necho done\n")   # sh stays the process
+
+    def status_with(cmd: list[str]) -> str:
+        proc = subprocess.Popen(cmd)
+        try:
+            (runs / "style-abc" / "pid").write_text(f"{proc.pid}\n")
+            out = subprocess.run(["sh", "-c", remote_train.state_script(str(runs), "style-abc")],
+                                 capture_output=True, text=True).stdout
+            return remote_train.parse_state(preflight.parse_markers(out)).status
+        finally:
+            proc.kill()
+            proc.wait()
+
+    assert status_with(["sh", str(runs / "style-abc" / "run.sh")]) == "running"
+    assert status_with(["sh", str(runs / "other" / "run.sh")]) == "died"
+    assert status_with(["sh", str(runs / "style-abc2" / "run.sh")]) == "died"
+    assert status_with(["sleep", "30"]) == "died"
+
+
+# ---------------------------------------------------------------------------- fetch and stop
+
+def _finished_run(tmp_path):
+    """A finished run folder as the local executor sees it, with one checkpoint."""
+    run = tmp_path / "pod" / "style-abc"
+    ckpt = run / "output" / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    state = json.dumps({"log_history": [{"step": 5, "loss": 1.0}, {"step": 5, "eval_loss": 0.9}]})
+    for name, text in {"adapter_model.safetensors": "weights", "adapter_config.json": "{}",
+                       "trainer_state.json": state}.items():
+        (ckpt / name).write_text(text)
+    (run / "output" / "trainer_state.json").write_text(state)
+    (run / "output" / "trainer_log.jsonl").write_text('{"current_steps": 5, "loss": 1.0}\n')
+    (run / "run.sh").write_text("")
+    (run / "exit_code").write_text("0\n")
+    settings = {"name": "here", "executor": "local", "remote_dir": str(tmp_path / "pod")}
+    return settings, LocalExecutor(settings, tmp_path)
+
+
+def _fetch(tmp_path, settings, ex):
+    out = tmp_path / "work"
+    return remote_train.fetch("style", settings, ex, {"run_id": "style-abc"}, {}, out / "style_peft",
+                              out / "summary.json", out / "loss.svg", out / "trainer_state.json",
+                              remote_train.Say("style"))
+
+
+def test_fetch_lands_the_adapter_then_the_summary(tmp_path):
+    settings, ex = _finished_run(tmp_path)
+    summary = _fetch(tmp_path, settings, ex)
+    assert summary["best_step"] == 5
+    work = tmp_path / "work"
+    assert {p.name for p in (work / "style_peft").iterdir()} == {
+        "adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "trainer_log.jsonl",
+        "training_summary.json"}
+    assert sorted(p.name for p in work.iterdir()) == ["loss.svg", "style_peft", "summary.json",
+                                                      "trainer_state.json"]
+
+
+def test_fetch_refuses_a_non_empty_adapter_folder_before_anything_else(tmp_path):
+    settings, ex = _finished_run(tmp_path)
+    adapter = tmp_path / "work" / "style_peft"
+    adapter.mkdir(parents=True)
+    (adapter / "old.txt").write_text("mine")
+    with pytest.raises(PodError, match="style_peft already exists and is not empty.*remove it"):
+        _fetch(tmp_path, settings, ex)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["style_peft"]
+    assert [p.name for p in adapter.iterdir()] == ["old.txt"]
+
+
+def test_fetch_writes_no_summary_when_the_adapter_cannot_land(tmp_path, monkeypatch):
+    settings, ex = _finished_run(tmp_path)
+    real_replace = remote_train.os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".style_peft."):  # the adapter's staging folder
+            raise OSError(39, "Directory not empty")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(remote_train.os, "replace", replace)
+    with pytest.raises(PodError, match="cannot move the downloaded adapter into .*style_peft"):
+        _fetch(tmp_path, settings, ex)
+    assert list((tmp_path / "work").iterdir()) == []      # no summary, plot, state or staging left
+
+
+@pytest.mark.parametrize("command,cut,message", [
+    ("submit", "preflight", "stopped before the launch; nothing was launched on the pod"),
+    ("submit", "launch", "stopped during the launch, which may be incomplete on the pod. Run "
+                         "snakemake again: it re-attaches to the training if it started"),
+    ("wait", "wait", "stopped following; the training goes on on the pod"),
+    ("fetch", "download", "download stopped; nothing landed. Run snakemake again: it fetches again"),
+])
+def test_ctrl_c_says_what_it_stopped(tmp_path, monkeypatch, capsys, command, cut, message):
+    settings, ex = _finished_run(tmp_path)
+    monkeypatch.setattr(remote_train, "_stop_on_signals", lambda: None)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    report = preflight.Report(remote_dir=str(tmp_path / "pod"), cli_path="/x/llamafactory-cli")
+    if cut == "preflight":
+        monkeypatch.setattr(remote_train, "run_preflight", interrupt)
+    elif cut == "launch":
+        monkeypatch.setattr(remote_train, "run_preflight", lambda *a: report)
+        monkeypatch.setattr(remote_train, "upload", lambda *a: None)
+        monkeypatch.setattr(remote_train, "launch_script", interrupt)
+    elif cut == "wait":
+        monkeypatch.setattr(remote_train, "wait", interrupt)
+    else:
+        monkeypatch.setattr(remote_train, "download_verified", interrupt)
+    for name, text in {"train.yaml": "model_name_or_path: someone/model\n", "train.jsonl": "{}\n", "info.json": "{}"}.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "launch.json").write_text(json.dumps({"run_id": "style-abc"}))
+    (tmp_path / "finished.json").write_text("{}")
+    files = ["--train-yaml", str(tmp_path / "train.yaml"), "--data", str(tmp_path / "train.jsonl"),
+             "--dataset-info", str(tmp_path / "info.json")]
+    args = {"submit": [*files, "--output", str(tmp_path / "out.json")],
+            "wait": [*files, "--launch", str(tmp_path / "launch.json"), "--output",
+                     str(tmp_path / "out.json"), "--remote-log", str(tmp_path / "remote.log")],
+            "fetch": ["--launch", str(tmp_path / "launch.json"), "--finished",
+                      str(tmp_path / "finished.json"), "--adapter-dir", str(tmp_path / "work/style_peft"),
+                      "--summary", str(tmp_path / "work/s.json"), "--plot", str(tmp_path / "work/l.svg"),
+                      "--trainer-state", str(tmp_path / "work/t.json")]}[command]
+    monkeypatch.setattr(remote_train, "make_executor", lambda settings: ex)
+    rc = remote_train.main([command, "--run", "style", "--pod-settings", json.dumps(settings), *args])
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert f"[style] {message}" in err, err
+    assert not (tmp_path / "out.json").exists()
+    assert not (tmp_path / "work").exists() or list((tmp_path / "work").iterdir()) == []
