@@ -58,6 +58,12 @@ def _check_config():
             args[run] = train_yaml.train_args(run, cfg)
         except train_yaml.ConfigError as exc:
             raise WorkflowError(str(exc)) from None
+        # Inference must render prompts as training did: the run's LLaMA-Factory template.
+        if not args[run].get("template"):
+            raise WorkflowError(
+                f"{where}: the training arguments have no 'template'; set it in the profile "
+                "(e.g. template: qwen) so inference can render prompts as training saw them"
+            )
     return args
 
 

@@ -3,13 +3,6 @@
 # the training format, so the style shows before anything is copied anywhere.
 
 
-# Inference must render prompts as training did: the run's LLaMA-Factory template.
-for _mlx_run in RUNS:
-    if "template" not in TRAIN_ARGS[_mlx_run]:
-        raise WorkflowError(
-            f"config: runs.{_mlx_run}: the training arguments have no 'template'; set it in the "
-            "profile (e.g. template: qwen) so inference can render prompts as training saw them"
-        )
 TEMPLATES = Path(workflow.basedir) / "config" / "templates"
 
 

@@ -71,6 +71,8 @@ def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, nee
      "'output_dir' is set from the pipeline"),
     ({"runs": {"lovecraft": {"profile": "qwen25_70b"}}}, "config: runs.lovecraft.profile: profile 'qwen25_70b' has no file"),
     ({"runs": {"lovecraft": {"pod": "nowhere"}}}, "runs.lovecraft.pod: no pod 'nowhere'"),
+    ({"runs": {"lovecraft": {"overrides": {"template": None}}}},
+     "runs.lovecraft: the training arguments have no 'template'"),
     ({"runs": {"lovecraft": {"base_model": "not a hub id"}}},
      "runs.lovecraft.base_model: 'not a hub id' is neither a hub id"),
 ])
