@@ -12,7 +12,7 @@ CORES ?= 2
 help:
 	@echo "make demo   build the whole graph on the embedded sample (tiny model, local CPU) in demo/"
 	@echo "make test   run the test suite"
-	@echo "make lint   snakemake --lint"
+	@echo "make lint   snakemake --lint, snakefmt --check, shellcheck, the conda pins (tests/test_lint.py)"
 
 venvs: $(VENV)/.installed $(POD_VENV)/.installed
 
@@ -37,7 +37,7 @@ test: venvs
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(SNAKEMAKE) --lint
+	$(VENV)/bin/python -m pytest tests/test_lint.py
 
 clean-demo:
 	rm -rf demo

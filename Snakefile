@@ -25,9 +25,9 @@ include: "rules/mlx.smk"
 
 
 rule all:
+    default_target: True
     input:
         [mlx_bundle(run) for run in RUNS],
-    default_target: True
 
 
 # One target per run, in the user's words: `snakemake lovecraft_mlx`.

@@ -2,36 +2,104 @@
 # run to its files and settings. Every path pattern of the graph is derived here or in the rule
 # that writes it, once.
 
+import importlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-SCRIPTS = Path(workflow.basedir) / "scripts"
-# Rules call `python -m <script>`: the interpreter running Snakemake and scripts/ on the path.
-# Script paths stay out of the rules' params and inputs, so moving the checkout or editing
-# a script that does not change its outputs reruns nothing (the converter opts in, mlx.smk).
-os.environ.update(
-    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")])),
+# Resolved, as pod/executor.py resolves its own folder to strip it from a local training.
+SCRIPTS = Path(workflow.basedir).resolve() / "scripts"
+
+
+def _shell_escape(text):
+    """Quoted for the shell, braces doubled: shell.prefix() goes through Snakemake's format()."""
+    return shlex.quote(str(text)).replace("{", "{{").replace("}", "}}")
+
+
+# What every job's shell gets, and only the jobs (Snakemake's own process keeps its environment):
+#  - scripts/ first on PYTHONPATH and this Python's folder first on PATH, so a rule's plain
+#    `python -m <script>` runs the script with the interpreter running Snakemake;
+#  - `logged LOG COMMAND...` (scripts/logged.sh), how every rule logs, the output live on the
+#    terminal and in the log, and the log's end again when the command fails. A shell function,
+#    not a {LOGGED} path in every shell string, which `snakemake --lint` flags (a global in one).
+# The prefix is no part of a rule's code as Snakemake hashes it (rule.shellcmd), so its absolute
+# paths change no rule's code when the checkout moves, and editing a script reruns nothing (the
+# converter opts in, mlx.smk). A job's processes inherit the two variables; a training started on
+# this machine gets them taken out (pod/executor.py). `set -euo pipefail` is Snakemake's own
+# default prefix, kept.
+shell.prefix(
+    "set -euo pipefail; "
+    f"export PYTHONPATH={_shell_escape(SCRIPTS)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f'export PATH={_shell_escape(Path(sys.executable).parent)}:"$PATH"; '
+    f"logged() {{{{ sh {_shell_escape(SCRIPTS / 'logged.sh')} \"$@\"; }}}}; "
 )
-sys.path.insert(0, str(SCRIPTS))
+
+
+# For `--sdm conda`: environment.yml holds the local side's pins itself (no `-r` file, which a
+# conda env built from a copy of it could not resolve); a test keeps them equal to
+# requirements/local.txt. Without --sdm conda, Snakemake ignores it.
 LOCAL_ENV = "../environment.yml"
 
-import train_yaml  # noqa: E402  (scripts/ is on the path only from here)
+
+def code_version(*modules):
+    """A fingerprint of scripts' code: their syntax trees without docstrings, so a comment or a
+    docstring changes nothing and any change to what the code does changes it. As a param, it
+    reruns the rules that use it when, and only when, their code changes."""
+    import ast
+    import hashlib
+
+    digest = hashlib.sha256()
+    for module in modules:
+        tree = ast.parse((SCRIPTS / f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (
+                isinstance(body, list)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+        digest.update(ast.dump(tree).encode())
+    return digest.hexdigest()[:16]
+
+
+def _script(name):
+    """scripts/<name>.py, imported for the config checks below.
+
+    scripts/ is on sys.path only while the module is imported: left there, a script named like
+    an installed module (executor, fileio, generate, pod, ...) would shadow it for Snakemake
+    and its plugins for the whole run. So what is called from here must not import another
+    script lazily, inside a function.
+    """
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+train_yaml = _script("train_yaml")
+config_errors = _script("config_errors")
 
 try:
     validate(config, schema="../config/schema/config.schema.yaml")
 except WorkflowError:
     # Same check, one line per problem instead of the whole schema.
     import yaml
-    from config_errors import explain
 
-    with open(Path(workflow.basedir) / "config" / "schema" / "config.schema.yaml") as _f:
-        raise WorkflowError("\n".join(explain(config, yaml.safe_load(_f)))) from None
+    with open(
+        Path(workflow.basedir) / "config" / "schema" / "config.schema.yaml"
+    ) as _f:
+        raise WorkflowError(
+            "\n".join(config_errors.explain(config, yaml.safe_load(_f)))
+        ) from None
 
 RUNS = config["runs"]
 PODS = config["pods"]
@@ -42,12 +110,13 @@ wildcard_constraints:
     base="[A-Za-z0-9_.-]+",
 
 
-from train_yaml import base_name, is_local_model  # noqa: E402
-
-
 def _check_config():
-    """Cross-checks the schema cannot express, each naming the key to change."""
+    """Cross-checks the schema cannot express, each naming the key to change.
+
+    Returns each run's complete training arguments and the runs' base models by base name.
+    """
     args = {}
+    base_models = {}  # base name -> the runs' base_model
     for run, cfg in RUNS.items():
         where = f"config: runs.{run}"
         if cfg["pod"] not in PODS:
@@ -64,11 +133,20 @@ def _check_config():
                 f"{where}: the training arguments have no 'template'; set it in the profile "
                 "(e.g. template: qwen) so inference can render prompts as training saw them"
             )
-    return args
+        # One 4-bit base per base name (models.smk): two different models may not share it.
+        base = cfg["base_model"]
+        name = train_yaml.base_name(base)
+        if base_models.setdefault(name, base) != base:
+            raise WorkflowError(
+                f"{where}.base_model '{base}' and '{base_models[name]}' would share "
+                f"models/{name}-4bit-mlx; rename one of the local model directories"
+            )
+    return args, base_models
 
 
-# The complete LLaMA-Factory arguments of each run: profile + overrides + derived keys.
-TRAIN_ARGS = _check_config()
+# The complete LLaMA-Factory arguments of each run (profile + overrides + derived keys, with
+# LLaMA-Factory's defaults filled in), and the base models the runs share (models.smk).
+TRAIN_ARGS, BASE_MODELS = _check_config()
 
 
 def pod_config(run):
@@ -77,7 +155,7 @@ def pod_config(run):
 
 def local_model_input(base_model):
     """A base model as a file dependency when it is a local directory (maybe built by a rule)."""
-    if is_local_model(base_model):
+    if train_yaml.is_local_model(base_model):
         return [os.path.normpath(os.path.expanduser(base_model))]
     return []
 
@@ -87,7 +165,7 @@ def base_model_input(run):
 
 
 def base_4bit_dir(run):
-    return f"models/{base_name(RUNS[run]['base_model'])}-4bit-mlx"
+    return f"models/{train_yaml.base_name(RUNS[run]['base_model'])}-4bit-mlx"
 
 
 def mlx_bundle(run):

@@ -9,38 +9,40 @@ rule validate_dataset:
     output:
         data="results/{run}/data/train.jsonl",
         report="results/{run}/data/validation.json",
-    params:
-        cutoff_len=lambda w: TRAIN_ARGS[w.run].get("cutoff_len", 2048),
-        tokenizer=lambda w, input: f"--tokenizer {input.base}" if input.base else "",
-    conda:
-        LOCAL_ENV
     log:
         "logs/{run}/validate_dataset.log",
+    conda:
+        LOCAL_ENV
+    params:
+        cutoff_len=lambda w: TRAIN_ARGS[w.run]["cutoff_len"],
+        # Token counts render each example in the run's chat template, as training does.
+        template=lambda w: TRAIN_ARGS[w.run]["template"],
+        tokenizer=lambda w, input: f"--tokenizer {input.base}" if input.base else "",
     shell:
-        "python -m validate_dataset {input.data:q} --output {output.data:q}"
-        " --report {output.report:q} --cutoff-len {params.cutoff_len} {params.tokenizer}"
-        " > {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"
+        "logged {log:q} python -m validate_dataset {input.data:q} --output {output.data:q}"
+        " --report {output.report:q} --cutoff-len {params.cutoff_len}"
+        " --template {params.template:q} {params.tokenizer}"
 
 
 rule dataset_info:
     output:
         "results/{run}/llamafactory/dataset_info.json",
-    conda:
-        LOCAL_ENV
     log:
         "logs/{run}/dataset_info.log",
+    conda:
+        LOCAL_ENV
     shell:
-        "python -m dataset_info --run {wildcards.run} --output {output:q} > {log:q} 2>&1"
+        "logged {log:q} python -m dataset_info --run {wildcards.run} --output {output:q}"
 
 
 rule train_yaml:
     output:
         "results/{run}/llamafactory/train.yaml",
-    params:
-        args=lambda w: json.dumps(TRAIN_ARGS[w.run]),
-    conda:
-        LOCAL_ENV
     log:
         "logs/{run}/train_yaml.log",
+    conda:
+        LOCAL_ENV
+    params:
+        args=lambda w: json.dumps(TRAIN_ARGS[w.run]),
     shell:
-        "python -m train_yaml --args {params.args:q} --output {output:q} > {log:q} 2>&1"
+        "logged {log:q} python -m train_yaml --args {params.args:q} --output {output:q}"

@@ -11,20 +11,22 @@ rule mlx_adapter:
         peft="lora_adapters/{run}_peft",
         # Only its config.json is read: the base's block count for num_layers, and the check.
         base=lambda w: base_4bit_dir(w.run),
-        # An edit to the converter reconverts (and never retrains).
-        converter=Path(workflow.basedir) / "scripts" / "convert_peft_to_mlx.py",
     output:
         adapters="lora_adapters/{run}_mlx/adapters.safetensors",
         config="lora_adapters/{run}_mlx/adapter_config.json",
-    params:
-        outdir=lambda w, output: os.path.dirname(output.adapters),
-    conda:
-        LOCAL_ENV
     log:
         "logs/{run}/mlx_adapter.log",
+    conda:
+        LOCAL_ENV
+    params:
+        outdir=lambda w, output: os.path.dirname(output.adapters),
+        # A change to the converter's code reconverts (and never retrains); a comment does not.
+        converter=code_version(
+            "convert_peft_to_mlx", "conversion_plan", "safetensors_io"
+        ),
     shell:
-        "python -m convert_peft_to_mlx --input {input.peft:q} --output {params.outdir:q}"
-        " --base {input.base:q} > {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"
+        "logged {log:q} python -m convert_peft_to_mlx --input {input.peft:q} --output {params.outdir:q}"
+        " --base {input.base:q}"
 
 
 rule metadata:
@@ -34,25 +36,23 @@ rule metadata:
         template=lambda w: TEMPLATES / f"{TRAIN_ARGS[w.run]['template']}.json",
     output:
         "lora_adapters/{run}_mlx/metadata.json",
+    log:
+        "logs/{run}/metadata.log",
+    conda:
+        LOCAL_ENV
     params:
         author=lambda w: RUNS[w.run].get("author", ""),
         base_model=lambda w: base_4bit_dir(w.run),
         base_model_id=lambda w: RUNS[w.run]["base_model"],
-        # LLaMA-Factory's defaults when a profile leaves them out.
-        lora_rank=lambda w: TRAIN_ARGS[w.run].get("lora_rank", 8),
-        lora_alpha=lambda w: TRAIN_ARGS[w.run].get("lora_alpha")
-        or 2 * TRAIN_ARGS[w.run].get("lora_rank", 8),
+        lora_rank=lambda w: TRAIN_ARGS[w.run]["lora_rank"],
+        lora_alpha=lambda w: TRAIN_ARGS[w.run]["lora_alpha"],
         template=lambda w: TRAIN_ARGS[w.run]["template"],
-    conda:
-        LOCAL_ENV
-    log:
-        "logs/{run}/metadata.log",
     shell:
-        "python -m write_metadata --run {wildcards.run} --author {params.author:q}"
+        "logged {log:q} python -m write_metadata --run {wildcards.run} --author {params.author:q}"
         " --base-model {params.base_model:q} --base-model-id {params.base_model_id:q}"
         " --lora-rank {params.lora_rank} --lora-alpha {params.lora_alpha}"
         " --template {params.template:q} --validation {input.validation:q}"
-        " --peft {input.peft:q} --output {output:q} > {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"
+        " --peft {input.peft:q} --output {output:q}"
 
 
 rule samples:
@@ -61,10 +61,15 @@ rule samples:
         adapters=rules.mlx_adapter.output.adapters,
         adapter_config=rules.mlx_adapter.output.config,
         # The held-out prompts; without them the validated training data (said so in samples.md).
-        prompts=lambda w: RUNS[w.run].get("heldout") or f"results/{w.run}/data/train.jsonl",
+        prompts=lambda w: RUNS[w.run].get("heldout")
+        or f"results/{w.run}/data/train.jsonl",
         template=lambda w: TEMPLATES / f"{TRAIN_ARGS[w.run]['template']}.json",
     output:
         "results/{run}/samples.md",
+    log:
+        "logs/{run}/samples.log",
+    conda:
+        LOCAL_ENV
     params:
         adapter_dir=lambda w, input: os.path.dirname(input.adapters),
         template=lambda w: TRAIN_ARGS[w.run]["template"],
@@ -79,13 +84,9 @@ rule samples:
             else "The run has no `heldout:` prompts, so these come from the TRAINING data: "
             "they show memorisation as much as style."
         ),
-    conda:
-        LOCAL_ENV
-    log:
-        "logs/{run}/samples.log",
     shell:
-        "python -m generate --model {input.base:q} --adapter-path {params.adapter_dir:q}"
+        "logged {log:q} python -m generate --model {input.base:q} --adapter-path {params.adapter_dir:q}"
         " --template {params.template:q} --prompts-file {input.prompts:q}"
         " --samples-md {output:q} --title 'Samples: {wildcards.run}' --note {params.note:q}"
         " --count {params.how_many} --max-tokens {params.max_tokens} --temp {params.temperature}"
-        " --top-p {params.top_p} --seed {params.seed} > {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"
+        " --top-p {params.top_p} --seed {params.seed}"

@@ -1,52 +1,40 @@
 # Base models. The demo and the tests stand in a tiny random Qwen2, built here from local text.
 
+import re
+
 
 rule tiny_base_model:
     input:
         corpus=Path(workflow.basedir) / "data/training/lovecraft/train_sft.jsonl",
     output:
         directory("models/tiny-qwen2"),
-    conda:
-        LOCAL_ENV
     log:
         "logs/models/tiny-qwen2.log",
+    conda:
+        LOCAL_ENV
     shell:
-        "python -m make_tiny_model --corpus {input.corpus:q} --output {output:q}"
-        " > {log:q} 2>&1"
+        "logged {log:q} python -m make_tiny_model --corpus {input.corpus:q} --output {output:q}"
 
 
 # The 4-bit MLX base model (the guide's step 8), built once per base model and shared by every
 # run on it. A hub id is downloaded by mlx_lm.convert on this machine; a local directory (maybe
 # built by a rule, as the demo's tiny model) is an input, so a rebuilt base is requantised.
-import re  # noqa: E402
-
-BASE_MODELS = {}  # base name -> the runs' base_model
-for _base_run, _base_cfg in RUNS.items():
-    _name = base_name(_base_cfg["base_model"])
-    if BASE_MODELS.setdefault(_name, _base_cfg["base_model"]) != _base_cfg["base_model"]:
-        raise WorkflowError(
-            f"config: runs.{_base_run}.base_model '{_base_cfg['base_model']}' and '{BASE_MODELS[_name]}' "
-            f"would share models/{_name}-4bit-mlx; rename one of the local model directories"
-        )
-
-
 rule base_4bit:
     input:
         base=lambda w: local_model_input(BASE_MODELS[w.base]),
     output:
         directory("models/{base}-4bit-mlx"),
+    log:
+        "logs/models/{base}-4bit-mlx.log",
     wildcard_constraints:
         # Only the runs' base models; anything else has no rule.
         base="|".join(re.escape(name) for name in BASE_MODELS),
+    conda:
+        LOCAL_ENV
     params:
         source=lambda w, input: input.base if input.base else BASE_MODELS[w.base],
         q_bits=4,
         q_group_size=64,
-    conda:
-        LOCAL_ENV
-    log:
-        "logs/models/{base}-4bit-mlx.log",
     shell:
-        "python -m quantize_base --hf-path {params.source:q} --mlx-path {output:q}"
+        "logged {log:q} python -m quantize_base --hf-path {params.source:q} --mlx-path {output:q}"
         " --q-bits {params.q_bits} --q-group-size {params.q_group_size}"
-        " > {log:q} 2>&1 || {{ cat {log:q} >&2; exit 1; }}"

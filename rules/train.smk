@@ -22,16 +22,16 @@ rule preflight:
         train_yaml="results/{run}/llamafactory/train.yaml",
     output:
         "results/{run}/train/preflight.json",
-    resources:
-        pod=POD_SETTINGS,
-    conda:
-        LOCAL_ENV
     log:
         "logs/{run}/preflight.log",
+    conda:
+        LOCAL_ENV
+    resources:
+        pod=POD_SETTINGS,
     shell:
-        "python -m remote_train preflight --run {wildcards.run} --pod-settings {resources.pod:q}"
+        "logged {log:q} python -m remote_train preflight --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
-        " --output {output:q} --log {log:q}"
+        " --output {output:q}"
 
 
 rule submit_training:
@@ -42,16 +42,16 @@ rule submit_training:
         base=lambda w: base_model_input(w.run),
     output:
         "results/{run}/train/launch.json",
-    resources:
-        pod=POD_SETTINGS,
-    conda:
-        LOCAL_ENV
     log:
         "logs/{run}/submit_training.log",
+    conda:
+        LOCAL_ENV
+    resources:
+        pod=POD_SETTINGS,
     shell:
-        "python -m remote_train submit --run {wildcards.run} --pod-settings {resources.pod:q}"
+        "logged {log:q} python -m remote_train submit --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
-        " --output {output:q} --log {log:q}"
+        " --output {output:q}"
 
 
 rule wait_training:
@@ -62,17 +62,18 @@ rule wait_training:
         train_yaml="results/{run}/llamafactory/train.yaml",
     output:
         "results/{run}/train/finished.json",
-    resources:
-        pod=POD_SETTINGS,
-    conda:
-        LOCAL_ENV
     log:
+        # The pod's train.log, mirrored by the script; this job's own output goes to `wait`.
         remote="logs/{run}/train_remote.log",
         wait="logs/{run}/wait_training.log",
+    conda:
+        LOCAL_ENV
+    resources:
+        pod=POD_SETTINGS,
     shell:
-        "python -m remote_train wait --run {wildcards.run} --pod-settings {resources.pod:q}"
+        "logged {log.wait:q} python -m remote_train wait --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --launch {input.launch:q} --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
-        " --output {output:q} --remote-log {log.remote:q} --log {log.wait:q}"
+        " --output {output:q} --remote-log {log.remote:q}"
 
 
 rule best_checkpoint:
@@ -84,14 +85,13 @@ rule best_checkpoint:
         summary="results/{run}/train/training_summary.json",
         plot=report("results/{run}/train/loss.svg", category="Training"),
         state="results/{run}/train/trainer_state.json",
-    resources:
-        pod=POD_SETTINGS,
-    conda:
-        LOCAL_ENV
     log:
         "logs/{run}/best_checkpoint.log",
+    conda:
+        LOCAL_ENV
+    resources:
+        pod=POD_SETTINGS,
     shell:
-        "python -m remote_train fetch --run {wildcards.run} --pod-settings {resources.pod:q}"
+        "logged {log:q} python -m remote_train fetch --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --launch {input.launch:q} --finished {input.finished:q} --adapter-dir {output.adapter:q}"
         " --summary {output.summary:q} --plot {output.plot:q} --trainer-state {output.state:q}"
-        " --log {log:q}"

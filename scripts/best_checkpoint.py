@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from validate_dataset import write_atomic
+from fileio import write_atomic
 
 # The chosen checkpoint's files that make the adapter; never optimizer.pt, scheduler.pt, rng_state.
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json")

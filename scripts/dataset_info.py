@@ -9,11 +9,10 @@ never disagree (the guide's "Dataset not found" row).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from fileio import write_json
 from train_yaml import dataset_name
-from validate_dataset import write_atomic
 
 # The validated data's file name inside the run's dataset_dir on the pod.
 DATA_FILE = "train.jsonl"
@@ -34,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="the run's name from config/config.yaml")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    text = json.dumps(dataset_info(args.run), indent=2) + "\n"
-    write_atomic(args.output, text.encode("utf-8"))
+    write_json(args.output, dataset_info(args.run))
     return 0
 
 

@@ -26,11 +26,11 @@ import json
 import sys
 from pathlib import Path
 
+from fileio import UserError, read_json_object, write_atomic
 from prompt_format import load_template, render_prompt, split_guide_prompt
-from validate_dataset import read_json_object, write_atomic
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """A usage or input problem; the message says what to change."""
 
 

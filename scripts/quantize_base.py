@@ -19,22 +19,19 @@ that looks like a model.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from convert_peft_to_mlx import ConversionError, human_size, read_header
+from fileio import UserError, land, read_json_object, staged_dir
+from safetensors_io import human_size, read_header
 from train_yaml import HUB_ID, is_local_model
-from validate_dataset import read_json_object
 
 # Linear layers inside a decoder block: what -q must have packed.
 BLOCK_LINEAR = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.\d+\..*_proj\.weight$")
 
 
-class QuantizeError(ValueError):
+class QuantizeError(UserError):
     """The base model cannot be built or is not quantised; the message says what to do."""
 
 
@@ -61,10 +58,7 @@ def check_quantized(model_dir: str | Path, bits: int = 4, group_size: int = 64) 
         raise QuantizeError(f"{model_dir}: no *.safetensors weights")
     tensors: dict[str, dict] = {}
     for path in files:
-        try:
-            header, _ = read_header(path)
-        except ConversionError as exc:
-            raise QuantizeError(str(exc)) from None
+        header, _ = read_header(path, QuantizeError)
         tensors.update(header)
     linears = [name for name in tensors if BLOCK_LINEAR.match(name)]
     if not linears:
@@ -99,18 +93,13 @@ def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, l
 
     from mlx_lm.convert import convert
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # mlx_lm.convert wants a path that does not exist: a fresh name inside a private folder.
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    staged = scratch / target.name
-    try:
+    # mlx_lm.convert refuses an existing --mlx-path; the staged path does not exist yet.
+    with staged_dir(target) as staged:
         log(f"mlx_lm.convert --hf-path {source} -q --q-bits {bits} --q-group-size {group_size} "
             f"--mlx-path {target}")
         convert(source, str(staged), quantize=True, q_bits=bits, q_group_size=group_size)
         summary = check_quantized(staged, bits, group_size)
-        os.replace(staged, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        land(staged, target)
     log(f"{target}: {summary['quantized_linears']} block linear layers in {bits} bits, "
         f"{human_size(summary['bytes'])} of weights")
     return summary

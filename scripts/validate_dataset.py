@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
+
+from fileio import write_atomic
 
 FIELDS = ("instruction", "input", "output")
 
@@ -180,11 +180,11 @@ def _length_stats(values: list[int]) -> dict:
     }
 
 
-def token_lengths(examples: list[dict], tokenizer_dir: str) -> list[int]:
-    """Tokens per example as training sees it: the rendered chat, not the bare fields."""
+def token_lengths(examples: list[dict], tokenizer_dir: str, template: str = "qwen") -> list[int]:
+    """Tokens per example as training sees it: rendered in the run's chat template."""
     from tokenizers import Tokenizer
 
-    from prompt_format import render_training_text
+    from prompt_format import load_template, render_training_text
 
     tokenizer_file = Path(tokenizer_dir) / "tokenizer.json"
     if not tokenizer_file.is_file():
@@ -192,7 +192,9 @@ def token_lengths(examples: list[dict], tokenizer_dir: str) -> list[int]:
             f"{tokenizer_file}: no tokenizer.json; pass the base model's directory to --tokenizer"
         )
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    texts = [render_training_text(ex["instruction"], ex["input"], ex["output"]) for ex in examples]
+    chat = load_template(template)
+    texts = [render_training_text(ex["instruction"], ex["input"], ex["output"], chat)
+             for ex in examples]
     return [len(enc.ids) for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
@@ -236,37 +238,8 @@ def normalise(examples: list[dict]) -> bytes:
     return "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples).encode("utf-8")
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same folder, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError,
-                     what: str = "") -> dict:
-    """A JSON object from a file, or `error` with the file, the line and what it should be."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: missing" + (f" ({what})" if what else ""))
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        line = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise error(f"{path}{line}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    if not isinstance(data, dict):
-        raise error(f"{path}: expected a JSON object")
-    return data
-
-
-def validate_file(path: str, tokenizer: str | None = None, cutoff_len: int | None = None):
+def validate_file(path: str, tokenizer: str | None = None, cutoff_len: int | None = None,
+                  template: str = "qwen"):
     """Return (result, normalised bytes, report or None). Reads the file once."""
     try:
         data = Path(path).read_bytes()
@@ -278,7 +251,7 @@ def validate_file(path: str, tokenizer: str | None = None, cutoff_len: int | Non
     if not result.ok:
         return result, b"", None
     normalised = normalise(result.examples)
-    tokens = token_lengths(result.examples, tokenizer) if tokenizer else None
+    tokens = token_lengths(result.examples, tokenizer, template) if tokenizer else None
     return result, normalised, build_report(path, result, normalised, tokens, cutoff_len)
 
 
@@ -289,13 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="JSON report to write")
     parser.add_argument("--tokenizer", help="model directory with tokenizer.json, for token counts")
     parser.add_argument("--cutoff-len", type=int, help="training cutoff_len, to count examples over it")
+    parser.add_argument("--template", default="qwen",
+                        help="the run's LLaMA-Factory template (config/templates/NAME.json), "
+                             "to count tokens as training renders them")
     args = parser.parse_args(argv)
 
     # Nothing stale may survive a failed run: remove old outputs before anything else.
     for out in (args.output, args.report):
         Path(out).unlink(missing_ok=True)
     try:
-        result, normalised, report = validate_file(args.input, args.tokenizer, args.cutoff_len)
+        result, normalised, report = validate_file(args.input, args.tokenizer, args.cutoff_len,
+                                                   args.template)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,11 +22,11 @@ import json
 import sys
 from pathlib import Path
 
+from fileio import UserError, read_json_object, write_atomic
 from prompt_format import load_template, render_prompt
-from validate_dataset import read_json_object, write_atomic
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError):
     """An input is missing or contradicts another; the message says which and what to do."""
 
 

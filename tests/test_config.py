@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SAMPLE_DATA, run_script, snakemake, write_config
+from helpers.workflow import REPO, SAMPLE_DATA, run_script, snakemake, write_config
 
 import train_yaml
 from dataset_info import dataset_info
@@ -75,6 +75,9 @@ def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, nee
      "runs.lovecraft: the training arguments have no 'template'"),
     ({"runs": {"lovecraft": {"base_model": "not a hub id"}}},
      "runs.lovecraft.base_model: 'not a hub id' is neither a hub id"),
+    ({"runs": {"second": {"data": "x", "base_model": "./other/Qwen2.5-32B", "profile": "tiny_cpu",
+                          "pod": "runpod"}}},
+     "would share models/Qwen2.5-32B-4bit-mlx; rename one of the local model directories"),
 ])
 def test_cross_checks_fail_on_the_laptop_in_seconds(tmp_path, overlay, needle):
     proc = dry_run(tmp_path, overlay)
@@ -149,6 +152,18 @@ def test_overrides_win_over_the_profile():
     run = {**DEFAULT_CONFIG["runs"]["lovecraft"], "overrides": {"max_steps": 800, "lora_rank": 32}}
     args = train_yaml.train_args("lovecraft", run)
     assert args["max_steps"] == 800 and args["lora_rank"] == 32 and args["lora_alpha"] == 256
+
+
+def test_llamafactorys_defaults_are_filled_once_where_the_arguments_are_built(tmp_path):
+    """A profile that leaves out lora_rank, lora_alpha and cutoff_len gets LLaMA-Factory's own
+    defaults in train.yaml, so every rule and script reads one value."""
+    (tmp_path / "bare.yaml").write_text("stage: sft\nfinetuning_type: lora\ntemplate: qwen\n")
+    run = {**DEFAULT_CONFIG["runs"]["lovecraft"], "profile": "bare"}
+    args = train_yaml.train_args("x", run, profiles_dir=tmp_path)
+    assert (args["lora_rank"], args["lora_alpha"], args["cutoff_len"]) == (8, 16, 2048)
+    run["overrides"] = {"lora_rank": 16, "cutoff_len": None}  # a null counts as left out
+    args = train_yaml.train_args("x", run, profiles_dir=tmp_path)
+    assert (args["lora_rank"], args["lora_alpha"], args["cutoff_len"]) == (16, 32, 2048)
 
 
 def test_local_base_model_becomes_absolute(tmp_path, monkeypatch):

@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_DATA, SCRIPTS
-from test_mlx_helpers import make_peft_adapter, mlx_logits, token_ids
+from helpers.workflow import SAMPLE_DATA, SCRIPTS
+from helpers.mlx import make_peft_adapter, mlx_logits, token_ids
 
 import convert_peft_to_mlx as converter
 
@@ -189,7 +189,7 @@ def test_adapter_trained_by_llamafactory_gives_peft_logits_in_mlx(tiny_model, tm
     from transformers import AutoModelForCausalLM
 
     import train_yaml
-    from conftest import LLAMAFACTORY_CLI, run_script
+    from helpers.workflow import LLAMAFACTORY_CLI, run_script
     from dataset_info import DATA_FILE
 
     data = tmp_path / train_yaml.DATASET_DIR

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SCRIPTS
-from test_mlx_helpers import make_peft_adapter
+from helpers.workflow import SCRIPTS
+from helpers.mlx import make_peft_adapter
 
 import convert_peft_to_mlx as converter
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_pod_python
+from helpers.workflow import run_pod_python
 
 import generate
 from dataset_info import dataset_info

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAMPLE_DATA, run_pod_python, run_script
+from helpers.workflow import REPO, SAMPLE_DATA, run_pod_python, run_script
 
 import train_yaml
 from dataset_info import DATA_FILE

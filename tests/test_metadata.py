@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import REPO, SAMPLE_DATA
+from helpers.workflow import REPO, SAMPLE_DATA
 
 import write_metadata
 from prompt_format import load_template, render_prompt

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SCRIPTS
-from test_mlx_helpers import make_peft_adapter, mlx_logits, token_ids
+from helpers.workflow import SCRIPTS
+from helpers.mlx import make_peft_adapter, mlx_logits, token_ids
 
 import convert_peft_to_mlx as converter
 import quantize_base

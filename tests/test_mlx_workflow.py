@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, write_config
-from test_mlx_helpers import make_peft_adapter
+from helpers.workflow import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, write_config
+from helpers.mlx import make_peft_adapter
 
 RULES = ["validate_dataset", "dataset_info", "train_yaml", "base_4bit", "mlx_adapter", "metadata",
          "samples", "lovecraft_mlx"]
@@ -108,13 +108,29 @@ def test_author_change_rebuilds_only_metadata(built):
 
 
 def test_converter_edit_reconverts_and_nothing_else(built):
-    """The converter is an input of mlx_adapter only: an edit reconverts (and re-samples)."""
+    """The converter's code is a param of mlx_adapter only: an edit reconverts (and re-samples)."""
     repo, work, cfg = built
     converter = repo / "scripts" / "convert_peft_to_mlx.py"
     original = converter.read_text()
-    converter.write_text(original + "\n# an edit\n")
+    converter.write_text(original + "\nCONVERTER_EDIT = 1\n")
     try:
         proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
     finally:
         converter.write_text(original)
     assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "lovecraft_mlx": 1}, proc.stdout
+
+
+@pytest.mark.parametrize("module", ["convert_peft_to_mlx.py", "conversion_plan.py",
+                                    "safetensors_io.py", "fileio.py", "remote_train.py",
+                                    "pod/launch.py", "pod/lib.sh"])
+def test_a_comment_in_a_script_plans_nothing(built, module):
+    """Code comments rebuild nothing, the converter's included."""
+    repo, work, cfg = built
+    script = repo / "scripts" / module
+    original = script.read_text()
+    script.write_text(original + "\n# a comment\n")
+    try:
+        proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
+    finally:
+        script.write_text(original)
+    assert planned_jobs(proc) == {}, proc.stdout

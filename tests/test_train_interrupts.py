@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LLAMAFACTORY_CLI, REPO, snakemake
-from sshd import style_run_config
+from helpers.workflow import LLAMAFACTORY_CLI, REPO, snakemake
+from helpers.sshd import style_run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

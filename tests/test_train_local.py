@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, write_config
+from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LLAMAFACTORY_CLI, snakemake
-from sshd import style_run_config
+from helpers.workflow import LLAMAFACTORY_CLI, snakemake
+from helpers.sshd import style_run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -113,7 +113,7 @@ def test_an_edit_to_the_executor_code_retrains_nothing(trained):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers.workflow import REPO
 
     copy = trained["tmp"] / "checkout"
     for part in ("rules", "scripts", "config"):
@@ -153,7 +153,7 @@ def preflight_work(tmp_path_factory, sshd, tiny_model):
 
 
 def _unreachable(sshd, tmp):
-    from sshd import free_port
+    from helpers.sshd import free_port
     return sshd.pod(tmp, LLAMAFACTORY_CLI, port=free_port()), {}
 
 

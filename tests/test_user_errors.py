@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_script
+from helpers.workflow import run_script
 
 
 def assert_clean_error(proc, *needles):

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import SAMPLE_DATA, run_script
+from helpers.workflow import SAMPLE_DATA, run_script
 
 GOOD = {"instruction": "Rewrite in Lovecraft's style.", "input": "A cellar.", "output": "Nameless."}
 
@@ -158,3 +158,19 @@ def test_token_counts_and_cutoff_len_with_a_tokenizer(tmp_path, tiny_model):
     assert stats["cutoff_len"] == 100
     assert stats["over_cutoff_len"] == 1 and stats["over_cutoff_len_lines"] == [2]
     assert stats["tokens"]["max"] > 200 > stats["tokens"]["min"]
+
+
+def test_token_counts_render_with_the_runs_template(tmp_path, tiny_model, monkeypatch):
+    """The counts are of the text training sees: the run's chat template, not always qwen's."""
+    import prompt_format
+    from validate_dataset import token_lengths
+
+    qwen = json.loads((prompt_format.TEMPLATES_DIR / "qwen.json").read_text())
+    long_system = {**qwen, "default_system": qwen["default_system"] + " Answer in the style asked." * 20}
+    (tmp_path / "longer.json").write_text(json.dumps(long_system))
+    (tmp_path / "qwen.json").write_text(json.dumps(qwen))
+    monkeypatch.setattr(prompt_format, "TEMPLATES_DIR", tmp_path)
+    examples = [json.loads(line) for line in SAMPLE_DATA.read_text().splitlines()[:3]]
+    base = token_lengths(examples, str(tiny_model), "qwen")
+    longer = token_lengths(examples, str(tiny_model), "longer")
+    assert all(b < n for b, n in zip(base, longer)), (base, longer)

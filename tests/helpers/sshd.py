@@ -104,7 +104,7 @@ class Sshd:
 
 def style_run_config(tmp: Path, pod: dict, tiny_model: Path, **overrides) -> Path:
     """A config with one run, `style`, training the tiny model on `pod` (e.g. Sshd.pod(...))."""
-    from conftest import SAMPLE_DATA, write_config
+    from helpers.workflow import SAMPLE_DATA, write_config
 
     return write_config(tmp / "config.yaml", {
         "runs": {"style": {"data": str(SAMPLE_DATA), "base_model": str(tiny_model),

@@ -1,4 +1,4 @@
-"""Helpers for the MLX-stage tests (no tests here): real PEFT adapters on the tiny model, logits."""
+"""Helpers for the MLX-stage tests: real PEFT adapters on the tiny model, logits."""
 
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 
 ``ssh`` reaches a rented pod with the OpenSSH client and rsync, so ``~/.ssh/config``, agents and
 keys work as they do in a terminal; ``local`` is this machine (its GPU or CPU; the demo uses it).
-Everything the pipeline does on the pod is a POSIX shell script given to ``Executor.sh()``, with
-every value inside it passed through ``shlex.quote``, so both executors run the same commands.
+Everything the pipeline does on the pod is one of the .sh scripts beside this module, run with
+``Executor.run(name, *args)``: the values travel as positional arguments, never inside the
+script's text, so both executors run the same commands and no value is ever parsed as shell.
 
-    python scripts/executor.py --pod-settings pod.json 'nvidia-smi; df -h .'
+    python -m pod.executor --pod-settings pod.json 'nvidia-smi; df -h .'   (from scripts/)
 
 Host keys are checked: a pod's first key is accepted once and remembered in a known-hosts file the
 project controls (``known_hosts:``, default ``.state/known_hosts``); a changed key stops everything.
@@ -14,7 +15,6 @@ project controls (``known_hosts:``, default ``.state/known_hosts``); a changed k
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -25,23 +25,17 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_KNOWN_HOSTS = ".state/known_hosts"
+from . import shell
+from .messages import PodError, Unreachable
+from .settings import load_settings, with_defaults
+
+# scripts/, which Snakemake's jobs have on PYTHONPATH: kept out of a training started here.
+SCRIPTS = str(Path(__file__).resolve().parents[1])
+
 # ssh exits with 255 when the connection itself fails; rsync reports a broken transport
 # (12: protocol stream, 30/35: timeouts) or passes ssh's 255 on.
 SSH_FAILED = 255
 RSYNC_TRANSPORT_FAILED = {12, 30, 35, 255}
-
-
-class PodError(RuntimeError):
-    """A problem with the pod, worded as what is wrong and what to change."""
-
-
-class Unreachable(PodError):
-    """The pod did not answer. Maybe transient: a following loop retries, a launch does not."""
-
-    def __init__(self, message: str, short: str = ""):
-        super().__init__(message)
-        self.short = short or message  # for a retry line: what ssh said, without the advice
 
 
 @dataclass
@@ -54,6 +48,11 @@ class Result:
     def text(self) -> str:
         return self.out.decode("utf-8", errors="replace")
 
+    @property
+    def facts(self) -> dict[str, list[str]]:
+        """A pod-side script's `@@key value` answers."""
+        return shell.parse_markers(self.text)
+
 
 class Executor(ABC):
     """The machine that trains, as seen from here."""
@@ -61,15 +60,21 @@ class Executor(ABC):
     kind = ""
 
     def __init__(self, settings: dict, workdir: str | os.PathLike = "."):
-        self.settings = settings
+        self.settings = with_defaults(settings)
         self.name = settings.get("name", self.kind)
         self.workdir = Path(workdir).resolve()
 
     @abstractmethod
-    def sh(self, script: str, timeout: float | None = 600) -> Result:
-        """Run a POSIX shell script there (cwd: the login directory, or the workdir for local).
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = ()) -> Result:
+        """Run a POSIX shell script there as `sh -c script sh args...` (cwd: the login directory,
+        or the workdir for local).
 
         Raises Unreachable when the machine does not answer; any other failure is in the result."""
+
+    def run(self, name: str, *args, timeout: float | None = 600) -> Result:
+        """Run one of the pod-side scripts (scripts/pod/<name>) with its arguments."""
+        return self.sh(shell.script(name), timeout, tuple(map(str, args)))
+
 
     @abstractmethod
     def put(self, local_dir: Path, remote_dir: str) -> None:
@@ -89,11 +94,13 @@ class LocalExecutor(Executor):
 
     kind = "local"
 
-    def sh(self, script: str, timeout: float | None = 600) -> Result:
-        # A session of its own: a training started from here survives Ctrl-C of Snakemake.
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = ()) -> Result:
+        # A session of its own: a training started from here survives Ctrl-C of Snakemake. The
+        # environment is the user's, without the scripts/ folder the job put on PYTHONPATH.
         try:
-            proc = subprocess.run(["sh", "-c", script], cwd=self.workdir, capture_output=True,
-                                  timeout=timeout, start_new_session=True)
+            proc = subprocess.run(["sh", "-c", script, "sh", *args], cwd=self.workdir,
+                                  capture_output=True, timeout=timeout, start_new_session=True,
+                                  env=clean_environment())
         except subprocess.TimeoutExpired as exc:
             raise Unreachable(f"a command on this machine took over {timeout:.0f} s") from exc
         return Result(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
@@ -114,6 +121,24 @@ class LocalExecutor(Executor):
         return "this machine"
 
 
+def clean_environment() -> dict:
+    """This process's environment without what a Snakemake job adds (rules/common.smk): scripts/
+    on PYTHONPATH, and the local side's bin/ in front of PATH. A training on this machine must
+    not import the pipeline's modules (generic names: executor, generate), nor find the local
+    side's tools first (its torchrun, which LLaMA-Factory starts by name for several GPUs)."""
+    env = dict(os.environ)
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+            if p and os.path.realpath(p) != os.path.realpath(SCRIPTS)]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        env.pop("PYTHONPATH", None)
+    path = env.get("PATH", "").split(os.pathsep)
+    if path and path[0] == os.path.dirname(sys.executable):
+        env["PATH"] = os.pathsep.join(path[1:])
+    return env
+
+
 def _ssh_config_value(value: str) -> str:
     """A value for `ssh -o Key=value`: ssh splits some values on blanks unless double-quoted."""
     return f'"{value}"' if re.search(r"\s", value) else value
@@ -129,7 +154,7 @@ class SSHExecutor(Executor):
         if not settings.get("host"):
             raise PodError(f"pods.{self.name}.host is missing: the pod's IP address or ssh alias")
         self.known_hosts = self.workdir / os.path.expanduser(
-            settings.get("known_hosts") or DEFAULT_KNOWN_HOSTS)
+            self.settings["known_hosts"])
 
     def destination(self) -> str:
         user = self.settings.get("user")
@@ -168,11 +193,11 @@ class SSHExecutor(Executor):
                 f"`ssh-keygen -t ed25519 -f {key}` and add {key}.pub to the pod (RunPod: Settings -> "
                 "SSH Public Keys), or point identity_file at your existing key")
 
-    def sh(self, script: str, timeout: float | None = 600) -> Result:
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = ()) -> Result:
         self._check_key()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        # The login shell on the pod runs `sh -c <script>`: one quoting layer, done by shlex.
-        argv = self.ssh_argv(shlex.join(["sh", "-c", script]))
+        # The login shell on the pod runs `sh -c <script> sh <args>`: one quoting layer, by shlex.
+        argv = self.ssh_argv(shlex.join(["sh", "-c", script, "sh", *args]))
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
@@ -261,22 +286,6 @@ def make_executor(settings: dict, workdir: str | os.PathLike = ".") -> Executor:
         raise PodError(f"pods.{settings.get('name', '?')}.executor: '{kind}' is not one of "
                        f"{', '.join(EXECUTORS)}")
     return EXECUTORS[kind](settings, workdir)
-
-
-def load_settings(value: str) -> dict:
-    """A pod's settings: JSON text (what the rules pass), or the path of a JSON file."""
-    inline = value.lstrip().startswith("{")
-    where = "--pod-settings (JSON text)" if inline else f"--pod-settings file {value}"
-    try:
-        text = value if inline else Path(value).read_text(encoding="utf-8")
-        settings = json.loads(text)
-    except OSError as exc:
-        raise PodError(f"{where}: cannot read it ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PodError(f"{where} is not valid JSON: {exc}") from None
-    if not isinstance(settings, dict):
-        raise PodError(f"{where} is not a JSON object (a pods: entry with its name)")
-    return settings
 
 
 def main(argv: list[str] | None = None) -> int:

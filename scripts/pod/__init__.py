@@ -1,0 +1,15 @@
+"""Everything that touches the training machine (a pod over SSH, or this machine).
+
+    settings.py    a pod's settings, every default once (from the config schema)
+    executor.py    how commands and files reach it: ssh + rsync, or this machine
+    shell.py       the pod-side .sh scripts beside it: how they are sent, what they print
+    estimate.py    memory, disk and steps a run needs
+    preflight.py   the checks before anything is uploaded, and the opt-in setup of a fresh pod
+    run_state.py   the state of a run folder on the pod
+    launch.py      a run's identity, upload, launch and submit
+    follow.py      wait: progress, the remote log, reconnects, resume after a crash
+    fetch.py       download the best checkpoint's adapter, verified, landed atomically
+    messages.py    what the user is told: errors, interruptions, hints, progress lines
+
+scripts/remote_train.py is the command line the rules call.
+"""

@@ -1,0 +1,103 @@
+"""Download the best checkpoint's adapter: chosen by eval_loss (best_checkpoint.py), only its
+adapter files and the logs (never optimizer or scheduler state), each checked against the pod's
+sha256, landed as one folder that appears complete or not at all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import best_checkpoint
+from fileio import land, sha256_file, staged_dir, write_atomic
+
+from .executor import Executor
+from .follow import with_reconnect
+from .messages import PodError, Say, stopped_as, stopped_after_landing
+from .run_state import list_checkpoints, read_state, remote_hashes
+from .settings import with_defaults
+
+
+def download_verified(ex: Executor, run_dir: str, rel: str, dest: Path,
+                      expected: tuple[int, str]) -> None:
+    """Download one file, check its size and sha256 against the pod's; one retry on a mismatch."""
+    for _ in (1, 2):
+        ex.get(f"{run_dir}/{rel}", dest)
+        got = (dest.stat().st_size, sha256_file(dest))
+        if got == expected:
+            return
+        dest.unlink(missing_ok=True)
+    raise PodError(f"{rel} from {ex.where()} arrived damaged twice (size/sha256 {got} != {expected}); "
+                   "run again")
+
+
+def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: dict,
+          adapter_dir: Path, summary_path: Path, plot_path: Path, state_path: Path, say: Say) -> dict:
+    """Choose the best checkpoint, download only its adapter and the logs, land them atomically."""
+    if adapter_dir.exists() and (not adapter_dir.is_dir() or any(adapter_dir.iterdir())):
+        raise PodError(f"{adapter_dir} already exists and is not empty; fetch never overwrites an "
+                       "adapter: remove it (or move it away) and run again")
+    settings = with_defaults(settings)
+    run_id = launch_rec["run_id"]
+    state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say,
+                           "fetching")
+    if not state.exists:
+        raise PodError(f"{ex.where()} no longer has the run folder {run_id}; its checkpoints are gone. "
+                       f"Delete results/{run}/train/ to train again")
+    run_dir = f"{state.remote_dir}/{run_id}"
+    steps = with_reconnect(lambda: list_checkpoints(ex, run_dir), settings, say, "listing checkpoints")
+    if not steps:
+        raise PodError(f"{run_id} saved no checkpoint-N on {ex.where()} (save_strategy: no?); "
+                       "set save_steps in the profile")
+    # The whole log_history: the final trainer_state.json, else the newest checkpoint's.
+    history_rel = ("output/trainer_state.json" if state.final
+                   else f"output/checkpoint-{steps[-1]}/trainer_state.json")
+    with staged_dir(adapter_dir) as stage:
+        stage.mkdir()
+        final_state = stage / "final_trainer_state.json"
+        hashes = with_reconnect(lambda: remote_hashes(ex, run_dir, [history_rel]), settings, say, "hashing")
+        with_reconnect(lambda: download_verified(ex, run_dir, history_rel, final_state, hashes[history_rel]),
+                       settings, say, "downloading trainer_state.json")
+        history = json.loads(final_state.read_text(encoding="utf-8")).get("log_history", [])
+        choice = best_checkpoint.select_checkpoint(history, steps)
+        say(f"chosen: checkpoint-{choice.step} of {steps} by {choice.selected_by}"
+            + (f" (eval_loss {choice.eval_loss:.4f})" if choice.eval_loss is not None else "")
+            + (f"; {choice.note}" if choice.note else ""))
+        source = f"output/checkpoint-{choice.step}"
+        # Only the adapter and the logs: optimizer.pt, scheduler.pt and rng_state stay on the pod.
+        wanted = {name: f"{source}/{name}" for name in best_checkpoint.ADAPTER_FILES}
+        wanted["trainer_log.jsonl"] = "output/trainer_log.jsonl"
+        hashes = with_reconnect(lambda: remote_hashes(ex, run_dir, list(wanted.values())), settings,
+                                say, "hashing")
+        missing = [rel for rel in wanted.values() if rel not in hashes]
+        if missing:
+            raise PodError(f"missing on {ex.where()} in {run_dir}: {', '.join(missing)}")
+        for name, rel in wanted.items():
+            with_reconnect(lambda: download_verified(ex, run_dir, rel, stage / name, hashes[rel]),
+                           settings, say, f"downloading {name}")
+            say(f"downloaded {name} ({hashes[rel][0]} bytes, sha256 {hashes[rel][1][:12]}... verified)")
+        summary = {
+            "run": run,
+            "run_id": run_id,
+            "best_step": choice.step,
+            "best_eval_loss": choice.eval_loss,
+            "selected_by": choice.selected_by,
+            "total_steps": max([int(e.get("step", 0)) for e in history] + [steps[-1]]),
+            "wall_time_s": finished.get("wall_time_s"),
+            "llamafactory_version": launch_rec.get("llamafactory_version"),
+            "sha256": {name: hashes[rel][1] for name, rel in wanted.items()},
+        }
+        text = json.dumps(summary, indent=2) + "\n"
+        (stage / "training_summary.json").write_text(text)
+        state_bytes = final_state.read_bytes()
+        final_state.unlink()
+        try:
+            land(stage, adapter_dir)  # the adapter folder appears complete or not at all
+        except OSError as exc:
+            raise PodError(f"cannot move the downloaded adapter into {adapter_dir}: {exc.strerror}; "
+                           "remove it (or move it away) and run again") from None
+    # Only once the adapter is in place: a failed fetch leaves no summary of an absent adapter.
+    with stopped_as(stopped_after_landing(adapter_dir)):
+        write_atomic(summary_path, text.encode())
+        write_atomic(plot_path, best_checkpoint.loss_svg(history, choice, f"{run_id}: loss").encode())
+        write_atomic(state_path, state_bytes)
+    return summary

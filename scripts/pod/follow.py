@@ -1,0 +1,164 @@
+"""Follow a training to its end: progress lines, a mirror of the pod's train.log, reconnects
+through a dropped connection, and a resume from the last checkpoint when the process died."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .executor import Executor
+from .launch import RunFiles, launch_and_record
+from .messages import PodError, Say, TrainingFailed, Unreachable, format_progress, hint_for
+from .run_state import RunState, now_iso, parse_attempts, parse_state, read_state
+from .settings import with_defaults
+from .shell import parse_markers
+
+POLL_CAP = 4 * 2**20          # most bytes of each log fetched per poll
+
+
+def with_reconnect(call, settings: dict, say: Say, what: str):
+    """Run call(); through SSH failures retry with backoff until reconnect_minutes have passed."""
+    limit = 60 * float(with_defaults(settings)["reconnect_minutes"])
+    start, delay = time.monotonic(), 1.0
+    while True:
+        try:
+            return call()
+        except Unreachable as exc:
+            waited = time.monotonic() - start
+            if waited >= limit:
+                raise PodError(f"{exc}\nno contact with the pod for {waited / 60:.0f} min while {what}; "
+                               "if the pod is up, its training goes on: run snakemake again to re-attach") from None
+            say(f"lost contact with the pod while {what} ({exc.short}); retrying in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+
+class Follower:
+    """Polls the run folder (poll.sh): mirrors train.log, shows progress from trainer_log.jsonl."""
+
+    def __init__(self, ex: Executor, run_dir: str, mirror: Path, say: Say):
+        self.ex, self.run_dir, self.say = ex, run_dir, say
+        self.mirror = open(mirror, "wb")
+        self.mirror_path = mirror
+        self.log_offset = 0
+        self.tlog_offset = 0
+        self.tlog_rest = b""
+        self.loss: float | None = None
+        self.eval_loss: float | None = None
+        self.last_step: int | None = None
+        self.last_entry: dict | None = None
+
+    def poll(self) -> tuple[RunState, bool]:
+        """One round trip. Returns the state and whether a log chunk was capped (more to read)."""
+        out = self.ex.run("poll.sh", self.run_dir, self.log_offset, self.tlog_offset, POLL_CAP,
+                          timeout=300).out
+        header_end = out.find(b"\n@@chunk ")
+        head = out[:header_end + 1] if header_end >= 0 else out
+        state = parse_state(parse_markers(head.decode("utf-8", "replace")))
+        state.remote_dir = state.remote_dir or self.run_dir.rsplit("/", 1)[0]
+        if "@@no_run_dir" in head.decode("utf-8", "replace"):
+            return state, False
+        rest = out[header_end + 1:]
+        capped = False
+        for which in ("log", "tlog"):
+            line_end = rest.find(b"\n")
+            header = rest[:line_end].decode("ascii", "replace").split()
+            if len(header) != 3 or header[0] != "@@chunk":
+                break  # a log shrank between its size and its bytes: read it again next time
+            off, n = int(header[1]), int(header[2])
+            data = rest[line_end + 1:line_end + 1 + n]
+            rest = rest[line_end + 1 + n:]
+            capped |= n >= POLL_CAP
+            if which == "log":
+                self._mirror(off, data)
+            else:
+                self._trainer_log(off, data)
+        return state, capped
+
+    def _mirror(self, offset: int, data: bytes) -> None:
+        if offset < self.log_offset:  # the log was replaced: mirror it anew
+            self.mirror.seek(0)
+            self.mirror.truncate()
+        self.mirror.write(data)
+        self.mirror.flush()
+        self.log_offset = offset + len(data)
+
+    def _trainer_log(self, offset: int, data: bytes) -> None:
+        if offset < self.tlog_offset:
+            self.tlog_rest = b""
+        self.tlog_offset = offset + len(data)
+        lines = (self.tlog_rest + data).split(b"\n")
+        self.tlog_rest = lines.pop()
+        newest = None
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("loss") is not None:
+                self.loss = entry["loss"]
+            if entry.get("eval_loss") is not None:
+                self.eval_loss = entry["eval_loss"]
+            newest = entry
+        if newest is not None and (newest.get("current_steps") != self.last_step
+                                   or newest.get("eval_loss") is not None):
+            self.last_step = newest.get("current_steps")
+            self.last_entry = newest
+            self.say(format_progress(newest, self.loss, self.eval_loss))
+
+    def tail(self, lines: int = 30) -> str:
+        self.mirror.flush()
+        text = self.mirror_path.read_bytes()[-200_000:].decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror: Path,
+         say: Say) -> dict:
+    """Follow the run to its end; resume it first if it died since the last call."""
+    settings = with_defaults(settings)
+    run_id = launch_rec["run_id"]
+    if run_id != files.run_id:
+        raise PodError(f"{launch_rec.get('run_id')} in the launch record is not the run of these inputs "
+                       f"({files.run_id}); delete results/{files.run}/train/launch.json and run again")
+    state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say,
+                           "attaching")
+    if state.status in ("new", "killed", "died"):
+        if state.status == "new":
+            say(f"{ex.where()} has no folder {run_id} (a new pod, or it was deleted): "
+                "training starts again from step 0")
+        else:
+            say(f"{run_id} is {state.describe()}: resuming")
+        run_dir = launch_and_record(ex, settings, files, state, say, launch_rec)["run_dir"]
+    else:
+        say(f"following {run_id} on {ex.where()}: {state.describe()}")
+        run_dir = f"{state.remote_dir}/{run_id}"
+    follower = Follower(ex, run_dir, mirror, say)
+    while True:
+        state, more = with_reconnect(follower.poll, settings, say, "following the training")
+        if state.alive:
+            if not more:
+                time.sleep(float(settings["poll_seconds"]))
+            continue
+        if more:
+            continue
+        break
+    if state.status != "finished":
+        tail = follower.tail()
+        hint = hint_for(tail, state, files.run, ex.name)
+        raise TrainingFailed(f"training of {run_id} on {ex.where()} ended without finishing: "
+                             f"{state.describe()}\n--- end of the remote log ({mirror}) ---\n{tail}\n---\n"
+                             f"hint: {hint}")
+    attempts = parse_attempts(with_reconnect(
+        lambda: ex.sh('cat "$1"/attempts.log', timeout=60, args=(run_dir,)).text,
+        settings, say, "reading attempts.log"))
+    entry = follower.last_entry or {}
+    say(f"{run_id} finished: {format_progress(entry, follower.loss, follower.eval_loss)}" if entry
+        else f"{run_id} finished")
+    return {
+        "run": files.run, "run_id": run_id, "status": "finished", "exit_code": 0,
+        "run_dir": run_dir, "attempts": attempts,
+        "wall_time_s": sum(a.get("end", a["start"]) - a["start"] for a in attempts),
+        "total_steps": entry.get("total_steps"), "last_checkpoint": state.checkpoint,
+        "finished_at": now_iso(),
+    }

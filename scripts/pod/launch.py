@@ -1,0 +1,195 @@
+"""Start a run on the pod: its identity, the upload, the detached launch, and submit.
+
+Each run lives on the pod in ``<remote_dir>/<run>-<hash>/`` (run_state.py lists what is in it),
+the hash taken over what training reads (train.yaml, the data, dataset_info.json, a local base
+model's files). So changed data starts a new folder and never mixes with, or deletes, an older
+run's checkpoints, and a rerun with the same inputs finds its folder and re-attaches to the
+training there, live or finished, instead of launching a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fileio import sha256_file
+
+from . import preflight, shell
+from .executor import Executor
+from .messages import BEFORE_LAUNCH, LAUNCH_CUT, PodError, Say, Unreachable, stopped_as
+from .run_state import RunState, now_iso, read_remote_json, read_state, remote_hashes, write_remote_json
+
+# Where each uploaded file goes in the run folder (the train.yaml paths are relative to it).
+UPLOAD_LAYOUT = {"train_yaml": "train.yaml", "data": "data/train.jsonl",
+                 "dataset_info": "data/dataset_info.json"}
+
+
+# --------------------------------------------------------------------------- the run's identity
+
+
+def base_fingerprint(model_name_or_path: str) -> str | None:
+    """A local base model's identity: its small files' contents, its large files' names and sizes."""
+    if not model_name_or_path:
+        return None  # Path("") is the current folder, not a model
+    root = Path(os.path.expanduser(model_name_or_path))
+    if not root.is_dir():
+        return None  # a hub id: the name in train.yaml is its identity
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        size = path.stat().st_size
+        content = sha256_file(path) if size <= 64 * 2**20 else f"size:{size}"
+        digest.update(f"{rel}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class RunFiles:
+    """What one training reads, and the identity derived from it."""
+
+    run: str
+    files: dict[str, Path]         # key of UPLOAD_LAYOUT -> local path
+    args: dict = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
+    digest: str = ""
+
+    @classmethod
+    def load(cls, run: str, train_yaml: str, data: str, dataset_info: str) -> "RunFiles":
+        files = {"train_yaml": Path(train_yaml), "data": Path(data), "dataset_info": Path(dataset_info)}
+        args = yaml.safe_load(files["train_yaml"].read_text(encoding="utf-8")) or {}
+        sha = {UPLOAD_LAYOUT[key]: sha256_file(path) for key, path in files.items()}
+        base = base_fingerprint(str(args.get("model_name_or_path", "")))
+        if base:
+            sha["base_model"] = base
+        digest = hashlib.sha256(json.dumps(sha, sort_keys=True).encode()).hexdigest()
+        return cls(run, files, args, sha, digest)
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.run}-{self.digest[:12]}"
+
+    @property
+    def session(self) -> str:
+        return f"lora-{self.run_id}"
+
+    def examples(self) -> int:
+        with open(self.files["data"], "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+
+
+# ------------------------------------------------------------------------ upload and launch
+
+
+def upload(ex: Executor, files: RunFiles, run_dir: str) -> None:
+    """rsync the run's files and run.sh into its folder, then check them by sha256 there."""
+    with tempfile.TemporaryDirectory(prefix="lora-upload-") as tmp:
+        stage = Path(tmp)
+        for key, rel in UPLOAD_LAYOUT.items():
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stage / rel).write_bytes(files.files[key].read_bytes())
+        (stage / "run.sh").write_text(shell.script("run.sh"))
+        (stage / "run.json").write_text(json.dumps(
+            {"run": files.run, "run_id": files.run_id, "input_sha256": files.digest,
+             "inputs": files.sha256, "uploaded_at": now_iso()}, indent=2) + "\n")
+        result = ex.sh('mkdir -p "$1"', timeout=120, args=(run_dir,))
+        if result.rc:
+            raise PodError(f"cannot create {run_dir} on {ex.where()}: {result.err.strip()}")
+        ex.put(stage, run_dir)
+    remote = remote_hashes(ex, run_dir, list(UPLOAD_LAYOUT.values()))
+    for rel in UPLOAD_LAYOUT.values():
+        if remote.get(rel, (0, ""))[1] != files.sha256[rel]:
+            raise PodError(f"upload of {rel} to {ex.where()} did not arrive intact (sha256 differs); "
+                           "run again")
+
+
+def start_detached(ex: Executor, run_dir: str, session: str, cli: str) -> dict[str, list[str]]:
+    """launch.sh: start run.sh detached unless an attempt is alive; its @@ answers."""
+    return ex.run("launch.sh", run_dir, session, cli, timeout=120).facts
+
+
+def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say) -> dict:
+    """Setup (opt-in), preflight, upload, start detached. Returns what was launched."""
+    record: dict = {}
+    with stopped_as(BEFORE_LAUNCH):
+        if settings.get("setup"):
+            record["setup"] = preflight.pod_setup(ex, settings, say)
+        report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)
+        run_dir = f"{report.remote_dir}/{files.run_id}"
+        upload(ex, files, run_dir)
+    with stopped_as(LAUNCH_CUT):
+        facts = start_detached(ex, run_dir, files.session, report.cli_path)
+        if "busy" in facts:
+            raise PodError(f"another launch of {files.run_id} is in progress on {ex.where()}; "
+                           "run again in a minute to attach to it")
+        if "already" in facts:
+            pid, detach = shell.first(facts, "already"), "attached"
+            say(f"{files.run_id} is already running there (pid {pid}); attached, nothing launched")
+        else:
+            pid, detach = shell.first(facts, "pid"), shell.first(facts, "detach")
+            if not pid:
+                raise PodError(f"training did not start on {ex.where()}; see {run_dir}/train.log there")
+            start = f"resuming from checkpoint-{state.checkpoint}" if state.checkpoint else "from step 0"
+            say(f"launched {files.run_id} on {ex.where()} ({start}; pid {pid}, detached with {detach})")
+            if detach == "tmux":
+                say(f"watch it there: tmux -L {files.session} attach")
+        record.update({
+            "pid": pid, "detach": detach, "session": files.session if detach == "tmux" else None,
+            "resumed_from": state.checkpoint, "launched_at": now_iso(), "preflight": report.as_dict(),
+            "llamafactory_version": report.llamafactory_version, "remote_dir": report.remote_dir,
+        })
+        return record
+
+
+def launch_record(files: RunFiles, ex: Executor, action: str, state: RunState,
+                  attempt: dict | None = None, previous: dict | None = None) -> dict:
+    previous = previous or {}
+    remote_dir = (attempt or {}).get("remote_dir") or state.remote_dir or previous.get("remote_dir")
+    return {
+        "run": files.run,
+        "run_id": files.run_id,
+        "input_sha256": files.digest,
+        "inputs": files.sha256,
+        "pod": ex.name,
+        "executor": ex.kind,
+        "where": ex.where(),
+        "remote_dir": remote_dir,
+        "run_dir": f"{remote_dir}/{files.run_id}",
+        "action": action,
+        "state_found": state.status,
+        "attempt": attempt,
+        "llamafactory_version": (attempt or {}).get("llamafactory_version")
+        or previous.get("llamafactory_version"),
+        "recorded_at": now_iso(),
+    }
+
+
+def launch_and_record(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say,
+                      previous: dict | None = None) -> dict:
+    """Launch (or resume) the run and leave its launch record in the run folder."""
+    attempt = launch(ex, settings, files, state, say)
+    with stopped_as(LAUNCH_CUT):
+        record = launch_record(files, ex, "resumed" if state.checkpoint else "launched", state,
+                               attempt, previous)
+        write_remote_json(ex, f"{record['run_dir']}/launch.json", record)
+    return record
+
+
+def submit(files: RunFiles, settings: dict, ex: Executor, say: Say) -> dict:
+    """Launch the run, or attach to it when its folder on the pod already trains or has finished."""
+    try:
+        state = read_state(ex, settings["remote_dir"], files.run_id)
+    except Unreachable as exc:
+        raise PodError(f"preflight failed; nothing was uploaded or launched: {exc}") from None
+    if state.status in ("running", "finished"):
+        say(f"{files.run_id} on {ex.where()} is {state.describe()}: attached, nothing launched")
+        previous = read_remote_json(ex, f"{state.remote_dir}/{files.run_id}/launch.json")
+        return launch_record(files, ex, "attached", state, previous.get("attempt"), previous)
+    if state.status != "new":
+        say(f"{files.run_id} on {ex.where()} is {state.describe()}: starting it again")
+    return launch_and_record(ex, settings, files, state, say)

@@ -1,0 +1,261 @@
+"""Check a pod before any GPU time is spent, and (opt-in) bring a fresh pod to that state.
+
+Preflight asks the pod, in one connection (probe.sh): does it answer; does ``llamafactory-cli``
+run, and which version; which GPUs (``nvidia-smi``) with how much free memory; does
+``bitsandbytes`` import (when the profile quantises); how much disk the run folder has; is rsync
+there (the ssh executor's file transfers need it). The answers are compared with what the run
+needs (estimate.py). Every failure says what is wrong and what to change; nothing is uploaded or
+launched until all checks pass.
+
+Setup (``setup: true`` on a pod) does by hand-free what the guide's step 1 does by hand: tmux (and
+rsync for the ssh executor), and LLaMA-Factory with its ``metrics,bitsandbytes,qwen`` extras. It
+only installs what is missing, so it is safe to run on every launch, and records what it did on
+the pod (setup.sh).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from .estimate import GB, Memory, estimate_disk, estimate_memory, model_arch, needs_cuda, planned_steps
+from .executor import Executor
+from .messages import PodError, Say, Unreachable
+from .run_state import now_iso
+from .shell import first
+
+SETUP_MODULES = {  # LLaMA-Factory's extras the guide installs -> the modules they provide
+    "nltk": "metrics", "jieba": "metrics", "rouge_chinese": "metrics",
+    "bitsandbytes": "bitsandbytes", "transformers_stream_generator": "qwen",
+}
+TEMPLATE_DIR = "/workspace/LLaMA-Factory"   # where RunPod's LLaMA-Factory template keeps it
+LLAMAFACTORY_VERSION = "0.9.5"              # what requirements/pod.txt and the tests use
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    remote_dir: str = ""
+    cli_path: str = ""
+    llamafactory_version: str = ""
+    gpus: list[dict] = field(default_factory=list)
+    memory: Memory | None = None
+    detach: str = ""
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def as_dict(self) -> dict:
+        return {
+            "remote_dir": self.remote_dir, "llamafactory_cli": self.cli_path,
+            "llamafactory_version": self.llamafactory_version, "gpus": self.gpus,
+            "memory_estimate_gb": round(self.memory.total, 1) if self.memory else None,
+            "detach": self.detach,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
+
+def parse_gpus(lines: list[str]) -> list[dict]:
+    gpus = []
+    for line in lines:
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
+            gpus.append({"index": parts[0], "name": parts[1],
+                         "total_gb": int(parts[2]) * 2**20 / GB, "free_gb": int(parts[3]) * 2**20 / GB})
+    return gpus
+
+
+def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool = False) -> Report:
+    """Turn the pod's facts into checks against what the run's profile needs.
+
+    needs_rsync: the ssh executor copies files with rsync, which must exist at both ends."""
+    report = Report()
+    at = f"pods.{pod}"
+    # llamafactory-cli
+    cli = first(facts, "cli")
+    if not cli:
+        report.checks.append(Check(
+            "llamafactory-cli", False, "not found on the pod (a non-interactive ssh shell's PATH)",
+            f"set {at}.llamafactory_cli to its full path there (`which llamafactory-cli` on the pod), "
+            f"or set {at}.setup: true to install LLaMA-Factory"))
+    elif first(facts, "cli_rc") != "0":
+        tail = " | ".join(facts.get("cli_out", [])[-4:])
+        report.checks.append(Check(
+            "llamafactory-cli", False, f"{cli} version failed ({first(facts, 'cli_rc')}): {tail}",
+            f"repair the pod's LLaMA-Factory environment, or set {at}.setup: true"))
+    else:
+        report.cli_path = cli
+        report.llamafactory_version = first(facts, "version", "unknown")
+        report.checks.append(Check("llamafactory-cli", True,
+                                   f"{cli}, LLaMA-Factory {report.llamafactory_version}"))
+    # GPU and memory
+    cuda = needs_cuda(args)
+    report.gpus = parse_gpus(facts.get("gpu", []))
+    arch = model_arch(str(args.get("model_name_or_path", "")))
+    report.memory = estimate_memory(arch, args) if arch else None
+    if not report.gpus:
+        why = ("nvidia-smi not found" if "nvidia_smi_rc" not in facts
+               else f"nvidia-smi failed: {' | '.join(facts.get('gpu', []))[:300]}")
+        if cuda:
+            report.checks.append(Check(
+                "GPU", False, f"no NVIDIA GPU ({why}), but the profile sets {', '.join(cuda)}, "
+                "which need CUDA",
+                "rent a GPU pod (the guide: A100 SXM 80GB for Qwen2.5-32B in 4 bits), or for a CPU "
+                "test run use a profile without quantization_bit and bf16 (tiny_cpu)"))
+        else:
+            report.checks.append(Check("GPU", True, f"none ({why}): CPU training, the profile "
+                                                    "needs no CUDA"))
+    else:
+        best = max(report.gpus, key=lambda g: g["free_gb"])
+        seen = f"{len(report.gpus)} x {best['name']}, best {best['free_gb']:.0f} of {best['total_gb']:.0f} GB free"
+        if report.memory is None:
+            report.checks.append(Check("GPU", True, f"{seen}; memory not estimated (unknown size of "
+                                                    f"{args.get('model_name_or_path')})"))
+        elif report.memory.total > best["free_gb"]:
+            report.checks.append(Check(
+                "GPU memory", False, f"{seen}; the run needs {report.memory.describe()}",
+                "rent a larger GPU (A100/H100 80GB), or lower lora_rank, cutoff_len or "
+                "per_device_train_batch_size in the run's overrides, or use a smaller base "
+                "(profile qwen25_14b: the guide's advice for smaller GPUs)"))
+        else:
+            report.checks.append(Check("GPU memory", True, f"{seen}; the run needs {report.memory.describe()}"))
+    # bitsandbytes
+    if args.get("quantization_bit"):
+        if first(facts, "bnb_rc") == "0":
+            report.checks.append(Check("bitsandbytes", True, f"version {first(facts, 'bnb')}"))
+        elif cli:
+            said = " | ".join(facts.get("bnb", [])) or "no python found for llamafactory-cli"
+            report.checks.append(Check(
+                "bitsandbytes", False, f"does not import ({said}), but quantization_bit is "
+                f"{args['quantization_bit']}",
+                f"`pip install bitsandbytes>=0.39.0` on the pod, or set {at}.setup: true"))
+    # disk
+    if "dir_error" in facts or "dir" not in facts:
+        report.checks.append(Check("run folder", False, "cannot create or enter remote_dir there",
+                                   f"set {at}.remote_dir to a writable folder (RunPod: below /workspace)"))
+    else:
+        report.remote_dir = first(facts, "dir")
+        free = int(first(facts, "disk_free_kb", "0") or 0) * 1024 / GB
+        need = estimate_disk(arch, args, planned_steps(args, examples))
+        check = Check("disk", free >= need, f"{report.remote_dir}: {free:.1f} GB free, checkpoints "
+                      f"need ~{need:.1f} GB",
+                      "free space on the pod's volume, enlarge it, or raise save_steps")
+        report.checks.append(check)
+    # rsync (the ssh executor's uploads and downloads run `rsync --server` on the pod)
+    if needs_rsync:
+        if "rsync" in facts:
+            report.checks.append(Check("rsync", True, "found"))
+        else:
+            report.checks.append(Check(
+                "rsync", False, "not found on the pod (a non-interactive ssh shell's PATH); "
+                "the upload of the run's files needs it",
+                f"apt-get install -y rsync on the pod, or set {at}.setup: true"))
+    report.detach = "tmux" if "tmux" in facts else ("setsid nohup" if "setsid" in facts else "nohup")
+    return report
+
+
+def failure_message(report: Report, where: str) -> str:
+    lines = [f"preflight failed on {where}; nothing was uploaded or launched:"]
+    for check in report.failures:
+        lines.append(f"  - {check.name}: {check.detail}")
+        if check.fix:
+            lines.append(f"    fix: {check.fix}")
+    return "\n".join(lines)
+
+
+def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = False) -> list[dict]:
+    """What a fresh pod lacks and the command that installs it; empty when nothing is missing.
+
+    rsync: the pod needs rsync too (the ssh executor's file transfers)."""
+    plan = []
+    packages = [name for name in ("tmux", *(["rsync"] if rsync else [])) if name not in facts]
+    if packages and "apt_get" in facts:
+        plan.append({"install": " ".join(packages), "command":
+                     "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                     + " ".join(packages)})
+    elif "tmux" in packages:
+        plan.append({"install": "tmux", "command": None,
+                     "note": "no apt-get: training runs under setsid nohup instead"})
+    if "rsync" in packages and "apt_get" not in facts:
+        plan.append({"install": "rsync", "command": None,
+                     "note": "no apt-get: install rsync on the pod by hand (the upload needs it)"})
+    python = first(facts, "python")
+    missing = " ".join(facts.get("missing_modules", [])).split()
+    if not first(facts, "cli") or missing:
+        pip = [*(shlex.split(python) if python else ["python3"]), "-m", "pip", "install", "-q"]
+        if "template_dir" in facts:  # the guide's step 1, verbatim
+            command = shlex.join([*pip, "-e", f"{TEMPLATE_DIR}[metrics,bitsandbytes,qwen]"])
+        else:  # the PyPI wheel declares no extras: name their packages
+            command = shlex.join([*pip, f"llamafactory=={version}", "nltk", "jieba", "rouge-chinese",
+                                  "bitsandbytes>=0.39.0", "transformers_stream_generator"])
+        plan.append({"install": "llamafactory[metrics,bitsandbytes,qwen]", "missing": missing
+                     or ["llamafactory-cli"], "command": command})
+    return plan
+
+
+def probe(ex: Executor, remote_dir: str, cli: str, check_bnb: bool, for_setup: bool = False):
+    """Run probe.sh there; its Result, whose .facts are the pod's `@@key value` answers."""
+    return ex.run("probe.sh", remote_dir, cli, int(check_bnb), int(for_setup), TEMPLATE_DIR,
+                  *(SETUP_MODULES if for_setup else ()), timeout=300)
+
+
+def setup_args(plan: list[dict], remote_dir: str) -> list[str]:
+    """setup.sh's arguments: the folder for its log, then each runnable step's number and command."""
+    args = [remote_dir]
+    for number, step in enumerate(plan):
+        if step.get("command"):
+            args += [str(number), step["command"]]
+    return args
+
+
+def pod_setup(ex: Executor, settings: dict, say: Say) -> dict:
+    """Install what a fresh pod lacks (tmux, LLaMA-Factory with extras); record what was done."""
+    remote_dir = settings["remote_dir"]
+    facts = probe(ex, remote_dir, settings["llamafactory_cli"], False, for_setup=True).facts
+    plan = setup_plan(facts, rsync=ex.kind == "ssh")
+    record = {"at": now_iso(), "plan": plan, "installed": []}
+    runnable = [step for step in plan if step.get("command")]
+    if not runnable:
+        say(f"setup: the pod has tmux{', rsync' if ex.kind == 'ssh' else ''} and LLaMA-Factory "
+            "with its extras; nothing to install")
+        return record
+    say("setup: installing " + ", ".join(step["install"] for step in runnable) + " (this takes minutes)")
+    result = ex.run("setup.sh", *setup_args(plan, remote_dir), timeout=3600)
+    for value in result.facts.get("step", []):
+        number, _, rc = value.partition(" ")
+        step = plan[int(number)]
+        (record["installed"] if rc == "0" else record.setdefault("failed", [])).append(step["install"])
+    if result.rc:
+        raise PodError(f"setup failed on {ex.where()} for {', '.join(record.get('failed', []))}; "
+                       f"see {remote_dir}/lora-pipeline-setup.log there")
+    return record
+
+
+def run_preflight(ex: Executor, settings: dict, args: dict, examples: int, say: Say) -> Report:
+    """All checks in one connection; raises PodError (with every failure and its fix) or returns.
+
+    args: the run's training arguments (train.yaml); examples: lines of its data."""
+    try:
+        result = probe(ex, settings["remote_dir"], settings["llamafactory_cli"],
+                       bool(args.get("quantization_bit")))
+    except Unreachable as exc:
+        raise PodError(f"preflight failed; nothing was uploaded or launched: {exc}") from None
+    facts = result.facts
+    if "ok" not in facts:
+        raise PodError(f"preflight failed on {ex.where()}: the login shell did not run the probe "
+                       f"(exit {result.rc}): {result.err.strip()[-500:]}")
+    report = evaluate(facts, args, ex.name, examples, needs_rsync=ex.kind == "ssh")
+    for check in report.checks:
+        say(f"preflight: {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if report.failures:
+        raise PodError(failure_message(report, ex.where()))
+    return report

@@ -1,0 +1,120 @@
+"""The state of a run folder on the pod, read by state.sh / poll.sh (lib.sh's run_state).
+
+A run folder, ``<remote_dir>/<run>-<hash>/``, holds:
+
+    train.yaml  data/{train.jsonl,dataset_info.json}  run.json   what was uploaded
+    run.sh          one training attempt; resumes from the newest complete checkpoint
+    pid             the attempt's shell; alive = training runs
+    exit_code       written when an attempt ends; 0 = finished
+    attempts.log    `start <epoch> <from-step>` / `end <epoch> <rc>` per attempt
+    train.log       LLaMA-Factory's output, all attempts
+    output/         LLaMA-Factory's output_dir: checkpoint-N/, trainer_log.jsonl, trainer_state.json
+    launch.json     the launch record, for a rerun that attaches
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .executor import Executor
+from .shell import first
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RunState:
+    remote_dir: str = ""          # absolute, on the pod
+    exists: bool = False
+    launched: bool = False
+    alive: bool = False
+    pid: str = ""
+    rc: str = ""
+    checkpoint: int | None = None
+    final: bool = False
+
+    @property
+    def status(self) -> str:
+        if not self.exists or not self.launched:
+            return "new"
+        if self.alive:
+            return "running"
+        if self.rc == "0":
+            return "finished"
+        if self.rc:
+            return "killed" if int(self.rc) >= 128 else "failed"
+        return "died"
+
+    def describe(self) -> str:
+        at = f" (newest checkpoint: checkpoint-{self.checkpoint})" if self.checkpoint else " (no checkpoint yet)"
+        return {
+            "new": "not started",
+            "running": f"running (pid {self.pid})",
+            "finished": "finished",
+            "killed": f"killed by signal {int(self.rc or 0) - 128 if self.rc else '?'}" + at,
+            "failed": f"failed with exit status {self.rc}" + at,
+            "died": "gone without an exit status (pod restarted or process killed)" + at,
+        }[self.status]
+
+
+def parse_state(facts: dict) -> RunState:
+    state = RunState(remote_dir=first(facts, "dir"))
+    line = first(facts, "run")
+    if "no_run_dir" in facts or "no_dir" in facts or not line:
+        return state
+    values = dict(item.partition("=")[::2] for item in line.split())
+    state.exists = True
+    state.launched = values.get("launched") == "1"
+    state.alive = values.get("alive") == "1"
+    state.pid = values.get("pid", "")
+    state.rc = values.get("rc", "")
+    state.checkpoint = int(values["checkpoint"]) if values.get("checkpoint", "").isdigit() else None
+    state.final = values.get("final") == "1"
+    return state
+
+
+def read_state(ex: Executor, remote_dir: str, run_id: str) -> RunState:
+    return parse_state(ex.run("state.sh", remote_dir, run_id, timeout=120).facts)
+
+
+def parse_attempts(text: str) -> list[dict]:
+    attempts: list[dict] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "start":
+            attempts.append({"start": int(parts[1]), "from_step": int(parts[2])})
+        elif len(parts) == 3 and parts[0] == "end" and attempts and "end" not in attempts[-1]:
+            attempts[-1].update(end=int(parts[1]), rc=int(parts[2]))
+    return attempts
+
+
+def list_checkpoints(ex: Executor, run_dir: str) -> list[int]:
+    facts = ex.run("checkpoints.sh", run_dir, timeout=120).facts
+    return sorted(int(v) for v in facts.get("checkpoint", []) if v.isdigit())
+
+
+def remote_hashes(ex: Executor, run_dir: str, rel_paths: list[str]) -> dict[str, tuple[int, str]]:
+    """{path: (size, sha256)} of the files in the run folder that exist."""
+    facts = ex.run("hashes.sh", run_dir, *rel_paths, timeout=1800).facts
+    out = {}
+    for value in facts.get("file", []):
+        size, digest, rel = value.split(" ", 2)
+        out[rel] = (int(size), digest)
+    return out
+
+
+def read_remote_json(ex: Executor, path: str) -> dict:
+    result = ex.sh('cat "$1" 2>/dev/null', timeout=60, args=(path,))
+    try:
+        return json.loads(result.text) if result.rc == 0 and result.text.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def write_remote_json(ex: Executor, path: str, data: dict) -> None:
+    ex.sh('printf "%s" "$1" > "$2.tmp" && mv "$2.tmp" "$2"', timeout=60,
+          args=(json.dumps(data, indent=2) + "\n", path))
