@@ -38,3 +38,7 @@ for _run in RUNS:
             f"{_run}_mlx"
         input:
             mlx_bundle(_run),
+        resources:
+            plan=lambda w, run=_run: PlanNote(run),
+        message:
+            "{resources.plan}"

@@ -115,6 +115,17 @@ def _check_config():
 
     Returns each run's complete training arguments and the runs' base models by base name.
     """
+    for name, pod in PODS.items():
+        # A budget in dollars needs a price: the rented pod's own, else gpu_hourly_usd.
+        if (
+            pod.get("max_usd")
+            and not pod.get("provider")
+            and pod.get("gpu_hourly_usd") is None
+        ):
+            raise WorkflowError(
+                f"config: pods.{name}.max_usd needs pods.{name}.gpu_hourly_usd (the price of a "
+                "GPU-hour) to turn dollars into training time; set it, or use max_hours"
+            )
     args = {}
     base_models = {}  # base name -> the runs' base_model
     for run, cfg in RUNS.items():
@@ -181,3 +192,43 @@ def mlx_bundle(run):
         base_4bit_dir(run),
         f"results/{run}/samples.md",
     ]
+
+
+# What the plan says a training costs (scripts/pod/cost.py): a resource too, so a new price or
+# rate reruns nothing; printed as submit_training's message, by `snakemake -n` as well.
+cost = _script("pod.cost")
+fileio = _script("fileio")
+
+
+def training_estimate(run):
+    args = TRAIN_ARGS[run]
+    examples = None
+    if (
+        int(args.get("max_steps") or -1) <= 0
+    ):  # epochs: the data's examples decide the steps
+        try:
+            examples = fileio.count_lines(RUNS[run]["data"])
+        except OSError:
+            examples = 0  # validate_dataset names the missing file
+    pod = {"name": RUNS[run]["pod"], **pod_config(run)}
+    return cost.estimate(run, args, RUNS[run]["profile"], pod, examples)
+
+
+class PlanNote(str):
+    """A run's line in the plan, worked out only when Snakemake prints it (its `run_mlx` job's
+    message): a resource is evaluated while the DAG is built, before Snakemake knows which jobs
+    will run, and by printing time it does. Reads workflow.dag.needrun_jobs() of the pinned
+    Snakemake (tests/test_cost.py checks it)."""
+
+    def __format__(self, spec):
+        run = str.__str__(self)
+        planned = {
+            job.rule.name
+            for job in workflow.dag.needrun_jobs(exclude_finished=False)
+            if job.wildcards.get("run") == run
+        }
+        if planned & {"submit_training", "wait_training"}:
+            return f"{run}_mlx: trains in this plan ({training_estimate(run).line()})"
+        if "best_checkpoint" in planned:
+            return f"{run}_mlx: no training in this plan, only the download of a finished one"
+        return f"{run}_mlx: nothing to train in this plan: no GPU time"

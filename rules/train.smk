@@ -48,10 +48,14 @@ rule submit_training:
         LOCAL_ENV
     resources:
         pod=POD_SETTINGS,
+        cost=lambda w: training_estimate(w.run).line(),
+        estimate=lambda w: json.dumps(training_estimate(w.run).as_dict()),
+    message:
+        "{resources.cost}"
     shell:
         "logged {log:q} python -m remote_train submit --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
-        " --output {output:q}"
+        " --output {output:q} --estimate {resources.estimate:q}"
 
 
 rule wait_training:

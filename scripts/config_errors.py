@@ -35,6 +35,8 @@ def _line(error: jsonschema.ValidationError) -> str:
     if error.validator == "type":
         return (f"{where}: {instance!r} is {_TYPES.get(type(instance), type(instance).__name__)}, "
                 f"expected {error.validator_value}")
+    if error.validator == "const":
+        return f"{where}: must be {error.validator_value!r} here, not {instance!r}"
     if error.validator == "enum":
         return f"{where}: {instance!r} is not one of {', '.join(map(str, error.validator_value))}"
     if error.validator == "pattern" and "propertyNames" in error.schema_path:
@@ -48,6 +50,11 @@ def explain(config: dict, schema: dict) -> list[str]:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     lines = []
     for error in errors:
+        if error.validator == "oneOf":
+            # Exactly one of several keys (a rented pod's template_id or image).
+            names = sorted(key for option in error.validator_value for key in option.get("required", []))
+            lines.append(f"{_where(error.absolute_path)}: set exactly one of {', '.join(names)}")
+            continue
         # An if/then (allOf) failure wraps the real one; report the innermost errors.
         leaves = [error] if not error.context else [e for e in error.context]
         lines.extend(_line(leaf) for leaf in leaves)

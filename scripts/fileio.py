@@ -57,6 +57,12 @@ def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueErro
     return data
 
 
+def count_lines(path: str | os.PathLike) -> int:
+    """Non-empty lines of a file (a JSONL file's records), without parsing them."""
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

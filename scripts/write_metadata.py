@@ -82,7 +82,11 @@ def build_metadata(run: str, author: str, base_model: str, base_model_id: str, l
             "run_id": summary.get("run_id"),
             "wall_time_s": summary.get("wall_time_s"),
             "llamafactory_version": summary.get("llamafactory_version"),
+            "cut_by_budget": bool(summary.get("cut_by_budget")),
         },
+        # What the training cost (all attempts), beside what the plan estimated.
+        "gpu_time": summary.get("gpu_time"),
+        "estimate": summary.get("estimate"),
         "data": {"examples": report["examples"], "sha256": report["sha256"]},
         "prompt_format": prompt_format(template),
     }

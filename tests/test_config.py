@@ -56,6 +56,16 @@ def first_error(proc) -> str:
     ({"runs": {"second": {"data": "x", "base_model": "a/b", "pod": "runpod"}}},
      "config: runs.second: 'profile' is missing"),
     ({"pods": {"other": {"executor": "ssh"}}}, "config: pods.other: 'host' is missing"),
+    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "image": "x"}}},
+     "config: pods.rented: 'gpu_type' is missing"),
+    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40"}}},
+     "config: pods.rented: set exactly one of image, template_id"),
+    ({"pods": {"rented": {"executor": "local", "provider": "runpod", "gpu_type": "NVIDIA A40",
+                          "image": "x"}}},
+     "config: pods.rented.executor: must be 'ssh' here, not 'local'"),
+    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40",
+                          "image": "x", "on_finish": "pause"}}},
+     "config: pods.rented.on_finish: 'pause' is not one of stop, terminate, keep"),
 ])
 def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, needle):
     proc = dry_run(tmp_path, overlay)
@@ -75,6 +85,8 @@ def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, nee
      "runs.lovecraft: the training arguments have no 'template'"),
     ({"runs": {"lovecraft": {"base_model": "not a hub id"}}},
      "runs.lovecraft.base_model: 'not a hub id' is neither a hub id"),
+    ({"pods": {"here": {"executor": "local", "max_usd": 40}}},
+     "config: pods.here.max_usd needs pods.here.gpu_hourly_usd"),
     ({"runs": {"second": {"data": "x", "base_model": "./other/Qwen2.5-32B", "profile": "tiny_cpu",
                           "pod": "runpod"}}},
      "would share models/Qwen2.5-32B-4bit-mlx; rename one of the local model directories"),
@@ -97,6 +109,11 @@ def test_dry_run_on_the_default_config_lists_the_plan_and_touches_no_pod(tmp_pat
     assert DEFAULT_CONFIG["pods"]["runpod"]["host"] == "POD_IP"  # the placeholder is kept
     assert not (clone / "results").exists(), "a dry run writes nothing"
     assert not calls.exists(), f"a dry run called {calls.read_text()}"
+    # The cost of the plan's training, at a glance (the guide's rate and price, 600 steps).
+    out = proc.stdout + proc.stderr
+    line = "lovecraft: 600 steps, ~7.1 GPU-hours on 1 x A100-SXM4-80GB at $1.89/h = ~$13.50"
+    assert f": {line}" in out
+    assert f"lovecraft_mlx: trains in this plan ({line})" in out
 
 
 def test_defaults_from_the_schema_are_applied(tmp_path):

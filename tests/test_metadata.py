@@ -16,7 +16,10 @@ from validate_dataset import main as validate
 
 SUMMARY = {"run": "lovecraft", "run_id": "lovecraft-20260101-120000", "best_step": 600,
            "best_eval_loss": 0.358, "selected_by": "min_eval_loss", "total_steps": 1500,
-           "wall_time_s": 25200.0, "llamafactory_version": "0.9.5", "sha256": {}}
+           "wall_time_s": 25200.0, "llamafactory_version": "0.9.5", "sha256": {},
+           "gpu_time": {"attempts": 2, "wall_seconds": 25200.0, "gpus": 1, "gpu_hours": 7.0,
+                        "usd_per_hour": 1.89, "usd": 13.23},
+           "estimate": {"steps": 600, "gpu_hours": 7.14, "usd": 13.5}, "cut_by_budget": False}
 
 
 @pytest.fixture
@@ -60,6 +63,9 @@ def test_fields_match_the_config_and_the_data(inputs):
     # The checkpoint training chose.
     assert meta["checkpoint"]["step"] == 600 and meta["checkpoint"]["eval_loss"] == 0.358
     assert meta["checkpoint"]["run_id"] == SUMMARY["run_id"]
+    # What the training cost, all attempts, beside the plan's estimate.
+    assert meta["gpu_time"]["usd"] == 13.23 and meta["estimate"]["usd"] == 13.5
+    assert meta["checkpoint"]["cut_by_budget"] is False
     # The prompt format training used, from the template, not the guide's.
     template = load_template(args["template"])
     fmt = meta["prompt_format"]

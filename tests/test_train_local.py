@@ -60,3 +60,25 @@ def test_a_failed_training_is_reported_and_not_relaunched_by_a_rerun(tmp_path, t
     second = snakemake(work, "lora_adapters/style_peft", configfile=config, check=False)
     assert second.returncode != 0 and "failed with exit status 1" in second.stderr
     assert (run_dir / "attempts.log").read_text().count("start ") == 1
+
+
+def test_a_budget_on_a_fixed_pod_cuts_the_training_and_fetches_the_best_so_far(tmp_path, tiny_model):
+    """max_usd at gpu_hourly_usd: the pod's guard stops the training, the laptop fetches."""
+    config = write_config(tmp_path / "config.yaml", {
+        "runs": {"style": {"data": str(SAMPLE_DATA), "base_model": str(tiny_model),
+                           "profile": "tiny_cpu", "pod": "here",
+                           "overrides": {"max_steps": 2000, "save_steps": 10, "eval_steps": 10}}},
+        "pods": {"here": {"executor": "local", "remote_dir": "pod", "poll_seconds": 1,
+                          "llamafactory_cli": str(LLAMAFACTORY_CLI),
+                          "gpu_hourly_usd": 36.0, "max_usd": 0.2}},   # 20 s of training
+    })
+    work = tmp_path / "work"
+    proc = snakemake(work, "lora_adapters/style_peft", configfile=config)
+    summary = json.loads((work / "lora_adapters/style_peft/training_summary.json").read_text())
+    assert summary["cut_by_budget"] is True and summary["best_step"] % 10 == 0
+    assert 20 <= summary["gpu_time"]["wall_seconds"] < 60
+    assert summary["gpu_time"]["usd"] >= 0.2
+    assert "stopped by its budget" in proc.stderr
+    (run_dir,) = (work / "pod").glob("style-*")
+    assert "budget of 20s reached" in (work / "pod" / "guard.log").read_text()
+    assert (run_dir / "budget_cut").exists()

@@ -176,6 +176,9 @@ class SSHExecutor(Executor):
         ]
         if self.settings.get("port"):
             opts += ["-p", str(self.settings["port"])]
+        if self.settings.get("host_key_alias"):
+            # A rented pod's key is pinned to its id, whatever address it has today.
+            opts += ["-o", f"HostKeyAlias={self.settings['host_key_alias']}"]
         key = self.identity_file()
         if key:
             # Only this key: no agent keys tried first (servers cut off after a few failures).
@@ -266,7 +269,8 @@ def explain_ssh_failure(stderr: str, executor: SSHExecutor) -> str:
     key = executor.identity_file()
     fields = {
         "known_hosts": executor.known_hosts,
-        "hostport": f"[{host}]:{port}" if port and port != 22 else host,
+        "hostport": executor.settings.get("host_key_alias")
+        or (f"[{host}]:{port}" if port and port != 22 else host),
         "name": executor.name,
         "key": f" {key}" if key else "s offered (ssh-agent, ~/.ssh/config)",
     }

@@ -13,7 +13,7 @@ from fileio import land, sha256_file, staged_dir, write_atomic
 from .executor import Executor
 from .follow import with_reconnect
 from .messages import PodError, Say, stopped_as, stopped_after_landing
-from .run_state import list_checkpoints, read_state, remote_hashes
+from .run_state import holding, list_checkpoints, read_state, remote_hashes
 from .settings import with_defaults
 
 
@@ -44,6 +44,14 @@ def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: di
         raise PodError(f"{ex.where()} no longer has the run folder {run_id}; its checkpoints are gone. "
                        f"Delete results/{run}/train/ to train again")
     run_dir = f"{state.remote_dir}/{run_id}"
+    with holding(ex, state.remote_dir):  # the pod's guard does not stop it mid-download
+        return _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path,
+                      plot_path, state_path, say, state, run_dir)
+
+
+def _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path, plot_path,
+           state_path, say, state, run_dir) -> dict:
+    run_id = launch_rec["run_id"]
     steps = with_reconnect(lambda: list_checkpoints(ex, run_dir), settings, say, "listing checkpoints")
     if not steps:
         raise PodError(f"{run_id} saved no checkpoint-N on {ex.where()} (save_strategy: no?); "
@@ -83,6 +91,9 @@ def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: di
             "selected_by": choice.selected_by,
             "total_steps": max([int(e.get("step", 0)) for e in history] + [steps[-1]]),
             "wall_time_s": finished.get("wall_time_s"),
+            "gpu_time": finished.get("gpu_time"),          # what the training used, all attempts
+            "estimate": launch_rec.get("estimate"),        # what the plan said it would
+            "cut_by_budget": bool(finished.get("cut_by_budget")),
             "llamafactory_version": launch_rec.get("llamafactory_version"),
             "sha256": {name: hashes[rel][1] for name, rel in wanted.items()},
         }

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from . import cost
 from .executor import Executor
 from .launch import RunFiles, launch_and_record
 from .messages import PodError, Say, TrainingFailed, Unreachable, format_progress, hint_for
@@ -143,7 +144,10 @@ def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror
         if more:
             continue
         break
-    if state.status != "finished":
+    if state.status == "cut":
+        say(f"{run_id} was stopped by its budget (max_usd / max_hours) at checkpoint-"
+            f"{state.checkpoint}: the best checkpoint so far is fetched and converted")
+    elif state.status != "finished":
         tail = follower.tail()
         hint = hint_for(tail, state, files.run, ex.name)
         raise TrainingFailed(f"training of {run_id} on {ex.where()} ended without finishing: "
@@ -155,10 +159,15 @@ def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror
     entry = follower.last_entry or {}
     say(f"{run_id} finished: {format_progress(entry, follower.loss, follower.eval_loss)}" if entry
         else f"{run_id} finished")
+    used = cost.used(attempts, settings)
+    if used["usd"] is not None:
+        say(f"{run_id} used {used['gpu_hours']:.2f} GPU-hours in {used['attempts']} attempt(s): "
+            f"~${used['usd']:.2f}")
     return {
-        "run": files.run, "run_id": run_id, "status": "finished", "exit_code": 0,
-        "run_dir": run_dir, "attempts": attempts,
-        "wall_time_s": sum(a.get("end", a["start"]) - a["start"] for a in attempts),
+        "run": files.run, "run_id": run_id, "status": state.status,
+        "exit_code": 0 if state.status == "finished" else int(state.rc or 0),
+        "cut_by_budget": state.status == "cut", "run_dir": run_dir, "attempts": attempts,
+        "wall_time_s": used["wall_seconds"], "gpu_time": used,
         "total_steps": entry.get("total_steps"), "last_checkpoint": state.checkpoint,
         "finished_at": now_iso(),
     }

@@ -13,17 +13,19 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from fileio import sha256_file
+from fileio import count_lines, sha256_file
 
-from . import preflight, shell
+from . import cost, preflight, shell
 from .executor import Executor
 from .messages import BEFORE_LAUNCH, LAUNCH_CUT, PodError, Say, Unreachable, stopped_as
-from .run_state import RunState, now_iso, read_remote_json, read_state, remote_hashes, write_remote_json
+from .run_state import (RunState, holding, now_iso, read_remote_json, read_state, remote_hashes,
+                        write_remote_json)
 
 # Where each uploaded file goes in the run folder (the train.yaml paths are relative to it).
 UPLOAD_LAYOUT = {"train_yaml": "train.yaml", "data": "data/train.jsonl",
@@ -79,21 +81,32 @@ class RunFiles:
         return f"lora-{self.run_id}"
 
     def examples(self) -> int:
-        with open(self.files["data"], "rb") as handle:
-            return sum(1 for line in handle if line.strip())
+        return count_lines(self.files["data"])
 
 
 # ------------------------------------------------------------------------ upload and launch
 
 
-def upload(ex: Executor, files: RunFiles, run_dir: str) -> None:
-    """rsync the run's files and run.sh into its folder, then check them by sha256 there."""
+def guarded(settings: dict) -> bool:
+    """A rented pod (idle stop) or a budget: the pod's guard runs next to the training."""
+    return bool(settings.get("provider")) or cost.budget_seconds(settings) is not None
+
+
+def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = None) -> None:
+    """rsync the run's files and run.sh into its folder, then check them by sha256 there. With
+    a budget or on a rented pod, guard.sh and the run's budget_seconds go along."""
+    settings = settings or {}
     with tempfile.TemporaryDirectory(prefix="lora-upload-") as tmp:
         stage = Path(tmp)
         for key, rel in UPLOAD_LAYOUT.items():
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (stage / rel).write_bytes(files.files[key].read_bytes())
         (stage / "run.sh").write_text(shell.script("run.sh"))
+        if guarded(settings):
+            (stage / "guard.sh").write_text(shell.script("guard.sh"))
+        budget = cost.budget_seconds(settings)
+        if budget is not None:
+            (stage / "budget_seconds").write_text(f"{budget}\n")
         (stage / "run.json").write_text(json.dumps(
             {"run": files.run, "run_id": files.run_id, "input_sha256": files.digest,
              "inputs": files.sha256, "uploaded_at": now_iso()}, indent=2) + "\n")
@@ -108,22 +121,32 @@ def upload(ex: Executor, files: RunFiles, run_dir: str) -> None:
                            "run again")
 
 
-def start_detached(ex: Executor, run_dir: str, session: str, cli: str) -> dict[str, list[str]]:
-    """launch.sh: start run.sh detached unless an attempt is alive; its @@ answers."""
-    return ex.run("launch.sh", run_dir, session, cli, timeout=120).facts
+def start_detached(ex: Executor, run_dir: str, session: str, cli: str,
+                   settings: dict | None = None) -> dict[str, list[str]]:
+    """launch.sh: start run.sh detached unless an attempt is alive (and the pod's guard, where
+    the run folder has one); its @@ answers."""
+    settings = settings or {}
+    idle = int(60 * float(settings["idle_stop_minutes"])) if settings.get("provider") else 0
+    return ex.run("launch.sh", run_dir, session, cli, idle, settings.get("api_url", ""),
+                  timeout=120).facts
 
 
 def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say) -> dict:
     """Setup (opt-in), preflight, upload, start detached. Returns what was launched."""
     record: dict = {}
-    with stopped_as(BEFORE_LAUNCH):
+    # On a rented pod, its guard must not stop it for idleness during a long setup or upload.
+    hold = holding(ex, settings["remote_dir"]) if settings.get("provider") else nullcontext()
+    with hold, stopped_as(BEFORE_LAUNCH):
         if settings.get("setup"):
+            if settings.get("provider"):
+                ex.run("hold.sh", settings["remote_dir"], 2 * 3600, timeout=60)  # pip takes long
             record["setup"] = preflight.pod_setup(ex, settings, say)
         report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)
         run_dir = f"{report.remote_dir}/{files.run_id}"
-        upload(ex, files, run_dir)
+        upload(ex, files, run_dir, settings)
+        with stopped_as(LAUNCH_CUT):
+            facts = start_detached(ex, run_dir, files.session, report.cli_path, settings)
     with stopped_as(LAUNCH_CUT):
-        facts = start_detached(ex, run_dir, files.session, report.cli_path)
         if "busy" in facts:
             raise PodError(f"another launch of {files.run_id} is in progress on {ex.where()}; "
                            "run again in a minute to attach to it")
@@ -142,6 +165,7 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
             "pid": pid, "detach": detach, "session": files.session if detach == "tmux" else None,
             "resumed_from": state.checkpoint, "launched_at": now_iso(), "preflight": report.as_dict(),
             "llamafactory_version": report.llamafactory_version, "remote_dir": report.remote_dir,
+            "usd_per_hour": cost.usd_per_hour(settings), "budget_seconds": cost.budget_seconds(settings),
         })
         return record
 
@@ -165,6 +189,7 @@ def launch_record(files: RunFiles, ex: Executor, action: str, state: RunState,
         "attempt": attempt,
         "llamafactory_version": (attempt or {}).get("llamafactory_version")
         or previous.get("llamafactory_version"),
+        "estimate": previous.get("estimate"),
         "recorded_at": now_iso(),
     }
 
@@ -186,7 +211,7 @@ def submit(files: RunFiles, settings: dict, ex: Executor, say: Say) -> dict:
         state = read_state(ex, settings["remote_dir"], files.run_id)
     except Unreachable as exc:
         raise PodError(f"preflight failed; nothing was uploaded or launched: {exc}") from None
-    if state.status in ("running", "finished"):
+    if state.status in ("running", "finished", "cut"):
         say(f"{files.run_id} on {ex.where()} is {state.describe()}: attached, nothing launched")
         previous = read_remote_json(ex, f"{state.remote_dir}/{files.run_id}/launch.json")
         return launch_record(files, ex, "attached", state, previous.get("attempt"), previous)

@@ -1,9 +1,12 @@
 # shellcheck shell=sh
-# Start a run's training detached: launch.sh RUN_DIR SESSION LLAMAFACTORY_CLI (after lib.sh).
+# Start a run's training detached (after lib.sh):
+#   launch.sh RUN_DIR SESSION LLAMAFACTORY_CLI [IDLE_SECONDS API_URL]
 # Unless an attempt is alive (@@already PID), run.sh starts under tmux (a server of its own,
 # -L SESSION: an older server would hand the training its old environment), else setsid nohup,
 # else nohup, so a dropped connection or a closed laptop does not stop it. Prints
 # `@@detach HOW` and `@@pid PID`; @@busy when another launch of the same folder holds the lock.
+# When the run folder has guard.sh (a rented pod, or a budget), the pod's guard is started next to
+# the training (it keeps one instance per pod itself) with IDLE_SECONDS and API_URL.
 enter_run "$1"
 session=$2 cli=$3
 if command -v flock >/dev/null 2>&1; then
@@ -44,3 +47,11 @@ while [ ! -s pid ] && [ $i -lt 100 ]; do
   i=$((i + 1))
 done
 echo "@@pid $(cat pid 2>/dev/null)"
+if [ -f guard.sh ]; then
+  if command -v setsid >/dev/null 2>&1; then
+    setsid nohup sh "$here/guard.sh" "$(dirname "$here")" "${4:-0}" "${5:-}" >/dev/null 2>&1 </dev/null 9>&- &
+  else
+    nohup sh "$here/guard.sh" "$(dirname "$here")" "${4:-0}" "${5:-}" >/dev/null 2>&1 </dev/null 9>&- &
+  fi
+  echo "@@guard"
+fi

@@ -58,5 +58,7 @@ run_state() {
   [ -f run.sh ] && launched=1
   final=0
   [ -f output/trainer_state.json ] && final=1
-  echo "@@run launched=$launched alive=$alive pid=$pid rc=$rc checkpoint=$last final=$final"
+  cut=0
+  [ -f budget_cut ] && cut=1
+  echo "@@run launched=$launched alive=$alive pid=$pid rc=$rc checkpoint=$last final=$final cut=$cut"
 }

@@ -15,10 +15,12 @@ A run folder, ``<remote_dir>/<run>-<hash>/``, holds:
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .executor import Executor
+from .messages import PodError
 from .shell import first
 
 
@@ -36,6 +38,7 @@ class RunState:
     rc: str = ""
     checkpoint: int | None = None
     final: bool = False
+    cut: bool = False             # stopped by its budget (guard.sh wrote budget_cut)
 
     @property
     def status(self) -> str:
@@ -43,6 +46,8 @@ class RunState:
             return "new"
         if self.alive:
             return "running"
+        if self.cut:
+            return "cut"
         if self.rc == "0":
             return "finished"
         if self.rc:
@@ -55,6 +60,7 @@ class RunState:
             "new": "not started",
             "running": f"running (pid {self.pid})",
             "finished": "finished",
+            "cut": "stopped by its budget (max_usd / max_hours)" + at,
             "killed": f"killed by signal {int(self.rc or 0) - 128 if self.rc else '?'}" + at,
             "failed": f"failed with exit status {self.rc}" + at,
             "died": "gone without an exit status (pod restarted or process killed)" + at,
@@ -74,6 +80,7 @@ def parse_state(facts: dict) -> RunState:
     state.rc = values.get("rc", "")
     state.checkpoint = int(values["checkpoint"]) if values.get("checkpoint", "").isdigit() else None
     state.final = values.get("final") == "1"
+    state.cut = values.get("cut") == "1"
     return state
 
 
@@ -105,6 +112,19 @@ def remote_hashes(ex: Executor, run_dir: str, rel_paths: list[str]) -> dict[str,
         size, digest, rel = value.split(" ", 2)
         out[rel] = (int(size), digest)
     return out
+
+
+@contextmanager
+def holding(ex: Executor, remote_dir: str, minutes: int = 30):
+    """Within the block the pod's guard does not stop the pod for idleness (an upload, a setup,
+    a download from the laptop): REMOTE_DIR/.hold holds a deadline, removed afterwards. A laptop
+    that dies inside the block leaves the deadline, which ends the hold all the same."""
+    ex.run("hold.sh", remote_dir, 60 * minutes, timeout=60)
+    try:
+        yield
+    finally:
+        with suppress(PodError):
+            ex.run("hold.sh", remote_dir, 0, timeout=60)
 
 
 def read_remote_json(ex: Executor, path: str) -> dict:

@@ -30,15 +30,29 @@ def keygen(path: Path) -> Path:
     return path
 
 
+def setenv_line(env: dict[str, str]) -> str:
+    """An sshd_config `SetEnv` line: every NAME=VALUE one quoted word (sshd splits on spaces)."""
+    words = []
+    for name, value in env.items():
+        if "\n" in value or "\r" in value or "=" in name or not name:
+            raise ValueError(f"sshd's SetEnv cannot carry {name!r}={value!r}")
+        word = f"{name}={value}".replace("\\", "\\\\").replace('"', '\\"')
+        words.append(f'"{word}"')
+    return "SetEnv " + " ".join(words)
+
+
 class Sshd:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, client_key: Path | None = None, env: dict[str, str] | None = None,
+                 port: int | None = None):
+        """`client_key`: authorize this existing key (its .pub beside it) instead of a new one;
+        `env`: more variables for every login, after OMP_NUM_THREADS; `port`: listen there."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.host_key = keygen(root / "ssh_host_ed25519_key")
-        self.client_key = keygen(root / "client_key")
+        self.client_key = client_key or keygen(root / "client_key")
         self.other_key = keygen(root / "unauthorized_key")   # a key the pod does not know
-        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+        (root / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
         os.chmod(root / "authorized_keys", 0o600)
         self.config = root / "sshd_config"
         self.config.write_text("\n".join([
@@ -56,7 +70,7 @@ class Sshd:
             "LogLevel VERBOSE",
             # One torch thread: on a 2-core CI machine two spinning OpenMP threads slow down ten
             # times whenever anything else runs (the tests, snakemake, sshd itself).
-            "SetEnv OMP_NUM_THREADS=1",
+            setenv_line({"OMP_NUM_THREADS": "1", **(env or {})}),
             "",
         ]))
         self.log = root / "sshd.log"

@@ -1,0 +1,116 @@
+"""What a run's training costs: the plan's estimate, and the GPU time it used.
+
+The estimate is the steps the run will take (``max_steps``, else epochs x examples / effective
+batch: estimate.planned_steps) at a measured rate (config/rates.yaml, steps per hour by profile
+and GPU type), times the pod's price (``gpu_hourly_usd`` x ``gpu_count``). The cost after is the
+wall time of every training attempt (attempts.log on the pod) times the same price, or the rented
+pod's own price once it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from .estimate import planned_steps
+
+RATES = Path(__file__).resolve().parents[2] / "config" / "rates.yaml"
+
+
+@lru_cache(maxsize=None)
+def rates() -> dict:
+    return yaml.safe_load(RATES.read_text(encoding="utf-8")) or {}
+
+
+def steps_per_hour(profile: str, gpu_type: str | None) -> float | None:
+    """The measured rate of a profile on a GPU type (or its `default`), else None."""
+    table = rates().get(profile) or {}
+    value = table.get(gpu_type, table.get("default"))
+    return float(value) if value is not None else None
+
+
+def short_gpu(gpu_type: str | None) -> str:
+    return (gpu_type or "GPU").removeprefix("NVIDIA ").strip()
+
+
+def usd_per_hour(pod: dict) -> float | None:
+    """The pod's price per hour, all its GPUs: the rented pod's own, else gpu_hourly_usd x count."""
+    if pod.get("pod_usd_per_hour") is not None:
+        return float(pod["pod_usd_per_hour"])
+    if pod.get("gpu_hourly_usd") is None:
+        return None
+    return float(pod["gpu_hourly_usd"]) * int(pod.get("gpu_count") or 1)
+
+
+@dataclass
+class Estimate:
+    run: str
+    steps: int
+    rate: float | None         # steps per hour
+    gpus: int
+    gpu_type: str | None
+    gpu_hourly_usd: float | None
+    where: str
+
+    @property
+    def hours(self) -> float | None:
+        return self.steps / self.rate if self.rate else None
+
+    @property
+    def gpu_hours(self) -> float | None:
+        return self.hours * self.gpus if self.hours is not None else None
+
+    @property
+    def usd(self) -> float | None:
+        if self.gpu_hours is None or self.gpu_hourly_usd is None:
+            return None
+        return self.gpu_hours * self.gpu_hourly_usd
+
+    def line(self) -> str:
+        """`lovecraft: 600 steps, ~7.1 GPU-hours on 1 x A100-SXM4-80GB at $1.89/h = ~$13.50`"""
+        on = f"{self.gpus} x {short_gpu(self.gpu_type)}" if self.gpu_type else self.where
+        text = f"{self.run}: {self.steps} steps"
+        if self.gpu_hours is None:
+            return (f"{text} on {on}; no measured rate for this profile on this GPU, so no time or "
+                    "cost estimate (add one to config/rates.yaml)")
+        text += f", ~{self.gpu_hours:.1f} {'GPU-hours' if self.gpu_type else 'hours'} on {on}"
+        if self.usd is None:
+            return f"{text}; no price (set gpu_hourly_usd on the pod for a cost)"
+        return f"{text} at ${self.gpu_hourly_usd:.2f}/h = ~${self.usd:.2f}"
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "gpu_hours": self.gpu_hours, "usd": self.usd}
+
+
+def estimate(run: str, args: dict, profile: str, pod: dict, examples: int | None) -> Estimate:
+    """The plan's estimate for one run on its pod. examples is only needed without max_steps."""
+    gpus = int(pod.get("gpu_count") or 1)
+    steps = planned_steps(args, examples or 0, gpus)
+    where = "this machine" if pod.get("executor") == "local" else f"pod '{pod.get('name', '?')}'"
+    return Estimate(run, steps, steps_per_hour(profile, pod.get("gpu_type")), gpus,
+                    pod.get("gpu_type"), pod.get("gpu_hourly_usd"), where)
+
+
+def used(attempts: list[dict], pod: dict, now: float | None = None) -> dict:
+    """GPU time of every training attempt (attempts.log), and its cost at the pod's price."""
+    seconds = sum((a.get("end") or now or a["start"]) - a["start"] for a in attempts)
+    gpus = int(pod.get("gpu_count") or 1)
+    gpu_hours = seconds / 3600 * gpus
+    price = usd_per_hour(pod)
+    return {"attempts": len(attempts), "wall_seconds": seconds, "gpus": gpus,
+            "gpu_hours": round(gpu_hours, 4), "usd_per_hour": price,
+            "usd": round(gpu_hours / gpus * price, 2) if price is not None else None}
+
+
+def budget_seconds(pod: dict) -> int | None:
+    """Training seconds a run may use under max_hours and max_usd (at the pod's price)."""
+    limits = []
+    if pod.get("max_hours"):
+        limits.append(float(pod["max_hours"]) * 3600)
+    price = usd_per_hour(pod)
+    if pod.get("max_usd") and price:
+        limits.append(float(pod["max_usd"]) / price * 3600)
+    return max(1, int(min(limits))) if limits else None

@@ -1,0 +1,13 @@
+# shellcheck shell=sh
+# Start the pod's guard detached: guard_start.sh REMOTE_DIR IDLE_SECONDS API_URL GUARD_SCRIPT
+# (after lib.sh). GUARD_SCRIPT is guard.sh's text (with lib.sh), written to REMOTE_DIR/.guard.sh;
+# the guard keeps one instance per pod itself. Prints @@guard.
+dir=$(expand_home "$1")
+mkdir -p "$dir" && cd "$dir" || exit 1
+printf '%s' "$4" >.guard.sh
+if command -v setsid >/dev/null 2>&1; then
+  setsid nohup sh .guard.sh "$(pwd -P)" "$2" "$3" >/dev/null 2>&1 </dev/null &
+else
+  nohup sh .guard.sh "$(pwd -P)" "$2" "$3" >/dev/null 2>&1 </dev/null &
+fi
+echo "@@guard"
