@@ -28,10 +28,14 @@ $(POD_VENV)/.installed: requirements/pod.txt
 	$(POD_VENV)/bin/pip install -q -r requirements/pod.txt
 	touch $@
 
-# The demo runs in its own working directory, so it never touches a real run's results.
+# The demo runs in its own working directory, so it never touches a real run's results. It ends
+# with the report and a block saying where the bundle is and how to use it, here and on a Mac.
+DEMO := $(SNAKEMAKE) --snakefile Snakefile --directory demo --configfile=config/demo.yaml
+
 demo: venvs
-	$(SNAKEMAKE) --snakefile Snakefile --directory demo --configfile=config/demo.yaml \
-		--cores $(CORES) --printshellcmds lovecraft_mlx
+	$(DEMO) --cores $(CORES) --printshellcmds lovecraft_mlx
+	$(DEMO) --report $(CURDIR)/demo/report.html lovecraft_mlx
+	@$(VENV)/bin/python scripts/bundle_help.py --workdir demo --run lovecraft --report demo/report.html
 
 test: venvs
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

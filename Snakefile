@@ -5,6 +5,9 @@
 #   remote training on the run's pod     -> lora_adapters/{run}_peft/              (train.smk)
 #   lora_adapters/{run}_peft/            -> lora_adapters/{run}_mlx/               (mlx.smk)
 #   base_model                           -> models/{base}-4bit-mlx/                (models.smk)
+#   the run's records                    -> results/{run}/report/, train/loss.svg  (report.smk)
+#
+# `snakemake --report report.html` then gathers them into one page: a category per run.
 
 import os
 
@@ -22,6 +25,11 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/train.smk"
 include: "rules/mlx.smk"
+include: "rules/report.smk"
+
+
+# The report's front page; each run's items carry their own captions (report/*.rst).
+report: "report/workflow.rst"
 
 
 rule all:

@@ -185,7 +185,8 @@ def base_4bit_dir(run):
 
 
 def mlx_bundle(run):
-    """Everything `snakemake {run}_mlx` builds: the data stage, the adapter, the MLX bundle."""
+    """Everything `snakemake {run}_mlx` builds: the data stage, the adapter, the MLX bundle, and
+    what `snakemake --report` shows of the run (report.smk)."""
     return [
         f"results/{run}/data/validation.json",
         f"results/{run}/llamafactory/dataset_info.json",
@@ -196,6 +197,9 @@ def mlx_bundle(run):
         f"lora_adapters/{run}_mlx/metadata.json",
         base_4bit_dir(run),
         f"results/{run}/samples.md",
+        # The report's items, as report.smk names them (this runs after every include).
+        *expand(rules.loss_plot.output, run=run),
+        *expand(rules.report_pages.output, run=run),
     ]
 
 

@@ -17,11 +17,13 @@ rule validate_dataset:
         cutoff_len=lambda w: TRAIN_ARGS[w.run]["cutoff_len"],
         # Token counts render each example in the run's chat template, as training does.
         template=lambda w: TRAIN_ARGS[w.run]["template"],
-        tokenizer=lambda w, input: f"--tokenizer {input.base}" if input.base else "",
+        # The base model's tokenizer: its directory, or for a hub id the tokenizer files alone
+        # (cached; without the hub the report says why and keeps to character counts).
+        tokenizer=lambda w, input: input.base or RUNS[w.run]["base_model"],
     shell:
         "logged {log:q} python -m validate_dataset {input.data:q} --output {output.data:q}"
         " --report {output.report:q} --cutoff-len {params.cutoff_len}"
-        " --template {params.template:q} {params.tokenizer}"
+        " --template {params.template:q} --tokenizer {params.tokenizer:q}"
 
 
 rule dataset_info:

@@ -1,4 +1,5 @@
-# Base models. The demo and the tests stand in a tiny random Qwen2, built here from local text.
+# Base models. The demo and the tests stand in a tiny Qwen2, built here from local text (for
+# the demo, briefly pretrained on it).
 
 import re
 
@@ -12,13 +13,19 @@ rule tiny_base_model:
         "logs/models/tiny-qwen2.log",
     conda:
         LOCAL_ENV
+    params:
+        # A short causal-LM pretraining on the corpus, so the demo's samples are its words.
+        pretrain_steps=300,
+        code=code_version("make_tiny_model"),
     shell:
         "logged {log:q} python -m make_tiny_model --corpus {input.corpus:q} --output {output:q}"
+        " --pretrain-steps {params.pretrain_steps}"
 
 
 # The 4-bit MLX base model (the guide's step 8), built once per base model and shared by every
-# run on it. A hub id is downloaded by mlx_lm.convert on this machine; a local directory (maybe
-# built by a rule, as the demo's tiny model) is an input, so a rebuilt base is requantised.
+# run on it. A hub id is downloaded on this machine into the Hugging Face cache, its progress
+# shown as it goes; a local directory (maybe built by a rule, as the demo's tiny model) is an
+# input, so a rebuilt base is requantised.
 rule base_4bit:
     input:
         base=lambda w: local_model_input(BASE_MODELS[w.base]),

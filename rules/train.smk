@@ -87,7 +87,7 @@ rule best_checkpoint:
     output:
         adapter=directory("lora_adapters/{run}_peft"),
         summary="results/{run}/train/training_summary.json",
-        plot=report("results/{run}/train/loss.svg", category="Training"),
+        # The whole log_history, for the loss plot (rules/report.smk), which never touches the pod.
         state="results/{run}/train/trainer_state.json",
     log:
         "logs/{run}/best_checkpoint.log",
@@ -98,4 +98,4 @@ rule best_checkpoint:
     shell:
         "logged {log:q} python -m remote_train fetch --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --launch {input.launch:q} --finished {input.finished:q} --adapter-dir {output.adapter:q}"
-        " --summary {output.summary:q} --plot {output.plot:q} --trainer-state {output.state:q}"
+        " --summary {output.summary:q} --trainer-state {output.state:q}"

@@ -9,11 +9,15 @@ instead of ~18 GB for Qwen2.5-32B) and nothing complains. So the result must say
 quantised (``quantization`` in config.json, the requested bits and group size) and every
 linear layer of every block must be stored packed with its scales.
 
---hf-path is a local model directory or a hub id; a hub id is downloaded by mlx_lm.convert
-into the Hugging Face cache (on the user's machine; never in tests). mlx_lm.convert refuses an
-existing --mlx-path, so this does too, and it converts into a temporary folder beside it that
-is renamed into place only after the check: a failed or interrupted conversion leaves nothing
-that looks like a model.
+--hf-path is a local model directory or a hub id; a hub id is downloaded first (hub.py) into
+the Hugging Face cache, where mlx_lm.convert then finds it (on the user's machine; never in
+tests). mlx_lm.convert refuses an existing --mlx-path, so this does too, and it converts into a
+temporary folder beside it that is renamed into place only after the check: a failed or
+interrupted conversion leaves nothing that looks like a model.
+
+Both long parts say how far they are while they run (a job's output is a pipe to the terminal
+and its log, scripts/logged.sh): the download shows huggingface_hub's progress bars, the
+conversion mlx_lm's stage lines and, every WATCH_SECONDS, how much of the model is written.
 """
 
 from __future__ import annotations
@@ -21,14 +25,21 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import hub
 from fileio import UserError, land, read_json_object, staged_dir
 from safetensors_io import human_size, read_header
 from train_yaml import HUB_ID, is_local_model
 
 # Linear layers inside a decoder block: what -q must have packed.
 BLOCK_LINEAR = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?layers\.\d+\..*_proj\.weight$")
+
+# While converting, what is written so far is said this often (a line at least every 30 s).
+WATCH_SECONDS = 20.0
 
 
 class QuantizeError(UserError):
@@ -75,6 +86,32 @@ def check_quantized(model_dir: str | Path, bits: int = 4, group_size: int = 64) 
             "bytes": size}
 
 
+@contextmanager
+def watching(folder: Path, log=print, every: float = WATCH_SECONDS):
+    """While the block runs, say every `every` seconds how much of the model is in `folder`:
+    mlx_lm.convert quantises lazily, so its long part is writing the weights, silently."""
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def watch():
+        while not stop.wait(every):
+            try:
+                files = [path.stat().st_size for path in folder.glob("*.safetensors")]
+            except OSError:  # a file renamed or removed under us: next time
+                continue
+            minutes, seconds = divmod(int(time.monotonic() - start), 60)
+            log(f"converting: {human_size(sum(files))} of 4-bit weights written in "
+                f"{len(files)} file{'s' * (len(files) != 1)} ({minutes} min {seconds:02d} s)")
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, log=print) -> dict:
     target = Path(mlx_path)
     if target.exists():
@@ -89,7 +126,15 @@ def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, l
         raise QuantizeError(f"--hf-path {hf_path}: no such directory, and not a hub id (org/name)")
     else:
         source = hf_path
-        log(f"{hf_path}: a hub id; mlx_lm.convert downloads it into the Hugging Face cache")
+        # Downloaded here, with progress bars; mlx_lm.convert finds the files in the cache
+        # (given the id, not the folder, it names the base model in the model card).
+        from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+        log(f"{hf_path}: a hub id; downloading it into the Hugging Face cache")
+        try:
+            log(f"{hf_path}: in {hub.download_model(hf_path, DEFAULT_ALLOW_PATTERNS)}")
+        except hub.HubError as exc:
+            raise QuantizeError(f"--hf-path {hf_path}: {exc}") from None
 
     from mlx_lm.convert import convert
 
@@ -97,7 +142,8 @@ def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, l
     with staged_dir(target) as staged:
         log(f"mlx_lm.convert --hf-path {source} -q --q-bits {bits} --q-group-size {group_size} "
             f"--mlx-path {target}")
-        convert(source, str(staged), quantize=True, q_bits=bits, q_group_size=group_size)
+        with watching(staged, log):
+            convert(source, str(staged), quantize=True, q_bits=bits, q_group_size=group_size)
         summary = check_quantized(staged, bits, group_size)
         land(staged, target)
     log(f"{target}: {summary['quantized_linears']} block linear layers in {bits} bits, "
@@ -113,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--q-bits", type=int, default=4)
     parser.add_argument("--q-group-size", type=int, default=64)
     args = parser.parse_args(argv)
+    # A job's stdout is a pipe: mlx_lm's stage lines must reach the terminal as they come.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         if args.check:
             summary = check_quantized(args.check, args.q_bits, args.q_group_size)

@@ -5,7 +5,7 @@
     python -m remote_train submit ... --output launch.json
     python -m remote_train wait ... --launch launch.json --output finished.json --remote-log L
     python -m remote_train fetch --run R --pod-settings JSON --launch launch.json \
-        --finished finished.json --adapter-dir lora_adapters/R_peft --summary S --plot P --trainer-state T
+        --finished finished.json --adapter-dir lora_adapters/R_peft --summary S --trainer-state T
 
 ``--pod-settings`` is the run's ``pods:`` entry as JSON plus its ``name`` (rules/train.smk passes it
 as a resource), or the path of a file holding that JSON. The work itself lives in ``pod/``
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "wait":
             p.add_argument("--remote-log", required=True, help="mirror of the remote train.log")
         if name == "fetch":
-            for option in ("--finished", "--adapter-dir", "--summary", "--plot", "--trainer-state"):
+            for option in ("--finished", "--adapter-dir", "--summary", "--trainer-state"):
                 p.add_argument(option, required=True)
     return parser
 
@@ -75,7 +75,7 @@ def _command(args, settings: dict, ex, files, say: Say) -> None:
     if args.command == "fetch":
         summary = fetch.fetch(args.run, settings, ex, _record(args.launch, "the launch record"),
                               _record(args.finished, "the finish record"), Path(args.adapter_dir),
-                              Path(args.summary), Path(args.plot), Path(args.trainer_state), say)
+                              Path(args.summary), Path(args.trainer_state), say)
         say(f"{args.adapter_dir}: checkpoint-{summary['best_step']} of {summary['total_steps']} steps")
     elif args.command == "preflight":
         report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)

@@ -8,7 +8,14 @@ time) can start from bad data.
 
     python scripts/validate_dataset.py data/training/lovecraft/train_sft.jsonl \
         --output results/lovecraft/data/train.jsonl \
-        --report results/lovecraft/data/validation.json
+        --report results/lovecraft/data/validation.json \
+        --tokenizer Qwen/Qwen2.5-32B --template qwen --cutoff-len 2048
+
+With --tokenizer (the base model: a local directory, or a hub id whose tokenizer files alone
+are fetched into the Hugging Face cache, hub.py), the report counts each example's tokens as
+training renders it, and the examples over cutoff_len. When the hub cannot be asked (no
+network, HF_HUB_OFFLINE=1, a gated model without HF_TOKEN), the report says why and keeps to
+character counts: that is no reason to stop the run.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 import jsonschema
 
 from fileio import write_atomic
+from train_yaml import HUB_ID, is_local_model
 
 FIELDS = ("instruction", "input", "output")
 
@@ -180,6 +188,28 @@ def _length_stats(values: list[int]) -> dict:
     }
 
 
+NO_TOKENIZER = {"counted": False, "why": "no tokenizer given (--tokenizer)"}
+
+
+def count_tokens(examples: list[dict], tokenizer: str | None, template: str) -> dict:
+    """The report's "tokens": {"counted": true, ..., "lengths": [...]}, or {"counted": false,
+    "why": ...} when there is no tokenizer, or the hub cannot give a hub id's."""
+    if not tokenizer:
+        return dict(NO_TOKENIZER)
+    folder = Path(tokenizer).expanduser()
+    if not folder.is_dir() and not is_local_model(tokenizer) and HUB_ID.match(tokenizer):
+        import hub  # huggingface_hub: a quarter of a second, for hub ids only
+
+        try:
+            folder = hub.download_tokenizer(tokenizer)
+        except hub.HubError as exc:
+            return {"counted": False,
+                    "why": f"{exc}; character counts only (to count tokens, run the step again "
+                           "where the hub answers: snakemake --forcerun validate_dataset)"}
+    return {"counted": True, "tokenizer": tokenizer, "template": template,
+            "lengths": token_lengths(examples, str(folder), template)}
+
+
 def token_lengths(examples: list[dict], tokenizer_dir: str, template: str = "qwen") -> list[int]:
     """Tokens per example as training sees it: rendered in the run's chat template."""
     from tokenizers import Tokenizer
@@ -199,7 +229,8 @@ def token_lengths(examples: list[dict], tokenizer_dir: str, template: str = "qwe
 
 
 def build_report(path: str, result: Result, normalised: bytes,
-                 tokens: list[int] | None = None, cutoff_len: int | None = None) -> dict:
+                 tokens: dict | None = None, cutoff_len: int | None = None) -> dict:
+    """`tokens`: count_tokens()'s answer."""
     examples = result.examples
     seen: dict[tuple, int] = {}
     duplicates = []
@@ -224,11 +255,13 @@ def build_report(path: str, result: Result, normalised: bytes,
             name: _length_stats([len(ex[name]) for ex in examples]) for name in FIELDS
         },
     }
-    if tokens is not None:
-        report["tokens"] = _length_stats(tokens)
-        if cutoff_len is not None:
-            over = [n for n, t in zip(result.line_numbers, tokens) if t > cutoff_len]
-            report["cutoff_len"] = cutoff_len
+    tokens = dict(tokens or NO_TOKENIZER)
+    lengths = tokens.pop("lengths", None)
+    report["tokens"] = {**tokens, **(_length_stats(lengths) if lengths else {})}
+    if cutoff_len is not None:
+        report["cutoff_len"] = cutoff_len
+        if lengths:
+            over = [n for n, t in zip(result.line_numbers, lengths) if t > cutoff_len]
             report["over_cutoff_len"] = len(over)
             report["over_cutoff_len_lines"] = over
     return report
@@ -251,7 +284,7 @@ def validate_file(path: str, tokenizer: str | None = None, cutoff_len: int | Non
     if not result.ok:
         return result, b"", None
     normalised = normalise(result.examples)
-    tokens = token_lengths(result.examples, tokenizer, template) if tokenizer else None
+    tokens = count_tokens(result.examples, tokenizer, template)
     return result, normalised, build_report(path, result, normalised, tokens, cutoff_len)
 
 
@@ -260,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", help="SFT JSONL file (instruction, input, output per line)")
     parser.add_argument("--output", required=True, help="normalised JSONL to write")
     parser.add_argument("--report", required=True, help="JSON report to write")
-    parser.add_argument("--tokenizer", help="model directory with tokenizer.json, for token counts")
+    parser.add_argument("--tokenizer",
+                        help="the base model, for token counts: a directory with tokenizer.json, "
+                             "or a hub id (its tokenizer files alone are fetched, cached)")
     parser.add_argument("--cutoff-len", type=int, help="training cutoff_len, to count examples over it")
     parser.add_argument("--template", default="qwen",
                         help="the run's LLaMA-Factory template (config/templates/NAME.json), "
@@ -283,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.input}: {count} problem{'s' * (count != 1)}; nothing written",
               file=sys.stderr)
         return 1
+    if args.tokenizer and not report["tokens"]["counted"]:
+        print(f"warning: no token counts: {report['tokens']['why']}", file=sys.stderr)
     write_atomic(args.report, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
     write_atomic(args.output, normalised)
     print(f"{args.input}: {report['examples']} examples, {report['duplicates']} duplicates"

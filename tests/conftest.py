@@ -14,6 +14,11 @@ import pytest
 # The pipeline's modules, as Snakemake's jobs see them (scripts/ on the path).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
+# No test reaches the Hugging Face hub, here or in a job it starts: a run whose base_model is a
+# hub id validates with character counts, as without network. Set before anything imports
+# huggingface_hub, which reads it once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 from helpers.sshd import Sshd  # noqa: E402
 from helpers.workflow import SAMPLE_DATA  # noqa: E402
 

@@ -30,16 +30,21 @@ def guide_trainer_state() -> dict:
 # --------------------------------------------------------------------- the checkpoint choice
 
 def test_guide_loss_table_selects_step_600(tmp_path):
-    """The guide found step 600 of 1500 best; the pipeline finds it from trainer_state.json."""
+    """The guide found step 600 of 1500 best; the pipeline finds it from trainer_state.json, and
+    the loss plot (scripts/loss_plot.py, over the choice) marks it."""
     path = tmp_path / "trainer_state.json"
     path.write_text(json.dumps(guide_trainer_state()))
     checkpoints = list(range(100, 1501, 100))   # save_steps: 100
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "best_checkpoint.py"),
-         str(path), "--checkpoints", *map(str, checkpoints), "--plot", str(tmp_path / "loss.svg")],
+         str(path), "--checkpoints", *map(str, checkpoints)],
         capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout) == {"best_step": 600, "best_eval_loss": 0.358,
                                        "selected_by": "min_eval_loss"}
+    (tmp_path / "choice.json").write_text(proc.stdout)   # training_summary.json's keys
+    subprocess.run([sys.executable, str(REPO / "scripts" / "loss_plot.py"), str(path),
+                    "--summary", str(tmp_path / "choice.json"), "--output", str(tmp_path / "loss.svg")],
+                   capture_output=True, text=True, check=True)
     svg = (tmp_path / "loss.svg").read_text()
     xml.dom.minidom.parseString(svg)              # well-formed
     assert "chosen: step 600, eval_loss 0.358" in svg

@@ -19,7 +19,7 @@ from helpers.workflow import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, write_config
 from helpers.mlx import make_peft_adapter
 
 RULES = ["validate_dataset", "dataset_info", "train_yaml", "base_4bit", "mlx_adapter", "metadata",
-         "samples", "lovecraft_mlx"]
+         "samples", "loss_plot", "report_pages", "lovecraft_mlx"]
 
 
 def snakemake(repo, work, target, *flags, configfile):
@@ -64,10 +64,21 @@ def built(tiny_model, tmp_path_factory):
     shutil.copytree(tiny_model, work / "models" / "tiny-qwen2")
     peft = work / "lora_adapters" / "lovecraft_peft"
     make_peft_adapter(work / "models" / "tiny-qwen2", peft, r=8, lora_alpha=32)  # tiny_cpu's
-    (peft / "training_summary.json").write_text(json.dumps({
+    summary = json.dumps({
         "run": "lovecraft", "run_id": "test", "best_step": 10, "best_eval_loss": 4.2,
         "selected_by": "min_eval_loss", "total_steps": 10, "wall_time_s": 1.0,
-        "llamafactory_version": "0.9.5", "sha256": {}}))
+        "llamafactory_version": "0.9.5", "sha256": {}})
+    (peft / "training_summary.json").write_text(summary)
+    # And the training's records beside it, which the report reads.
+    train = work / "results" / "lovecraft" / "train"
+    train.mkdir(parents=True)
+    (train / "training_summary.json").write_text(summary)
+    (train / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"step": 5, "loss": 4.6}, {"step": 5, "eval_loss": 4.4},
+        {"step": 10, "loss": 4.1}, {"step": 10, "eval_loss": 4.2}]}))
+    (train / "launch.json").write_text(json.dumps({"run_id": "test", "pod": "local",
+                                                    "action": "launched", "attempt": None}))
+    (train / "finished.json").write_text(json.dumps({"status": "finished", "attempts": []}))
     cfg = config(work)
     snakemake(repo, work, "lovecraft_mlx", configfile=cfg)
     return repo, work, cfg
@@ -104,7 +115,7 @@ def test_author_change_rebuilds_only_metadata(built):
     repo, work, _ = built
     cfg = config(work / "lora_adapters", author="Clark Ashton Smith")  # another file, same workdir
     proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
-    assert planned_jobs(proc) == {"metadata": 1, "lovecraft_mlx": 1}, proc.stdout
+    assert planned_jobs(proc) == {"metadata": 1, "report_pages": 1, "lovecraft_mlx": 1}, proc.stdout
 
 
 def test_converter_edit_reconverts_and_nothing_else(built):
@@ -117,7 +128,8 @@ def test_converter_edit_reconverts_and_nothing_else(built):
         proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
     finally:
         converter.write_text(original)
-    assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "lovecraft_mlx": 1}, proc.stdout
+    assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "report_pages": 1,
+                                  "lovecraft_mlx": 1}, proc.stdout
 
 
 @pytest.mark.parametrize("module", ["convert_peft_to_mlx.py", "conversion_plan.py",
@@ -134,3 +146,26 @@ def test_a_comment_in_a_script_plans_nothing(built, module):
     finally:
         script.write_text(original)
     assert planned_jobs(proc) == {}, proc.stdout
+
+
+def test_the_bundle_help_says_where_everything_is_and_its_command_generates(built):
+    """The block `make demo` ends with: its paths exist, and its generate command runs as printed."""
+    repo, work, _ = built
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "bundle_help.py"), "--workdir",
+                           str(work), "--run", "lovecraft", "--report", str(work / "report.html"),
+                           "--prompts", str(SAMPLE_HELDOUT)],
+                          capture_output=True, text=True, cwd=work.parent, check=True)
+    text = proc.stdout
+    assert "lovecraft: the MLX bundle is built" in text and "report.html  (open it in a browser)" in text
+    for rel in ("lora_adapters/lovecraft_mlx", "models/tiny-qwen2-4bit-mlx", "results/lovecraft/samples.md"):
+        assert rel in text and (work / rel).exists()
+    assert "rsync -aR" in text and "you@your-mac:lora-bundle/" in text
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  cd "))
+    command = "\n".join(lines[start:start + 2])          # the printed command and its continuation
+    run = subprocess.run(["sh", "-c", command + " --max-tokens 8"], capture_output=True, text=True,
+                         cwd=work.parent, timeout=300)
+    assert run.returncode == 0, run.stderr
+    heldout = json.loads(SAMPLE_HELDOUT.read_text().splitlines()[0])
+    assert heldout["instruction"] in run.stderr            # the rendered prompt, logged
+    assert run.stdout.strip()

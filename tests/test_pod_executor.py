@@ -82,7 +82,7 @@ def test_unreadable_pod_settings_name_the_file(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "remote_train.py"), "fetch",
                            "--run", "style", "--pod-settings", str(tmp_path / "nope.json"),
                            *(f"--{o}=x" for o in ("launch", "finished", "adapter-dir", "summary",
-                                                  "plot", "trainer-state"))],
+                                                  "trainer-state"))],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"error: --pod-settings file {tmp_path}/nope.json: cannot read it" in proc.stderr

@@ -34,7 +34,7 @@ def _finished_run(tmp_path):
 def _fetch(tmp_path, settings, ex):
     out = tmp_path / "work"
     return fetch.fetch("style", settings, ex, {"run_id": "style-abc"}, {}, out / "style_peft",
-                       out / "summary.json", out / "loss.svg", out / "trainer_state.json", Say("style"))
+                       out / "summary.json", out / "trainer_state.json", Say("style"))
 
 
 def test_fetch_lands_the_adapter_then_the_summary(tmp_path):
@@ -45,7 +45,7 @@ def test_fetch_lands_the_adapter_then_the_summary(tmp_path):
     assert {p.name for p in (work / "style_peft").iterdir()} == {
         "adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "trainer_log.jsonl",
         "training_summary.json"}
-    assert sorted(p.name for p in work.iterdir()) == ["loss.svg", "style_peft", "summary.json",
+    assert sorted(p.name for p in work.iterdir()) == ["style_peft", "summary.json",
                                                       "trainer_state.json"]
 
 
@@ -68,7 +68,7 @@ def test_fetch_writes_no_summary_when_the_adapter_cannot_land(tmp_path, monkeypa
     monkeypatch.setattr(fetch, "land", land)
     with pytest.raises(PodError, match="cannot move the downloaded adapter into .*style_peft"):
         _fetch(tmp_path, settings, ex)
-    assert list((tmp_path / "work").iterdir()) == []      # no summary, plot, state or staging left
+    assert list((tmp_path / "work").iterdir()) == []      # no summary, state or staging left
 
 
 @pytest.mark.parametrize("command,cut,message", [
@@ -107,7 +107,7 @@ def test_ctrl_c_says_what_it_stopped(tmp_path, monkeypatch, capsys, command, cut
                      str(tmp_path / "out.json"), "--remote-log", str(tmp_path / "remote.log")],
             "fetch": ["--launch", str(tmp_path / "launch.json"), "--finished",
                       str(tmp_path / "finished.json"), "--adapter-dir", str(tmp_path / "work/style_peft"),
-                      "--summary", str(tmp_path / "work/s.json"), "--plot", str(tmp_path / "work/l.svg"),
+                      "--summary", str(tmp_path / "work/s.json"),
                       "--trainer-state", str(tmp_path / "work/t.json")]}[command]
     monkeypatch.setattr(remote_train, "make_executor", lambda settings: ex)
     rc = remote_train.main([command, "--run", "style", "--pod-settings", json.dumps(settings), *args])

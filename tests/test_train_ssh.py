@@ -37,7 +37,7 @@ def trained(tmp_path_factory, sshd, tiny_model):
     tmp = tmp_path_factory.mktemp("full")
     config = style_run_config(tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, max_steps=20)
     work = tmp / "work"
-    proc = snakemake(work, ADAPTER, configfile=config)
+    proc = snakemake(work, ADAPTER, "results/style/train/loss.svg", configfile=config)
     launch = json.loads((work / "results/style/train/launch.json").read_text())
     return {"tmp": tmp, "work": work, "config": config, "proc": proc, "launch": launch,
             "run_dir": tmp / "pod" / launch["run_id"]}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 
 import pytest
 from helpers.workflow import SAMPLE_DATA, run_script
@@ -15,11 +17,13 @@ def line(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
 
-def validate(tmp_path, content: bytes, *extra):
+def validate(tmp_path, content: bytes, *extra, env: dict | None = None):
     src = tmp_path / "train_sft.jsonl"
+    src.parent.mkdir(parents=True, exist_ok=True)
     src.write_bytes(content)
     out, report = tmp_path / "out" / "train.jsonl", tmp_path / "out" / "validation.json"
-    proc = run_script("validate_dataset.py", src, "--output", out, "--report", report, *extra)
+    proc = run_script("validate_dataset.py", src, "--output", out, "--report", report, *extra,
+                      env=env)
     return proc, src, out, report
 
 
@@ -157,6 +161,7 @@ def test_token_counts_and_cutoff_len_with_a_tokenizer(tmp_path, tiny_model):
     stats = json.loads(report.read_text())
     assert stats["cutoff_len"] == 100
     assert stats["over_cutoff_len"] == 1 and stats["over_cutoff_len_lines"] == [2]
+    assert stats["tokens"]["counted"] and stats["tokens"]["template"] == "qwen"
     assert stats["tokens"]["max"] > 200 > stats["tokens"]["min"]
 
 
@@ -174,3 +179,64 @@ def test_token_counts_render_with_the_runs_template(tmp_path, tiny_model, monkey
     base = token_lengths(examples, str(tiny_model), "qwen")
     longer = token_lengths(examples, str(tiny_model), "longer")
     assert all(b < n for b, n in zip(base, longer)), (base, longer)
+
+
+# ------------------------------------------------- a hub base model: its tokenizer alone, cached
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_env(tmp_path, **more) -> dict:
+    """A Hugging Face cache of the test's own, and no way to the real hub."""
+    return {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", **more}
+
+
+def cache_tokenizer(tmp_path, repo_id: str, tiny_model) -> None:
+    """What an earlier run online leaves in the Hugging Face cache: the tokenizer files alone."""
+    repo = tmp_path / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    (repo / "snapshots" / COMMIT).mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model / name, repo / "snapshots" / COMMIT / name)
+
+
+def test_a_hub_model_without_the_hub_gives_character_counts_and_says_why(tmp_path):
+    proc, _, out, report = validate(tmp_path, SAMPLE_DATA.read_bytes(), "--tokenizer",
+                                    "Qwen/Qwen2.5-32B", "--cutoff-len", "2048",
+                                    env=hub_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(report.read_text())
+    assert stats["tokens"]["counted"] is False
+    assert "HF_HUB_OFFLINE is set and Qwen/Qwen2.5-32B is not in the Hugging Face cache" in \
+        stats["tokens"]["why"]
+    assert "over_cutoff_len" not in stats and stats["cutoff_len"] == 2048
+    assert stats["chars"]["output"]["max"] > 0 and out.exists()
+    assert "warning: no token counts: HF_HUB_OFFLINE is set" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_hub_is_no_reason_to_stop(tmp_path):
+    """The hub's address answers nothing (a closed port here): the report says so."""
+    env = hub_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    proc, _, _, report = validate(tmp_path, SAMPLE_DATA.read_bytes(), "--tokenizer", "acme/tiny",
+                                  env=env)
+    assert proc.returncode == 0, proc.stderr
+    why = json.loads(report.read_text())["tokens"]["why"]
+    assert why.startswith("the Hugging Face hub cannot be reached (no network?) and acme/tiny is "
+                          "not in the Hugging Face cache"), why
+
+
+def test_a_hub_models_cached_tokenizer_counts_tokens_as_a_local_one(tmp_path, tiny_model):
+    cache_tokenizer(tmp_path, "acme/tiny", tiny_model)
+    counts = {}
+    for name, tokenizer in {"hub": "acme/tiny", "local": str(tiny_model)}.items():
+        proc, _, _, report = validate(tmp_path / name, SAMPLE_DATA.read_bytes(), "--tokenizer",
+                                      tokenizer, "--cutoff-len", "300", env=hub_env(tmp_path))
+        assert proc.returncode == 0, proc.stderr
+        counts[name] = json.loads(report.read_text())
+    assert counts["hub"]["tokens"]["tokenizer"] == "acme/tiny"
+    assert counts["hub"]["tokens"]["counted"] and counts["local"]["tokens"]["counted"]
+    for key in ("min", "max", "mean", "median"):
+        assert counts["hub"]["tokens"][key] == counts["local"]["tokens"][key]
+    assert counts["hub"]["over_cutoff_len_lines"] == counts["local"]["over_cutoff_len_lines"]

@@ -10,18 +10,25 @@ script's text, so both executors run the same commands and no value is ever pars
 
 Host keys are checked: a pod's first key is accepted once and remembered in a known-hosts file the
 project controls (``known_hosts:``, default ``.state/known_hosts``); a changed key stops everything.
+
+Files travel by rsync, whose own --progress becomes a line every few seconds on stderr (the job's
+terminal and log) while a long upload or download runs (TransferProgress).
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import re
+import select
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +43,12 @@ SCRIPTS = str(Path(__file__).resolve().parents[1])
 # (12: protocol stream, 30/35: timeouts) or passes ssh's 255 on.
 SSH_FAILED = 255
 RSYNC_TRANSPORT_FAILED = {12, 30, 35, 255}
+
+# A transfer's progress (rsync --progress, which updates about once a second) reaches the user
+# as a line at most every PROGRESS_EVERY seconds, and at least every QUIET_LIMIT seconds while
+# it lasts, also when nothing moves. A transfer shorter than PROGRESS_EVERY says nothing.
+PROGRESS_EVERY = 5.0
+QUIET_LIMIT = 30.0
 
 
 @dataclass
@@ -77,12 +90,17 @@ class Executor(ABC):
 
 
     @abstractmethod
-    def put(self, local_dir: Path, remote_dir: str) -> None:
-        """Copy the contents of local_dir into remote_dir there (which must exist)."""
+    def put(self, local_dir: Path, remote_dir: str, say: Callable[[str], None] | None = None,
+            bwlimit_kib: int | None = None) -> None:
+        """Copy the contents of local_dir into remote_dir there (which must exist).
+
+        A long copy reports its progress through `say` (default: stderr); `bwlimit_kib` caps its
+        rate in KiB/s (rsync's --bwlimit), which the tests use to make a copy take its time."""
 
     @abstractmethod
-    def get(self, remote_file: str, local_file: Path) -> None:
-        """Copy one file from there to local_file."""
+    def get(self, remote_file: str, local_file: Path, say: Callable[[str], None] | None = None,
+            bwlimit_kib: int | None = None) -> None:
+        """Copy one file from there to local_file; `say` and `bwlimit_kib` as for put()."""
 
     @abstractmethod
     def where(self) -> str:
@@ -108,10 +126,11 @@ class LocalExecutor(Executor):
     def _path(self, path: str) -> Path:
         return self.workdir / os.path.expanduser(path)
 
-    def put(self, local_dir: Path, remote_dir: str) -> None:
+    # A copy on one machine's disks: no progress to report, no rate to cap.
+    def put(self, local_dir: Path, remote_dir: str, say=None, bwlimit_kib=None) -> None:
         shutil.copytree(local_dir, self._path(remote_dir), dirs_exist_ok=True)
 
-    def get(self, remote_file: str, local_file: Path) -> None:
+    def get(self, remote_file: str, local_file: Path, say=None, bwlimit_kib=None) -> None:
         try:
             shutil.copyfile(self._path(remote_file), local_file)
         except OSError as exc:
@@ -212,28 +231,138 @@ class SSHExecutor(Executor):
             raise Unreachable(explain_ssh_failure(err, self), ssh_said(err))
         return Result(proc.returncode, proc.stdout, err)
 
-    def _rsync(self, *paths: str) -> None:
+    def _rsync(self, direction: str, source: str, dest: str, say, bwlimit_kib) -> None:
+        """rsync with its --progress output (stdout) turned into throttled lines for `say` as
+        it comes, and its stderr kept whole for the error explanation."""
         self._check_key()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["rsync", "-a", "--partial", "-e", shlex.join(["ssh", *self.ssh_options()]), *paths]
+        argv = ["rsync", "-a", "--partial", "--progress", "-e",
+                shlex.join(["ssh", *self.ssh_options()])]
+        if bwlimit_kib:
+            argv.append(f"--bwlimit={int(bwlimit_kib)}")
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen([*argv, source, dest], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise PodError("rsync not found on this machine: install rsync") from None
+        with proc:
+            try:
+                err = relay_progress(proc, TransferProgress(direction, say or _to_stderr))
+                proc.wait()
+            except BaseException:  # Ctrl-C, or a bug here: rsync must not outlive this process
+                proc.kill()
+                raise
         if proc.returncode in RSYNC_TRANSPORT_FAILED:
-            raise Unreachable(explain_ssh_failure(proc.stderr, self), ssh_said(proc.stderr))
+            raise Unreachable(explain_ssh_failure(err, self), ssh_said(err))
         if proc.returncode:
-            raise PodError(f"rsync failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            raise PodError(f"rsync failed ({proc.returncode}): {err.strip()[-2000:]}")
 
-    def put(self, local_dir: Path, remote_dir: str) -> None:
-        self._rsync(f"{local_dir}/", f"{self.destination()}:{remote_dir}/")
+    def put(self, local_dir: Path, remote_dir: str, say=None, bwlimit_kib=None) -> None:
+        self._rsync("uploading", f"{local_dir}/", f"{self.destination()}:{remote_dir}/", say,
+                    bwlimit_kib)
 
-    def get(self, remote_file: str, local_file: Path) -> None:
-        self._rsync(f"{self.destination()}:{remote_file}", str(local_file))
+    def get(self, remote_file: str, local_file: Path, say=None, bwlimit_kib=None) -> None:
+        self._rsync("downloading", f"{self.destination()}:{remote_file}", str(local_file), say,
+                    bwlimit_kib)
 
     def where(self) -> str:
         port = self.settings.get("port")
         return f"pod '{self.name}' ({self.destination()}{f' port {port}' if port else ''})"
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# One update of rsync --progress: bytes so far and a percentage, then rate and time, e.g.
+# "  52,428,800  25%   16.00MB/s    0:00:09" (the last of a file adds "(xfr#1, to-chk=0/1)").
+RSYNC_PROGRESS = re.compile(r"^[\d,.]+[KMGT]?\s+\d+%")
+# A status is whole when it ends with its time: rsync writes each in one go, "\r" first.
+RSYNC_STATUS_WHOLE = re.compile(r"^\s*[\d,.]+[KMGT]?\s+\d+%.*\d+:\d\d:\d\d\s*$")
+RSYNC_CHATTER = {"sending incremental file list", "receiving incremental file list",
+                 "receiving file list ...", "building file list ...", "done", "./"}
+
+
+class TransferProgress:
+    """rsync --progress output as lines for a log. rsync writes a file's name on a line, then
+    rewrites one status line with \r about once a second; here a status becomes a line
+    `downloading NAME: STATUS` at most every `every` seconds, the file's last status (100%) when
+    one of its earlier ones was shown, and `quiet()` says where things stand when nothing came
+    for `quiet_limit` seconds."""
+
+    def __init__(self, direction: str, say: Callable[[str], None], every: float = PROGRESS_EVERY,
+                 quiet_limit: float = QUIET_LIMIT, clock: Callable[[], float] = time.monotonic):
+        self.direction, self.say, self.every, self.quiet_limit = direction, say, every, quiet_limit
+        self.clock = clock
+        self.name = ""          # the file being copied
+        self.status = ""        # its latest status
+        self.shown = False      # whether a status of this file was shown
+        self.last_said = clock()
+        self._pending = ""      # the text after the last \r or \n
+        self._early = None      # ... when it was taken as a whole status already
+
+    def feed(self, text: str) -> None:
+        """Some output of rsync, cut anywhere."""
+        *pieces, self._pending = re.split(r"[\r\n]", self._pending + text)
+        if pieces and pieces[0] == self._early:
+            pieces.pop(0)
+        if pieces or self._pending != self._early:
+            self._early = None
+        for piece in pieces:
+            self._piece(" ".join(piece.split()))
+        # The latest status has no terminator until the next one comes, a second later.
+        if self._early is None and RSYNC_STATUS_WHOLE.match(self._pending):
+            self._early = self._pending
+            self._piece(" ".join(self._pending.split()))
+
+    def close(self) -> None:
+        self.feed("\n")
+
+    def _piece(self, piece: str) -> None:
+        if not piece or piece in RSYNC_CHATTER:
+            return
+        if not RSYNC_PROGRESS.match(piece):
+            if not piece.endswith("/"):  # a folder of a put is no news
+                self.name, self.status, self.shown = piece, "", False
+            return
+        self.status = piece
+        finished = piece.split()[1] == "100%" and "(" in piece
+        if (finished and self.shown) or self.clock() - self.last_said >= self.every:
+            self._say(piece)
+            self.shown = True
+
+    def quiet(self) -> None:
+        """Called about once a second: a line when none was said for quiet_limit seconds, so a
+        stalled transfer says so too."""
+        silent = self.clock() - self.last_said
+        if silent >= self.quiet_limit:
+            where = self.status or "waiting for the first bytes"
+            self._say(f"{where} (no news for {silent:.0f} s)")
+
+    def _say(self, status: str) -> None:
+        self.say(f"{self.direction} {self.name or '...'}: {status}")
+        self.last_said = self.clock()
+
+
+def relay_progress(proc: subprocess.Popen, progress: TransferProgress) -> str:
+    """Feed the process's stdout to `progress` as it comes, and return its stderr, whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    out, err = proc.stdout.fileno(), proc.stderr.fileno()
+    open_fds, stderr = {out, err}, bytearray()
+    while open_fds:
+        ready, _, _ = select.select(list(open_fds), [], [], 1.0)
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.discard(fd)
+            elif fd == err:
+                stderr += chunk
+            else:
+                progress.feed(decoder.decode(chunk))
+        progress.quiet()
+    progress.feed(decoder.decode(b"", final=True))
+    progress.close()
+    return stderr.decode("utf-8", "replace")
 
 
 # What ssh says on stderr -> what it means and what to change. First match wins.

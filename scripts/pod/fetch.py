@@ -18,10 +18,11 @@ from .settings import with_defaults
 
 
 def download_verified(ex: Executor, run_dir: str, rel: str, dest: Path,
-                      expected: tuple[int, str]) -> None:
-    """Download one file, check its size and sha256 against the pod's; one retry on a mismatch."""
+                      expected: tuple[int, str], say: Say | None = None) -> None:
+    """Download one file, check its size and sha256 against the pod's; one retry on a mismatch.
+    A long download reports its progress through `say`."""
     for _ in (1, 2):
-        ex.get(f"{run_dir}/{rel}", dest)
+        ex.get(f"{run_dir}/{rel}", dest, say=say)
         got = (dest.stat().st_size, sha256_file(dest))
         if got == expected:
             return
@@ -31,7 +32,7 @@ def download_verified(ex: Executor, run_dir: str, rel: str, dest: Path,
 
 
 def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: dict,
-          adapter_dir: Path, summary_path: Path, plot_path: Path, state_path: Path, say: Say) -> dict:
+          adapter_dir: Path, summary_path: Path, state_path: Path, say: Say) -> dict:
     """Choose the best checkpoint, download only its adapter and the logs, land them atomically."""
     if adapter_dir.exists() and (not adapter_dir.is_dir() or any(adapter_dir.iterdir())):
         raise PodError(f"{adapter_dir} already exists and is not empty; fetch never overwrites an "
@@ -46,11 +47,11 @@ def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: di
     run_dir = f"{state.remote_dir}/{run_id}"
     with holding(ex, state.remote_dir):  # the pod's guard does not stop it mid-download
         return _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path,
-                      plot_path, state_path, say, state, run_dir)
+                      state_path, say, state, run_dir)
 
 
-def _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path, plot_path,
-           state_path, say, state, run_dir) -> dict:
+def _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path, state_path, say,
+           state, run_dir) -> dict:
     run_id = launch_rec["run_id"]
     steps = with_reconnect(lambda: list_checkpoints(ex, run_dir), settings, say, "listing checkpoints")
     if not steps:
@@ -80,7 +81,7 @@ def _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path, p
         if missing:
             raise PodError(f"missing on {ex.where()} in {run_dir}: {', '.join(missing)}")
         for name, rel in wanted.items():
-            with_reconnect(lambda: download_verified(ex, run_dir, rel, stage / name, hashes[rel]),
+            with_reconnect(lambda: download_verified(ex, run_dir, rel, stage / name, hashes[rel], say),
                            settings, say, f"downloading {name}")
             say(f"downloaded {name} ({hashes[rel][0]} bytes, sha256 {hashes[rel][1][:12]}... verified)")
         summary = {
@@ -109,6 +110,5 @@ def _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path, p
     # Only once the adapter is in place: a failed fetch leaves no summary of an absent adapter.
     with stopped_as(stopped_after_landing(adapter_dir)):
         write_atomic(summary_path, text.encode())
-        write_atomic(plot_path, best_checkpoint.loss_svg(history, choice, f"{run_id}: loss").encode())
         write_atomic(state_path, state_bytes)
     return summary

@@ -92,9 +92,11 @@ def guarded(settings: dict) -> bool:
     return bool(settings.get("provider")) or cost.budget_seconds(settings) is not None
 
 
-def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = None) -> None:
+def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = None,
+           say: Say | None = None) -> None:
     """rsync the run's files and run.sh into its folder, then check them by sha256 there. With
-    a budget or on a rented pod, guard.sh and the run's budget_seconds go along."""
+    a budget or on a rented pod, guard.sh and the run's budget_seconds go along. A long upload
+    (a large data set) reports its progress through `say`."""
     settings = settings or {}
     with tempfile.TemporaryDirectory(prefix="lora-upload-") as tmp:
         stage = Path(tmp)
@@ -113,7 +115,7 @@ def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = 
         result = ex.sh('mkdir -p "$1"', timeout=120, args=(run_dir,))
         if result.rc:
             raise PodError(f"cannot create {run_dir} on {ex.where()}: {result.err.strip()}")
-        ex.put(stage, run_dir)
+        ex.put(stage, run_dir, say=say)
     remote = remote_hashes(ex, run_dir, list(UPLOAD_LAYOUT.values()))
     for rel in UPLOAD_LAYOUT.values():
         if remote.get(rel, (0, ""))[1] != files.sha256[rel]:
@@ -143,7 +145,7 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
             record["setup"] = preflight.pod_setup(ex, settings, say)
         report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)
         run_dir = f"{report.remote_dir}/{files.run_id}"
-        upload(ex, files, run_dir, settings)
+        upload(ex, files, run_dir, settings, say)
         with stopped_as(LAUNCH_CUT):
             facts = start_detached(ex, run_dir, files.session, report.cli_path, settings)
     with stopped_as(LAUNCH_CUT):

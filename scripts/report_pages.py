@@ -1,0 +1,402 @@
+"""A run's facts as readable HTML pages for `snakemake --report` (rules/report.smk).
+
+    python scripts/report_pages.py --run lovecraft \
+        --validation results/lovecraft/data/validation.json \
+        --launch results/lovecraft/train/launch.json --finished results/lovecraft/train/finished.json \
+        --summary results/lovecraft/train/training_summary.json \
+        --metadata lora_adapters/lovecraft_mlx/metadata.json --samples results/lovecraft/samples.md \
+        --validation-page V.html --preflight-page P.html --training-page T.html \
+        --metadata-page M.html --samples-page S.html
+
+Snakemake's report shows images and HTML, and offers JSON only as a download: each page here
+turns one of the run's records into tables, and what needs the user's attention (duplicates,
+examples over cutoff_len, a failed check, a training cut by its budget) in a coloured line. A page
+stands on its own (no scripts, no links out), so it reads the same in report.html and report.zip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+
+from fileio import UserError, read_json_object, write_atomic
+from pod.cost import Estimate
+
+STYLE = """
+body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: #1f2328; background: #fff; margin: 0; padding: 1.5rem 2rem; max-width: 64rem; }
+h1 { font-size: 1.5rem; margin: 0 0 .25rem; }
+h2 { font-size: 1.15rem; margin: 1.75rem 0 .5rem; border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
+p.lead { color: #59636e; margin-top: 0; }
+table { border-collapse: collapse; margin: .25rem 0 1rem; }
+th, td { text-align: left; vertical-align: top; padding: .3rem .8rem .3rem 0; border-bottom: 1px solid #eaeef2; }
+th { font-weight: 600; color: #424a53; white-space: nowrap; }
+table.grid th, table.grid td { padding-right: 1.2rem; }
+table.grid thead th { border-bottom: 2px solid #d0d7de; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+table table { margin: 0; }
+code, pre { font: 13px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+pre { background: #f6f8fa; border: 1px solid #eaeef2; border-radius: 6px; padding: .6rem .8rem;
+      white-space: pre-wrap; overflow-wrap: anywhere; margin: .25rem 0 1rem; }
+.note { border-left: 4px solid; border-radius: 4px; padding: .45rem .8rem; margin: .5rem 0 1rem; }
+.ok { border-color: #1a7f37; background: #dafbe1; }
+.warn { border-color: #9a6700; background: #fff8c5; }
+.bad { border-color: #cf222e; background: #ffebe9; }
+.info { border-color: #0969da; background: #ddf4ff; }
+span.yes { color: #1a7f37; font-weight: 600; }
+span.no { color: #cf222e; font-weight: 600; }
+.samples pre, .samples pre code { font: inherit; }  /* prose reads better in the body's font */
+.samples details pre, .samples details pre code {
+    font: 13px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+details { margin: .5rem 0 1rem; }
+summary { cursor: pointer; color: #0969da; }
+"""
+
+
+class ReportError(UserError):
+    """A record the report reads is missing or unreadable; the message says which."""
+
+
+# ----------------------------------------------------------------------------------- building blocks
+
+def page(title: str, lead: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+            f"<h1>{escape(title)}</h1>\n<p class=\"lead\">{lead}</p>\n" + "\n".join(body)
+            + "\n</body>\n</html>\n")
+
+
+def note(kind: str, html: str) -> str:
+    """A coloured line: ok, warn, bad or info."""
+    return f'<div class="note {kind}">{html}</div>'
+
+
+def code(text) -> str:
+    return f"<code>{escape(str(text))}</code>"
+
+
+def value_html(value) -> str:
+    """A JSON value for a table cell: objects as nested tables, multi-line text as a block."""
+    if isinstance(value, dict):
+        return facts_table(value) if value else "(none)"
+    if isinstance(value, list):
+        if not value:
+            return "(none)"
+        if all(isinstance(v, dict) for v in value):
+            return "".join(facts_table(v) for v in value)
+        return ", ".join(escape(fmt(v)) for v in value)
+    if isinstance(value, str) and "\n" in value:
+        return f"<pre>{escape(value)}</pre>"
+    return escape(fmt(value))
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "(unknown)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def facts_table(facts: dict) -> str:
+    """Key-value rows, in the record's order."""
+    rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{value_html(v)}</td></tr>"
+                   for k, v in facts.items())
+    return f"<table>{rows}</table>"
+
+
+def grid(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """A table with a header row; cells are HTML already; `numeric` columns align right."""
+    def cls(i):
+        return ' class="num"' if i in numeric else ""
+    head = "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>"
+                   for row in rows)
+    return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def duration(seconds) -> str:
+    if seconds is None:
+        return "(unknown)"
+    seconds = int(round(float(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def when(epoch) -> str:
+    if epoch is None:
+        return "(still running)"
+    return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def lines_list(lines: list, limit: int = 20) -> str:
+    shown = ", ".join(str(n) for n in lines[:limit])
+    return shown + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+# ------------------------------------------------------------------------------------------ pages
+
+LENGTH_ROWS = {"instruction": "instruction (characters)", "input": "input (characters)",
+               "output": "output (characters)"}
+VALIDATION_KEYS = {"input", "examples", "sha256", "duplicates", "duplicate_lines", "empty_input",
+                   "blank_lines_skipped", "crlf_line_endings", "utf8_bom", "dropped_keys", "chars",
+                   "tokens", "cutoff_len", "over_cutoff_len", "over_cutoff_len_lines"}
+
+
+def validation_page(run: str, v: dict) -> str:
+    body = []
+    examples = v.get("examples", 0)
+    if v.get("duplicates"):
+        pairs = "; ".join(f"line {d['line']} = line {d['same_as_line']}"
+                          for d in v.get("duplicate_lines", [])[:10])
+        body.append(note("warn", f"{v['duplicates']} duplicate example(s): {escape(pairs)}. "
+                                 "They weigh twice in training; remove them from the data if "
+                                 "that is not meant."))
+    tokens = v.get("tokens") or {}
+    counted = tokens.get("counted", "min" in tokens)  # older reports: the statistics alone
+    if "over_cutoff_len" in v:
+        over, cutoff = v["over_cutoff_len"], v.get("cutoff_len")
+        if over:
+            body.append(note("warn", f"{over} of {examples} examples are longer than cutoff_len "
+                                     f"{cutoff} tokens (lines {lines_list(v.get('over_cutoff_len_lines', []))}): "
+                                     "training cuts them off there. Shorten them, or raise cutoff_len "
+                                     "(more memory)."))
+        else:
+            body.append(note("ok", f"All {examples} examples fit in cutoff_len {cutoff} tokens."))
+    elif not counted:
+        why = tokens.get("why") or "the run's tokenizer was not available to the validation"
+        body.append(note("info", f"No token counts ({escape(why)}): lengths are in characters, "
+                                 "and the examples over cutoff_len are not counted."))
+    body.append("<h2>The data</h2>")
+    body.append(facts_table({
+        "examples": examples,
+        "duplicates": v.get("duplicates"),
+        "examples with an empty input": v.get("empty_input"),
+        "blank lines skipped": v.get("blank_lines_skipped"),
+        "CRLF line endings": v.get("crlf_line_endings"),
+        "UTF-8 byte order mark": v.get("utf8_bom"),
+        "keys dropped": v.get("dropped_keys") or "(none)",
+        "file": v.get("input"),
+        "sha256 (normalised)": v.get("sha256"),
+    }))
+    body.append("<h2>Lengths</h2>")
+    rows = []
+    for name, stats in (v.get("chars") or {}).items():
+        rows.append([escape(LENGTH_ROWS.get(name, name))] + [escape(fmt(stats.get(k)))
+                                                             for k in ("min", "median", "mean", "max")])
+    if counted:
+        label = "whole example (tokens, in the run's template)"
+        rows.append([escape(label)] + [escape(fmt(tokens.get(k)))
+                                       for k in ("min", "median", "mean", "max")])
+    body.append(grid(["", "min", "median", "mean", "max"], rows, numeric={1, 2, 3, 4}))
+    if "cutoff_len" in v:
+        body.append(facts_table({
+            "cutoff_len (tokens)": v["cutoff_len"],
+            "examples over it": v.get("over_cutoff_len", "not counted (no token counts)")}))
+    if counted and tokens.get("tokenizer"):
+        body.append(f"<p>Tokens counted with the tokenizer of {code(tokens['tokenizer'])}, each "
+                    f"example rendered in the template {code(tokens.get('template', '?'))} as "
+                    "training renders it.</p>")
+    other = {k: val for k, val in v.items() if k not in VALIDATION_KEYS}
+    if other:
+        body.append("<h2>More</h2>")
+        body.append(facts_table(other))
+    return page(f"{run}: the data", f"What validation found in the run's training data "
+                f"({code(v.get('input', '?'))}), before anything reached the pod.", body)
+
+
+def preflight_page(run: str, launch: dict) -> str:
+    attempt = launch.get("attempt") or {}
+    report = attempt.get("preflight")
+    where = launch.get("where") or launch.get("pod") or "the pod"
+    lead = (f"The checks on {escape(where)} (pod {code(launch.get('pod', '?'))}) before anything "
+            "was uploaded or launched.")
+    if not report:
+        return page(f"{run}: preflight", lead, [note("info", "This launch record holds no "
+                    "preflight: the training was attached to, and its first launch is not on "
+                    "record.")])
+    body = []
+    failed = [c for c in report.get("checks", []) if not c.get("ok")]
+    if failed:
+        body.append(note("bad", f"{len(failed)} check(s) failed: "
+                                + escape(", ".join(c["name"] for c in failed))))
+    else:
+        body.append(note("ok", f"All {len(report.get('checks', []))} checks passed."))
+    if launch.get("action") == "attached":
+        body.append(note("info", "This run attached to a training launched earlier; these are the "
+                                 "checks of that launch."))
+    body.append("<h2>Checks</h2>")
+    body.append(grid(["check", "result", "detail"], [
+        [escape(c.get("name", "?")),
+         '<span class="yes">passed</span>' if c.get("ok") else '<span class="no">failed</span>',
+         escape(c.get("detail", ""))] for c in report.get("checks", [])]))
+    body.append("<h2>What it found</h2>")
+    gpus = report.get("gpus") or []
+    body.append(facts_table({
+        "GPUs": ", ".join(f"{g.get('name', '?')} ({g.get('free_gb', 0):.0f} of "
+                          f"{g.get('total_gb', 0):.0f} GB free)" for g in gpus) or "none",
+        "GPU memory the run needs (estimate, GB)": report.get("memory_estimate_gb"),
+        "LLaMA-Factory": report.get("llamafactory_version"),
+        "llamafactory-cli": report.get("llamafactory_cli"),
+        "runs detached with": report.get("detach"),
+        "run folders on the pod": report.get("remote_dir"),
+        "launched at": attempt.get("launched_at"),
+    }))
+    if attempt.get("setup"):
+        body.append("<h2>Setup</h2>")
+        body.append(value_html(attempt["setup"]))
+    return page(f"{run}: preflight", lead, body)
+
+
+def estimate_line(estimate: dict | None) -> str:
+    """The plan's line (`N steps, ~H GPU-hours on ... = ~$X`), as `snakemake -n` printed it."""
+    if not estimate:
+        return "(not recorded)"
+    try:
+        return Estimate(**{f.name: estimate[f.name] for f in fields(Estimate)}).line()
+    except (KeyError, TypeError):
+        return fmt(estimate)
+
+
+def training_page(run: str, summary: dict, finished: dict, launch: dict) -> str:
+    body = []
+    total = summary.get("total_steps")
+    step = summary.get("best_step")
+    if summary.get("cut_by_budget"):
+        body.append(note("warn", "The training was stopped by its budget (max_hours / max_usd) "
+                                 "before its last step; the adapter is the best checkpoint saved "
+                                 "until then."))
+    if summary.get("selected_by") == "min_eval_loss":
+        chosen = (f"checkpoint-{step} of {total} steps: the lowest eval_loss, "
+                  f"{fmt(summary.get('best_eval_loss'))}")
+    else:
+        chosen = (f"checkpoint-{step} of {total} steps: the last one saved (no evaluation fell "
+                  "on a saved checkpoint)")
+    body.append(note("ok", escape(chosen)))
+    body.append("<h2>Result</h2>")
+    body.append(facts_table({
+        "steps trained": total,
+        "chosen checkpoint": f"step {step}",
+        "chosen by": {"min_eval_loss": "the lowest eval_loss",
+                      "last_checkpoint": "the last checkpoint"}.get(summary.get("selected_by"),
+                                                                    summary.get("selected_by")),
+        "eval_loss there": summary.get("best_eval_loss"),
+        "status": "cut by the budget" if summary.get("cut_by_budget") else finished.get("status"),
+        "run id": summary.get("run_id"),
+        "LLaMA-Factory": summary.get("llamafactory_version"),
+    }))
+    body.append("<h2>Time and cost</h2>")
+    used = summary.get("gpu_time") or finished.get("gpu_time") or {}
+    gpu = "(not recorded)"
+    if used.get("gpu_hours") is not None:
+        gpus = int(used.get("gpus") or 1)
+        gpu = f"{used['gpu_hours']:.4g} GPU-hours ({gpus} GPU{'s' * (gpus != 1)})"
+    if used.get("usd") is not None:
+        cost = f"${used['usd']:.2f} at ${used.get('usd_per_hour', 0):.2f}/h"
+    elif used:
+        cost = "no price known (set gpu_hourly_usd on the pod for a cost)"
+    else:
+        cost = "(not recorded)"
+    body.append(facts_table({
+        "training wall time (all attempts)": duration(summary.get("wall_time_s",
+                                                                  finished.get("wall_time_s"))),
+        "GPU time": gpu,
+        "cost": cost,
+        "the plan said": estimate_line(summary.get("estimate") or launch.get("estimate")),
+    }))
+    attempts = finished.get("attempts") or []
+    body.append(f"<h2>Attempts ({len(attempts)})</h2>")
+    if attempts:
+        body.append(grid(["#", "started", "ended", "from step", "exit code", "took"], [
+            [str(i), when(a.get("start")), when(a.get("end")), escape(fmt(a.get("from_step"))),
+             escape(fmt(a.get("rc"))),
+             duration(a["end"] - a["start"]) if a.get("end") and a.get("start") else "(unknown)"]
+            for i, a in enumerate(attempts, 1)], numeric={0, 3, 4}))
+    else:
+        body.append("<p>No attempts recorded.</p>")
+    body.append("<h2>Where</h2>")
+    body.append(facts_table({
+        "pod": launch.get("pod"),
+        "machine": launch.get("where"),
+        "executor": launch.get("executor"),
+        "run folder": launch.get("run_dir") or finished.get("run_dir"),
+        "launch": launch.get("action"),
+        "finished at": finished.get("finished_at"),
+    }))
+    return page(f"{run}: training", "The training on the pod: what was chosen, how long it took, "
+                "what it cost. The loss curves are the other item of this section.", body)
+
+
+def metadata_page(run: str, metadata: dict, path: str) -> str:
+    body = [facts_table(metadata)]  # the file's own keys: what a reader of it will see
+    return page(f"{run}: the MLX bundle's metadata",
+                f"{code(path)}, which travels with the adapter: who and what it was trained on, "
+                "and the prompt format inference must use.", body)
+
+
+def samples_page(run: str, markdown: str, path: str) -> str:
+    if markdown.startswith("# "):  # its title: the page has its own
+        markdown = markdown.partition("\n")[2]
+    html = MarkdownIt("commonmark", {"html": True}).render(markdown)
+    return page(f"{run}: samples", f"The adapter on a few prompts, in the training format "
+                f"({code(path)}).", [f'<div class="samples">{html}</div>'])
+
+
+# ----------------------------------------------------------------------------------- command line
+
+def _read(path: str, what: str) -> dict:
+    return read_json_object(path, ReportError, what)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True)
+    for name, text in {"validation": "results/RUN/data/validation.json",
+                       "launch": "results/RUN/train/launch.json (its preflight, where it ran)",
+                       "finished": "results/RUN/train/finished.json (attempts, wall time)",
+                       "summary": "results/RUN/train/training_summary.json",
+                       "metadata": "lora_adapters/RUN_mlx/metadata.json",
+                       "samples": "results/RUN/samples.md"}.items():
+        parser.add_argument(f"--{name}", required=True, help=text)
+    for name in ("validation", "preflight", "training", "metadata", "samples"):
+        parser.add_argument(f"--{name}-page", required=True, help=f"the {name} page to write")
+    args = parser.parse_args(argv)
+    try:
+        launch = _read(args.launch, "the launch record")
+        pages = {
+            args.validation_page: validation_page(args.run, _read(args.validation, "the validation report")),
+            args.preflight_page: preflight_page(args.run, launch),
+            args.training_page: training_page(args.run, _read(args.summary, "the training summary"),
+                                              _read(args.finished, "the finish record"), launch),
+            args.metadata_page: metadata_page(args.run, _read(args.metadata, "the bundle's metadata"),
+                                              args.metadata),
+        }
+        try:
+            markdown = Path(args.samples).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ReportError(f"{args.samples}: cannot read it ({exc.strerror})") from None
+        pages[args.samples_page] = samples_page(args.run, markdown, args.samples)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path, html in pages.items():
+        write_atomic(path, html.encode("utf-8"))
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Progress on every long step: what a user sees on the terminal while a download runs.
+
+A transfer to or from the pod shows rsync's own progress as lines, a few seconds apart, while it
+runs; a quick one says nothing. The base model's download shows huggingface_hub's bars even
+though a job's stderr is a pipe (scripts/logged.sh), and its quantisation a line per stage and
+what it has written so far.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers.workflow import REPO
+from huggingface_hub.utils import tqdm as hf_tqdm
+from huggingface_hub.utils.tqdm import _create_progress_bar  # what snapshot_download calls
+
+import hub
+import quantize_base
+from pod.executor import PROGRESS_EVERY, QUIET_LIMIT, TransferProgress
+
+# ---------------------------------------------------------------------------- rsync's progress
+
+# What rsync --progress writes for one file (rsync 3.x), cut into the writes it makes a second apart.
+RSYNC_WRITES = [
+    "receiving incremental file list\nadapter_model.safetensors\n",
+    "\r         32,768   0%    0.00kB/s    0:00:00  ",
+] + [
+    f"\r    {mb * 1_048_576:>11,}  {mb * 100 // 64:>2}%   16.00MB/s    0:00:{64 - mb:02d}  "
+    for mb in range(16, 64, 16)
+] + ["\r     67,108,864 100%   16.00MB/s    0:00:04 (xfr#1, to-chk=0/1)\n"]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def replay(writes, seconds_apart, clock=None):
+    clock = clock or Clock()
+    lines = []
+    progress = TransferProgress("downloading", lines.append, clock=clock)
+    for text in writes:
+        progress.feed(text)
+        progress.quiet()
+        clock.now += seconds_apart
+    progress.close()
+    return lines
+
+
+def test_a_quick_transfer_says_nothing():
+    assert replay(RSYNC_WRITES, 0.01) == []
+
+
+def test_a_long_transfer_says_where_it_is_every_few_seconds_and_when_it_is_done():
+    lines = replay(RSYNC_WRITES, PROGRESS_EVERY * 0.6)
+    # One status in two gets through the throttle; the file's 100% always does once one did.
+    assert lines == [
+        "downloading adapter_model.safetensors: 16,777,216 25% 16.00MB/s 0:00:48",
+        "downloading adapter_model.safetensors: 50,331,648 75% 16.00MB/s 0:00:16",
+        "downloading adapter_model.safetensors: 67,108,864 100% 16.00MB/s 0:00:04 "
+        "(xfr#1, to-chk=0/1)",
+    ]
+
+
+def test_a_stalled_transfer_still_says_something_every_thirty_seconds():
+    clock = Clock()
+    lines = []
+    progress = TransferProgress("uploading", lines.append, clock=clock)
+    progress.feed(RSYNC_WRITES[0] + RSYNC_WRITES[1] + RSYNC_WRITES[2])
+    for _ in range(int(2 * QUIET_LIMIT) + 1):  # rsync silent: the relay looks once a second
+        clock.now += 1
+        progress.quiet()
+    assert lines == [f"uploading adapter_model.safetensors: 16,777,216 25% 16.00MB/s 0:00:48 "
+                     f"(no news for {QUIET_LIMIT:.0f} s)"] * 2
+
+
+@pytest.mark.slow
+def test_a_long_download_shows_its_progress_while_it_runs(sshd, tmp_path):
+    """200 MB through the test pod at 16 MiB/s (about 13 s): lines reach stderr as it goes."""
+    big = tmp_path / "adapter_model.safetensors"
+    with open(big, "wb") as handle:
+        handle.truncate(200 * 2**20)  # sparse here; rsync sends every byte
+    fetch = ("import json, sys\nfrom pathlib import Path\nfrom pod.executor import make_executor\n"
+             "make_executor(json.loads(sys.argv[1])).get(sys.argv[2], Path(sys.argv[3]), "
+             "bwlimit_kib=16384)\n")
+    pod = sshd.pod(tmp_path, "/bin/true")
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", fetch, json.dumps(pod), str(big),
+                             str(tmp_path / "got")], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "scripts")})
+    seen = [(time.monotonic() - start, line.rstrip("\n")) for line in proc.stderr]
+    assert proc.wait() == 0, seen
+    ended = time.monotonic() - start
+    assert (tmp_path / "got").stat().st_size == 200 * 2**20
+    status = re.compile(r"^downloading adapter_model\.safetensors: [\d,]+ +(\d+)% ")
+    assert all(status.match(line) for _, line in seen), seen
+    percents = [int(status.match(line)[1]) for _, line in seen]
+    during = [t for (t, _), pct in zip(seen, percents) if pct < 100 and t < ended - 1]
+    assert len(during) >= 2, f"progress came only at the end: {seen} (ended at {ended:.1f} s)"
+    assert percents == sorted(percents) and percents[-1] == 100, seen
+    gaps = [b - a for a, b in zip(during, during[1:])]
+    assert all(gap > PROGRESS_EVERY - 1.5 for gap in gaps), f"not throttled: {seen}"
+
+
+# ---------------------------------------------------------------------------- the base model
+
+def test_the_hubs_progress_bars_show_although_a_jobs_output_is_a_pipe():
+    """huggingface_hub builds its bars with tqdm's "only on a terminal"; a job's stderr is a
+    pipe to the terminal and the log (scripts/logged.sh), so they would never show."""
+    shown = {}
+    for name, cls in {"default": hf_tqdm, "ours": hub.ProgressBar}.items():
+        pipe = io.StringIO()  # not a terminal
+        bar = _create_progress_bar(cls=cls, log_level=logging.WARNING, name="huggingface_hub",
+                                   desc="Downloading bytes", total=2**30, unit="B",
+                                   unit_scale=True, file=pipe)
+        for _ in range(512):  # half of it, in a blink
+            bar.update(2**20)
+        bar.close()
+        shown[name] = pipe.getvalue()
+    assert shown["default"] == ""
+    # Shown, and refreshed at most every BAR_SECONDS: the start, then where it stopped.
+    assert shown["ours"].split("\r")[1:] == [
+        "Downloading bytes:   0%|          | 0.00/1.07G [00:00<?, ?B/s]",
+        shown["ours"].split("\r")[-1]]
+    assert "Downloading bytes:  50%|#####     | 537M/1.07G" in shown["ours"]
+
+
+def test_converting_says_what_it_has_written_while_it_runs(tmp_path):
+    """mlx_lm.convert writes the quantised weights at its end, silently: a line comes anyway."""
+    lines = []
+    with quantize_base.watching(tmp_path, lines.append, every=0.2):
+        (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 3_000_000)
+        time.sleep(0.5)
+    assert len(lines) >= 2
+    assert re.fullmatch(r"converting: 3\.0 MB of 4-bit weights written in 1 file \(0 min 00 s\)",
+                        lines[-1]), lines
+
+
+def test_quantising_says_each_stage_through_a_pipe(tiny_model, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "quantize_base", "--hf-path", str(tiny_model),
+                           "--mlx-path", str(tmp_path / "tiny-4bit")], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "scripts")})
+    assert proc.returncode == 0, proc.stdout
+    stages = [line for line in proc.stdout.splitlines()
+              if line.startswith(("[INFO]", "mlx_lm.convert", str(tmp_path)))]
+    assert [s.split()[0] for s in stages] == [
+        "mlx_lm.convert", "[INFO]", "[INFO]", "[INFO]", f"{tmp_path}/tiny-4bit:"], stages
+    assert "[INFO] Quantizing" in stages

@@ -1,0 +1,217 @@
+"""`snakemake --report`: the one page a user opens after a run (rules/report.smk).
+
+The slow test trains the demo's run for real (the `local` executor, as `make demo`), builds the
+report as a zip and as one HTML file, and finds each thing the report promises in it, with the
+numbers of the run's own records: the validation statistics, the preflight, the loss curves with
+the chosen step, the training summary, the metadata and the samples. The quick tests render the
+pages' warnings from hand-made records.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import xml.dom.minidom
+import zipfile
+
+import pytest
+
+import report_pages
+from helpers.workflow import (LLAMAFACTORY_CLI, SAMPLE_DATA, SAMPLE_HELDOUT, snakemake,
+                              write_config)
+
+SECTIONS = ["1. Data", "2. Preflight", "3. Training", "4. MLX bundle", "5. Samples"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model):
+    """The demo's run trained on this machine, its bundle built, its report as zip and HTML."""
+    tmp = tmp_path_factory.mktemp("report")
+    config = write_config(tmp / "config.yaml", {
+        "runs": {"lovecraft": {
+            "data": str(SAMPLE_DATA), "heldout": str(SAMPLE_HELDOUT), "base_model": str(tiny_model),
+            "author": "H.P. Lovecraft", "profile": "tiny_cpu", "pod": "local",
+            "samples": {"count": 2, "max_tokens": 16}}},
+        "pods": {"local": {"executor": "local", "remote_dir": "pod", "poll_seconds": 1,
+                           "llamafactory_cli": str(LLAMAFACTORY_CLI), "gpu_hourly_usd": 2.0}},
+    })
+    work = tmp / "work"
+    snakemake(work, "lovecraft_mlx", configfile=config)
+    for name in ("report.zip", "report.html"):
+        snakemake(work, "--report", str(tmp / name), "lovecraft_mlx", configfile=config)
+    with zipfile.ZipFile(tmp / "report.zip") as archive:
+        archive.extractall(tmp / "unzipped")
+    return work, tmp / "unzipped" / "report", tmp / "report.html"
+
+
+def item(report, name: str) -> str:
+    """The text of one report item (the zip keeps each under data/raw/<id>/<name>)."""
+    (path,) = report.glob(f"data/raw/*/{name}")
+    return path.read_text(encoding="utf-8")
+
+
+def text_of(page: str) -> str:
+    """A page's text without its tags, entities decoded, whitespace collapsed."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
+def record(work, rel: str) -> dict:
+    return json.loads((work / rel).read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.pod
+def test_the_report_has_a_section_per_stage_with_captions(built):
+    _, report, single_file = built
+    index = (report / "report.html").read_text(encoding="utf-8")
+    categories = json.loads(re.search(r"var categories = (\{.*?\});", index).group(1))
+    assert {section: sorted(paths) for section, paths in categories["lovecraft"].items()} == {
+        "1. Data": ["results/lovecraft/report/validation.html"],
+        "2. Preflight": ["results/lovecraft/report/preflight.html"],
+        "3. Training": ["results/lovecraft/report/training.html", "results/lovecraft/train/loss.svg"],
+        "4. MLX bundle": ["results/lovecraft/report/metadata.html"],
+        "5. Samples": ["results/lovecraft/report/samples.html"],
+    }
+    assert "What validation found in the training data of run" in index      # a caption
+    assert "click an item to show it" in index                                # the front page
+    # The one-file report holds the same sections, each item embedded in it.
+    single = single_file.read_text(encoding="utf-8")
+    assert all(section in single for section in SECTIONS)
+    assert single.count("data:text/html;") >= 5 and "data:image/svg+xml;" in single
+
+
+@pytest.mark.slow
+@pytest.mark.pod
+def test_validation_statistics(built):
+    work, report, _ = built
+    facts = record(work, "results/lovecraft/data/validation.json")
+    page = text_of(item(report, "validation.html"))
+    assert f"examples {facts['examples']} duplicates {facts['duplicates']}" in page
+    assert f"cutoff_len (tokens) {facts['cutoff_len']} examples over it {facts['over_cutoff_len']}" in page
+    assert f"All {facts['examples']} examples fit in cutoff_len {facts['cutoff_len']} tokens" in page
+    tokens = facts["tokens"]
+    assert (f"whole example (tokens, in the run's template) {tokens['min']} {tokens['median']:g} "
+            f"{tokens['mean']:g} {tokens['max']}") in page
+    assert f"output (characters) {facts['chars']['output']['min']}" in page
+
+
+@pytest.mark.slow
+@pytest.mark.pod
+def test_preflight_findings(built):
+    work, report, _ = built
+    preflight = record(work, "results/lovecraft/train/launch.json")["attempt"]["preflight"]
+    page = text_of(item(report, "preflight.html"))
+    assert f"All {len(preflight['checks'])} checks passed" in page
+    for check in preflight["checks"]:
+        assert f"{check['name']} passed {check['detail']}" in page
+    assert f"LLaMA-Factory {preflight['llamafactory_version']}" in page
+
+
+@pytest.mark.slow
+@pytest.mark.pod
+def test_loss_plot_marks_the_chosen_checkpoint(built):
+    work, report, _ = built
+    summary = record(work, "results/lovecraft/train/training_summary.json")
+    svg = item(report, "loss.svg")
+    xml.dom.minidom.parseString(svg)
+    assert f"chosen: step {summary['best_step']}, eval_loss {summary['best_eval_loss']:.4g}" in svg
+    assert "train loss" in svg and "eval loss" in svg
+
+
+@pytest.mark.slow
+@pytest.mark.pod
+def test_training_summary(built):
+    work, report, _ = built
+    summary = record(work, "results/lovecraft/train/training_summary.json")
+    finished = record(work, "results/lovecraft/train/finished.json")
+    page = text_of(item(report, "training.html"))
+    assert (f"checkpoint-{summary['best_step']} of {summary['total_steps']} steps: the lowest "
+            f"eval_loss, {summary['best_eval_loss']:.4g}") in page
+    assert f"steps trained {summary['total_steps']}" in page
+    assert f"training wall time (all attempts) {summary['wall_time_s']} s" in page
+    used = summary["gpu_time"]
+    assert f"GPU time {used['gpu_hours']:.4g} GPU-hours (1 GPU)" in page
+    assert f"cost ${used['usd']:.2f} at $2.00/h" in page
+    assert "the plan said lovecraft: 10 steps" in page
+    (attempt,) = finished["attempts"]
+    assert "Attempts (1) # started ended from step exit code took 1 " in page
+    assert f"{attempt['end'] - attempt['start']} s" in page
+
+
+@pytest.mark.slow
+@pytest.mark.pod
+def test_metadata(built):
+    work, report, _ = built
+    metadata = record(work, "lora_adapters/lovecraft_mlx/metadata.json")
+    page = text_of(item(report, "metadata.html"))
+    for key in ("author", "base_model", "lora_rank", "lora_alpha", "training_examples"):
+        assert f"{key} {metadata[key]}" in page
+    assert f"template {metadata['prompt_format']['template']}" in page
+
+
+@pytest.mark.slow
+@pytest.mark.pod
+def test_samples(built):
+    work, report, _ = built
+    markdown = (work / "results/lovecraft/samples.md").read_text(encoding="utf-8")
+    first_output = re.search(r"Output:\n\n(`{3,})text\n(.*?)\n\1", markdown, re.S).group(2)
+    page = html.unescape(item(report, "samples.html"))
+    heldout = json.loads(SAMPLE_HELDOUT.read_text().splitlines()[0])
+    assert f"1. {heldout['instruction']}" in page
+    assert first_output in page
+    assert "Samples: lovecraft" not in page       # the page's own title replaces samples.md's
+
+
+# ------------------------------------------------------------ the pages' warnings, by hand
+
+
+def test_validation_page_warns_about_duplicates_and_examples_over_cutoff_len():
+    page = text_of(report_pages.validation_page("r", {
+        "examples": 3, "duplicates": 1, "duplicate_lines": [{"line": 3, "same_as_line": 1}],
+        "chars": {}, "tokens": {"min": 10, "median": 600, "mean": 400, "max": 900},
+        "cutoff_len": 512, "over_cutoff_len": 2, "over_cutoff_len_lines": [2, 3],
+        "source": "a key of a later version"}))
+    assert "1 duplicate example(s): line 3 = line 1" in page
+    assert "2 of 3 examples are longer than cutoff_len 512 tokens (lines 2, 3)" in page
+    assert "source a key of a later version" in page             # a key it has no row for
+    offline = text_of(report_pages.validation_page("r", {
+        "examples": 3, "chars": {}, "cutoff_len": 2048,
+        "tokens": {"counted": False, "why": "the hub did not answer (offline)"}}))
+    assert "No token counts (the hub did not answer (offline))" in offline
+    assert "examples over it not counted" in offline
+    counted = text_of(report_pages.validation_page("r", {
+        "examples": 3, "chars": {}, "cutoff_len": 2048, "over_cutoff_len": 0,
+        "tokens": {"counted": True, "tokenizer": "Qwen/Qwen2.5-32B", "template": "qwen",
+                   "min": 10, "median": 20, "mean": 20.0, "max": 30}}))
+    assert "All 3 examples fit in cutoff_len 2048 tokens" in counted
+    assert "whole example (tokens, in the run's template) 10 20 20 30" in counted
+    assert "Tokens counted with the tokenizer of Qwen/Qwen2.5-32B" in counted
+
+
+def test_preflight_page_names_the_failed_checks():
+    launch = {"pod": "a100", "where": "root@pod:22", "attempt": {"preflight": {"checks": [
+        {"name": "disk", "ok": False, "detail": "2 GB free, checkpoints need ~40 GB"},
+        {"name": "GPU", "ok": True, "detail": "1 x A100"}]}}}
+    page = text_of(report_pages.preflight_page("r", launch))
+    assert "1 check(s) failed: disk" in page and "disk failed 2 GB free" in page
+    attached = text_of(report_pages.preflight_page("r", {"action": "attached", "attempt": None}))
+    assert "holds no preflight" in attached
+
+
+def test_training_page_says_a_budget_cut_and_the_cost_against_the_plan():
+    summary = {"best_step": 300, "best_eval_loss": 0.41, "selected_by": "min_eval_loss",
+               "total_steps": 350, "wall_time_s": 7300, "cut_by_budget": True,
+               "gpu_time": {"attempts": 2, "wall_seconds": 7300, "gpus": 2, "gpu_hours": 4.0556,
+                            "usd_per_hour": 3.78, "usd": 7.67},
+               "estimate": {"run": "r", "steps": 600, "rate": 200.0, "gpus": 2,
+                            "gpu_type": "NVIDIA A100-SXM4-80GB", "gpu_hourly_usd": 1.89,
+                            "where": "pod 'a100'", "gpu_hours": 6.0, "usd": 11.34}}
+    finished = {"attempts": [{"start": 0, "from_step": 0, "end": 3600, "rc": 137},
+                             {"start": 4000, "from_step": 200, "end": 7700, "rc": 0}]}
+    page = text_of(report_pages.training_page("r", summary, finished, {}))
+    assert "stopped by its budget" in page
+    assert "training wall time (all attempts) 2 h 01 min" in page
+    assert "GPU time 4.056 GPU-hours (2 GPUs)" in page and "cost $7.67 at $3.78/h" in page
+    assert "the plan said r: 600 steps, ~6.0 GPU-hours on 2 x A100" in page
+    assert "Attempts (2)" in page and "2 1970-01-01 01:06:40 UTC" in page and "200 0 1 h 01 min" in page
