@@ -24,7 +24,7 @@ from huggingface_hub.utils.tqdm import _create_progress_bar  # what snapshot_dow
 
 import hub
 import quantize_base
-from pod.executor import PROGRESS_EVERY, QUIET_LIMIT, TransferProgress
+from pod.progress import PROGRESS_EVERY, QUIET_LIMIT, TransferProgress
 
 # ---------------------------------------------------------------------------- rsync's progress
 
