@@ -118,16 +118,21 @@ def test_author_change_rebuilds_only_metadata(built):
     assert planned_jobs(proc) == {"metadata": 1, "report_pages": 1, "lovecraft_mlx": 1}, proc.stdout
 
 
+def plan_after_appending(built, module: str, line: str):
+    """The dry run's plan with `line` appended to scripts/<module> (put back afterwards)."""
+    repo, work, cfg = built
+    script = repo / "scripts" / module
+    original = script.read_text()
+    script.write_text(original + f"\n{line}\n")
+    try:
+        return snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
+    finally:
+        script.write_text(original)
+
+
 def test_converter_edit_reconverts_and_nothing_else(built):
     """The converter's code is a param of mlx_adapter only: an edit reconverts (and re-samples)."""
-    repo, work, cfg = built
-    converter = repo / "scripts" / "convert_peft_to_mlx.py"
-    original = converter.read_text()
-    converter.write_text(original + "\nCONVERTER_EDIT = 1\n")
-    try:
-        proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
-    finally:
-        converter.write_text(original)
+    proc = plan_after_appending(built, "convert_peft_to_mlx.py", "CONVERTER_EDIT = 1")
     assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "report_pages": 1,
                                   "lovecraft_mlx": 1}, proc.stdout
 
@@ -137,14 +142,7 @@ def test_converter_edit_reconverts_and_nothing_else(built):
                                     "pod/launch.py", "pod/lib.sh"])
 def test_a_comment_in_a_script_plans_nothing(built, module):
     """Code comments rebuild nothing, the converter's included."""
-    repo, work, cfg = built
-    script = repo / "scripts" / module
-    original = script.read_text()
-    script.write_text(original + "\n# a comment\n")
-    try:
-        proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
-    finally:
-        script.write_text(original)
+    proc = plan_after_appending(built, module, "# a comment")
     assert planned_jobs(proc) == {}, proc.stdout
 
 

@@ -46,69 +46,62 @@ def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: di
                        f"Delete results/{run}/train/ to train again")
     run_dir = f"{state.remote_dir}/{run_id}"
     with holding(ex, state.remote_dir):  # the pod's guard does not stop it mid-download
-        return _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path,
-                      state_path, say, state, run_dir)
-
-
-def _fetch(run, settings, ex, launch_rec, finished, adapter_dir, summary_path, state_path, say,
-           state, run_dir) -> dict:
-    run_id = launch_rec["run_id"]
-    steps = with_reconnect(lambda: list_checkpoints(ex, run_dir), settings, say, "listing checkpoints")
-    if not steps:
-        raise PodError(f"{run_id} saved no checkpoint-N on {ex.where()} (save_strategy: no?); "
-                       "set save_steps in the profile")
-    # The whole log_history: the final trainer_state.json, else the newest checkpoint's.
-    history_rel = ("output/trainer_state.json" if state.final
-                   else f"output/checkpoint-{steps[-1]}/trainer_state.json")
-    with staged_dir(adapter_dir) as stage:
-        stage.mkdir()
-        final_state = stage / "final_trainer_state.json"
-        hashes = with_reconnect(lambda: remote_hashes(ex, run_dir, [history_rel]), settings, say, "hashing")
-        with_reconnect(lambda: download_verified(ex, run_dir, history_rel, final_state, hashes[history_rel]),
-                       settings, say, "downloading trainer_state.json")
-        history = json.loads(final_state.read_text(encoding="utf-8")).get("log_history", [])
-        choice = best_checkpoint.select_checkpoint(history, steps)
-        say(f"chosen: checkpoint-{choice.step} of {steps} by {choice.selected_by}"
-            + (f" (eval_loss {choice.eval_loss:.4f})" if choice.eval_loss is not None else "")
-            + (f"; {choice.note}" if choice.note else ""))
-        source = f"output/checkpoint-{choice.step}"
-        # Only the adapter and the logs: optimizer.pt, scheduler.pt and rng_state stay on the pod.
-        wanted = {name: f"{source}/{name}" for name in best_checkpoint.ADAPTER_FILES}
-        wanted["trainer_log.jsonl"] = "output/trainer_log.jsonl"
-        hashes = with_reconnect(lambda: remote_hashes(ex, run_dir, list(wanted.values())), settings,
-                                say, "hashing")
-        missing = [rel for rel in wanted.values() if rel not in hashes]
-        if missing:
-            raise PodError(f"missing on {ex.where()} in {run_dir}: {', '.join(missing)}")
-        for name, rel in wanted.items():
-            with_reconnect(lambda: download_verified(ex, run_dir, rel, stage / name, hashes[rel], say),
-                           settings, say, f"downloading {name}")
-            say(f"downloaded {name} ({hashes[rel][0]} bytes, sha256 {hashes[rel][1][:12]}... verified)")
-        summary = {
-            "run": run,
-            "run_id": run_id,
-            "best_step": choice.step,
-            "best_eval_loss": choice.eval_loss,
-            "selected_by": choice.selected_by,
-            "total_steps": max([int(e.get("step", 0)) for e in history] + [steps[-1]]),
-            "wall_time_s": finished.get("wall_time_s"),
-            "gpu_time": finished.get("gpu_time"),          # what the training used, all attempts
-            "estimate": launch_rec.get("estimate"),        # what the plan said it would
-            "cut_by_budget": bool(finished.get("cut_by_budget")),
-            "llamafactory_version": launch_rec.get("llamafactory_version"),
-            "sha256": {name: hashes[rel][1] for name, rel in wanted.items()},
-        }
-        text = json.dumps(summary, indent=2) + "\n"
-        (stage / "training_summary.json").write_text(text)
-        state_bytes = final_state.read_bytes()
-        final_state.unlink()
-        try:
-            land(stage, adapter_dir)  # the adapter folder appears complete or not at all
-        except OSError as exc:
-            raise PodError(f"cannot move the downloaded adapter into {adapter_dir}: {exc.strerror}; "
-                           "remove it (or move it away) and run again") from None
-    # Only once the adapter is in place: a failed fetch leaves no summary of an absent adapter.
-    with stopped_as(stopped_after_landing(adapter_dir)):
-        write_atomic(summary_path, text.encode())
-        write_atomic(state_path, state_bytes)
-    return summary
+        steps = with_reconnect(lambda: list_checkpoints(ex, run_dir), settings, say, "listing checkpoints")
+        if not steps:
+            raise PodError(f"{run_id} saved no checkpoint-N on {ex.where()} (save_strategy: no?); "
+                           "set save_steps in the profile")
+        # The whole log_history: the final trainer_state.json, else the newest checkpoint's.
+        history_rel = ("output/trainer_state.json" if state.final
+                       else f"output/checkpoint-{steps[-1]}/trainer_state.json")
+        with staged_dir(adapter_dir) as stage:
+            stage.mkdir()
+            final_state = stage / "final_trainer_state.json"
+            hashes = with_reconnect(lambda: remote_hashes(ex, run_dir, [history_rel]), settings, say, "hashing")
+            with_reconnect(lambda: download_verified(ex, run_dir, history_rel, final_state, hashes[history_rel]),
+                           settings, say, "downloading trainer_state.json")
+            history = json.loads(final_state.read_text(encoding="utf-8")).get("log_history", [])
+            choice = best_checkpoint.select_checkpoint(history, steps)
+            say(f"chosen: checkpoint-{choice.step} of {steps} by {choice.selected_by}"
+                + (f" (eval_loss {choice.eval_loss:.4f})" if choice.eval_loss is not None else "")
+                + (f"; {choice.note}" if choice.note else ""))
+            source = f"output/checkpoint-{choice.step}"
+            # Only the adapter and the logs: optimizer.pt, scheduler.pt and rng_state stay on the pod.
+            wanted = {name: f"{source}/{name}" for name in best_checkpoint.ADAPTER_FILES}
+            wanted["trainer_log.jsonl"] = "output/trainer_log.jsonl"
+            hashes = with_reconnect(lambda: remote_hashes(ex, run_dir, list(wanted.values())), settings,
+                                    say, "hashing")
+            missing = [rel for rel in wanted.values() if rel not in hashes]
+            if missing:
+                raise PodError(f"missing on {ex.where()} in {run_dir}: {', '.join(missing)}")
+            for name, rel in wanted.items():
+                with_reconnect(lambda: download_verified(ex, run_dir, rel, stage / name, hashes[rel], say),
+                               settings, say, f"downloading {name}")
+                say(f"downloaded {name} ({hashes[rel][0]} bytes, sha256 {hashes[rel][1][:12]}... verified)")
+            summary = {
+                "run": run,
+                "run_id": run_id,
+                "best_step": choice.step,
+                "best_eval_loss": choice.eval_loss,
+                "selected_by": choice.selected_by,
+                "total_steps": max([int(e.get("step", 0)) for e in history] + [steps[-1]]),
+                "wall_time_s": finished.get("wall_time_s"),
+                "gpu_time": finished.get("gpu_time"),          # what the training used, all attempts
+                "estimate": launch_rec.get("estimate"),        # what the plan said it would
+                "cut_by_budget": bool(finished.get("cut_by_budget")),
+                "llamafactory_version": launch_rec.get("llamafactory_version"),
+                "sha256": {name: hashes[rel][1] for name, rel in wanted.items()},
+            }
+            text = json.dumps(summary, indent=2) + "\n"
+            (stage / "training_summary.json").write_text(text)
+            state_bytes = final_state.read_bytes()
+            final_state.unlink()
+            try:
+                land(stage, adapter_dir)  # the adapter folder appears complete or not at all
+            except OSError as exc:
+                raise PodError(f"cannot move the downloaded adapter into {adapter_dir}: {exc.strerror}; "
+                               "remove it (or move it away) and run again") from None
+        # Only once the adapter is in place: a failed fetch leaves no summary of an absent adapter.
+        with stopped_as(stopped_after_landing(adapter_dir)):
+            write_atomic(summary_path, text.encode())
+            write_atomic(state_path, state_bytes)
+        return summary
