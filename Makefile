@@ -7,12 +7,13 @@ POD_VENV := .venv-pod
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 2
 
-.PHONY: demo test lint venvs clean-demo help
+.PHONY: demo test lint bench venvs clean-demo help
 
 help:
 	@echo "make demo   build the whole graph on the embedded sample (tiny model, local CPU) in demo/"
 	@echo "make test   run the test suite"
 	@echo "make lint   snakemake --lint, snakefmt --check, shellcheck, the conda pins (tests/test_lint.py)"
+	@echo "make bench  the graph's own work against its floors, one table of ratios in bench/results.md (~10 min)"
 
 venvs: $(VENV)/.installed $(POD_VENV)/.installed
 
@@ -42,6 +43,10 @@ test: venvs
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/test_lint.py
+
+# Reports, gates nothing (not part of `make test`): see bench/run.py and README "Performance".
+bench: venvs
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf demo

@@ -28,6 +28,11 @@ include: "rules/mlx.smk"
 include: "rules/report.smk"
 
 
+# A real run stops here, before its first job, when it would need a pod still at POD_IP.
+onstart:
+    refuse_placeholder_pods()
+
+
 # The report's front page; each run's items carry their own captions (report/*.rst).
 report: "report/workflow.rst"
 

@@ -5,6 +5,7 @@
 import importlib
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -108,6 +109,13 @@ except WorkflowError:
 
 RUNS = config["runs"]
 PODS = config["pods"]
+# Runs that may train again from step 0 when their folder is gone from the pod: asked for on the
+# command line (--config relaunch=RUN[,RUN...]), for that call only (scripts/pod/follow.py).
+RELAUNCH = set(filter(None, str(config.get("relaunch", "")).split(",")))
+for _run in sorted(RELAUNCH - set(RUNS)):
+    raise WorkflowError(
+        f"config: relaunch: no run '{_run}' under runs: (known: {', '.join(RUNS)})"
+    )
 
 
 wildcard_constraints:
@@ -143,6 +151,16 @@ def _check_config():
             args[run] = train_yaml.train_args(run, cfg)
         except train_yaml.ConfigError as exc:
             raise WorkflowError(str(exc)) from None
+        # These reach the jobs' command lines (validate_dataset, metadata): whole numbers only.
+        for key in ("cutoff_len", "lora_rank", "lora_alpha"):
+            value = args[run].get(key)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool)
+            ):
+                raise WorkflowError(
+                    f"{where}.overrides.{key}: {value!r} is not a whole number; set it in "
+                    f"runs.{run}.overrides (or the profile), e.g. {key}: 64"
+                )
         # Inference must render prompts as training did: the run's LLaMA-Factory template.
         if not args[run].get("template"):
             raise WorkflowError(
@@ -152,6 +170,12 @@ def _check_config():
         # One 4-bit base per base name (models.smk): two different models may not share it.
         base = cfg["base_model"]
         name = train_yaml.base_name(base)
+        # The name becomes a path of the graph, models/{name}-4bit-mlx (the `base` wildcard).
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise WorkflowError(
+                f"{where}.base_model: its folder name '{name}' names models/{name}-4bit-mlx, "
+                "which may only use letters, digits, '.', '_' and '-'; rename the folder"
+            )
         if base_models.setdefault(name, base) != base:
             raise WorkflowError(
                 f"{where}.base_model '{base}' and '{base_models[name]}' would share "
@@ -178,6 +202,13 @@ def local_model_input(base_model):
 
 def base_model_input(run):
     return local_model_input(RUNS[run]["base_model"])
+
+
+def deepspeed_input(run):
+    """The DeepSpeed config the run's profile names (config/deepspeed/), as an input of
+    submit_training: it travels with the run, so an edit of it trains again."""
+    path = train_yaml.deepspeed_file(TRAIN_ARGS[run])
+    return [str(path)] if path else []
 
 
 def base_4bit_dir(run):
@@ -241,3 +272,49 @@ class PlanNote(str):
         if "best_checkpoint" in planned:
             return f"{run}_mlx: no training in this plan, only the download of a finished one"
         return f"{run}_mlx: nothing to train in this plan: no GPU time"
+
+
+# The shipped config's pod address is a placeholder: a dry run still shows the plan (with a
+# warning), a real run stops before its first job when that plan needs the pod.
+POD_PLACEHOLDER = "POD_IP"
+POD_RULES = {"preflight", "submit_training", "wait_training", "best_checkpoint"}
+
+
+def _placeholder_pods():
+    return sorted(
+        {
+            cfg["pod"]
+            for cfg in RUNS.values()
+            if PODS[cfg["pod"]].get("host") == POD_PLACEHOLDER
+            and not PODS[cfg["pod"]].get("provider")
+        }
+    )
+
+
+def _placeholder_advice(name):
+    return (
+        f"pods.{name}.host is the placeholder {POD_PLACEHOLDER}: replace it with your pod's address "
+        "(RunPod: Connect -> 'SSH over exposed TCP' shows `ssh root@<IP> -p <PORT>`; set host "
+        "and port), or rent one from the graph with provider: runpod"
+    )
+
+
+for _name in _placeholder_pods():
+    print(
+        f"warning: {_placeholder_advice(_name)}; a real run stops before anything is attempted",
+        file=sys.stderr,
+    )
+
+
+def refuse_placeholder_pods():
+    """onstart (real runs only): stop before any job when one would contact a placeholder pod."""
+    runs = {
+        job.wildcards.get("run")
+        for job in workflow.dag.needrun_jobs()
+        if job.rule.name in POD_RULES
+    }
+    for name in _placeholder_pods():
+        if any(RUNS[run]["pod"] == name for run in runs if run in RUNS):
+            raise WorkflowError(
+                f"config: {_placeholder_advice(name)}. Nothing was run."
+            )

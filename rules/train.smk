@@ -11,7 +11,15 @@
 # (Not a pod.json file read as ancient(): snakemake#4166 then skips a job that needs to run.)
 # Never inputs: the scripts themselves, so an edit to them does not retrain.
 
-POD_SETTINGS = lambda w: json.dumps({"name": RUNS[w.run]["pod"], **pod_config(w.run)})
+# With --config relaunch=RUN, `relaunch` tells wait_training it may train RUN again from step 0
+# when its folder is gone from the pod; a resource too, so asking reruns nothing by itself.
+POD_SETTINGS = lambda w: json.dumps(
+    {
+        "name": RUNS[w.run]["pod"],
+        **pod_config(w.run),
+        **({"relaunch": True} if w.run in RELAUNCH else {}),
+    }
+)
 
 
 # Checks the pod for a run without launching anything: `snakemake -f results/<run>/train/preflight.json`.
@@ -40,6 +48,7 @@ rule submit_training:
         dataset_info="results/{run}/llamafactory/dataset_info.json",
         train_yaml="results/{run}/llamafactory/train.yaml",
         base=lambda w: base_model_input(w.run),
+        deepspeed=lambda w: deepspeed_input(w.run),
     output:
         "results/{run}/train/launch.json",
     log:

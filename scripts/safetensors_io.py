@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -82,8 +83,38 @@ class TensorReader:
             return array
         result = np.frombuffer(memoryview(self.out)[: end - begin], dtype=dtype)
         result = result.reshape(info["shape"][::-1])
-        np.copyto(result, array.T)
+        transpose_into(result, array)
         return result
+
+
+_POOL = None
+
+
+def transpose_into(dst, src) -> None:
+    """dst[...] = src.T for a 2-D LoRA matrix (one side the rank, the other thousands), the
+    conversion's one real computation. numpy's plain transposed copy of a [rank, 27648] matrix
+    runs at a third of the speed it reaches when fed 16 source rows at a time (those rows' cache
+    lines stay hot while the destination is written in order), and the copy releases the GIL, so
+    the blocks are shared among the CPU's cores: measured 2-3x (bench/, `make bench`)."""
+    import numpy as np
+
+    rows, cols = src.shape
+    if rows <= cols:  # lora_A [r, in] -> [in, r]: blocks of 16 source rows
+        parts = [(src[i:i + 16], dst[:, i:i + 16]) for i in range(0, rows, 16)]
+    else:  # lora_B [out, r] -> [r, out]: already fast; split for the cores only
+        step = -(-rows // 4)
+        parts = [(src[i:i + step], dst[:, i:i + step]) for i in range(0, rows, step)]
+    if src.nbytes < (1 << 20) or (os.cpu_count() or 1) < 2:
+        for part_src, part_dst in parts:
+            np.copyto(part_dst, part_src.T)
+        return
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="transpose")
+    for future in [_POOL.submit(np.copyto, d, s.T) for s, d in parts]:
+        future.result()
 
 
 def tensor_bytes(info: dict) -> int:

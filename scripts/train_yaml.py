@@ -26,10 +26,12 @@ from fileio import write_atomic
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = ROOT / "config" / "profiles"
 KEYS_FILE = ROOT / "config" / "llamafactory_keys.txt"
+DEEPSPEED_DIR = ROOT / "config" / "deepspeed"
 
 # Relative to the run's folder on the pod, where training is started.
 DATASET_DIR = "data"
 OUTPUT_DIR = "output"
+RUN_DEEPSPEED_DIR = "deepspeed"   # the run folder's copy of the profile's DeepSpeed config
 RUN_KEYS = ("model_name_or_path", "dataset", "dataset_dir", "output_dir")
 RUN_KEY_SOURCE = {
     "model_name_or_path": "the run's base_model",
@@ -122,6 +124,36 @@ def with_llamafactory_defaults(args: dict) -> dict:
     return args
 
 
+DEEPSPEED_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def resolve_deepspeed(args: dict, where: str, deepspeed_dir: Path | None = None) -> dict:
+    """`deepspeed: ds_z3` (a name of config/deepspeed/) becomes the run folder's path of that
+    file, `deepspeed/ds_z3.json`: training starts in the run folder, and the file travels with the
+    run (scripts/pod/launch.py), so a rerun of the folder trains with the same config. A null
+    (an override unsetting the profile's) removes the key."""
+    deepspeed_dir = Path(deepspeed_dir or DEEPSPEED_DIR)
+    name = args.get("deepspeed")
+    if name is None:
+        return {key: value for key, value in args.items() if key != "deepspeed"}
+    known = ", ".join(sorted(p.stem for p in deepspeed_dir.glob("*.json"))) or "none"
+    if not isinstance(name, str) or not DEEPSPEED_NAME.match(name):
+        raise ConfigError(f"{where}: deepspeed: {name!r} is not the name of a DeepSpeed config; "
+                          f"write one of config/deepspeed/ without .json ({known})")
+    if not (deepspeed_dir / f"{name}.json").is_file():
+        raise ConfigError(f"{where}: deepspeed: '{name}' has no file {deepspeed_dir / name}.json; "
+                          f"known: {known} (or add your JSON there)")
+    return {**args, "deepspeed": f"{RUN_DEEPSPEED_DIR}/{name}.json"}  # keeps the key's place
+
+
+def deepspeed_file(args: dict, deepspeed_dir: Path | None = None) -> Path | None:
+    """The local file behind a train.yaml's `deepspeed: deepspeed/NAME.json`, or None."""
+    value = args.get("deepspeed")
+    if not value:
+        return None
+    return Path(deepspeed_dir or DEEPSPEED_DIR) / Path(str(value)).name
+
+
 def train_args(run: str, run_config: dict, profiles_dir: Path = PROFILES_DIR) -> dict:
     """The complete training arguments of one run, in the guide's key order.
 
@@ -138,6 +170,7 @@ def train_args(run: str, run_config: dict, profiles_dir: Path = PROFILES_DIR) ->
     check_keys(overrides, where)
     args.update(overrides)
     args = with_llamafactory_defaults(args)
+    args = resolve_deepspeed(args, f"config: runs.{run} (profile {run_config['profile']} + overrides)")
     return {
         "model_name_or_path": base_model_path(run_config["base_model"],
                                               f"config: runs.{run}.base_model"),

@@ -16,6 +16,11 @@ are fetched into the Hugging Face cache, hub.py), the report counts each example
 training renders it, and the examples over cutoff_len. When the hub cannot be asked (no
 network, HF_HUB_OFFLINE=1, a gated model without HF_TOKEN), the report says why and keeps to
 character counts: that is no reason to stop the run.
+
+One pass over the file, streamed: each line is checked (dataset_checks.py), written to the
+normalised copy in a staging file, hashed and counted (token_counts.py) as it goes by, so
+memory holds one line and a batch of text, not the file; the staging file becomes the output
+only when the whole file is valid.
 """
 
 from __future__ import annotations
@@ -23,35 +28,28 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
+import tempfile
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jsonschema
-
+from dataset_checks import ARRAY_FILE, BOM, FIELDS, NO_EXAMPLES, line_problems, surrogate_problems
 from fileio import write_atomic
+from token_counts import token_lengths  # noqa: F401 (the counting, for its callers here)
 from train_yaml import HUB_ID, is_local_model
 
-FIELDS = ("instruction", "input", "output")
+# Kept for readers of the old module: the rule, in one place (dataset_checks.py).
+from dataset_checks import EXAMPLE_SCHEMA  # noqa: F401,E402
 
-EXAMPLE_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": list(FIELDS),
-    "properties": {name: {"type": "string"} for name in FIELDS},
-}
-
-_VALIDATOR = jsonschema.Draft202012Validator(EXAMPLE_SCHEMA)
-_TYPE_NAMES = {
-    dict: "an object",
-    list: "an array",
-    str: "a string",
-    int: "a number",
-    float: "a number",
-    bool: "true/false",
-    type(None): "null",
-}
+NO_TOKENIZER = {"counted": False, "why": "no tokenizer given (--tokenizer)"}
+# The normalised line is json.dumps({instruction, input, output}, ensure_ascii=False), written
+# out with json's own C string encoder: byte for byte the same, a third of the time (json.dumps
+# builds an encoder per call). A test compares it with json.dumps.
+_quote = json.encoder.encode_basestring
+_FIELD_SET = frozenset(FIELDS)
 
 
 @dataclass
@@ -66,120 +64,163 @@ class Problem:
 
 @dataclass
 class Result:
-    examples: list[dict] = field(default_factory=list)
-    line_numbers: list[int] = field(default_factory=list)
+    """What one pass found: the problems, or the statistics of a valid file."""
     problems: list[Problem] = field(default_factory=list)
+    examples: int = 0
     blank_lines: int = 0
     dropped_keys: dict[str, int] = field(default_factory=dict)
     crlf: bool = False
     bom: bool = False
+    empty_input: int = 0
+    duplicates: list[dict] = field(default_factory=list)
+    chars: dict[str, array] = field(default_factory=lambda: {n: array("q") for n in FIELDS})
+    sha256: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def _describe(value) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
+class Tokens:
+    """The report's token counting, started at the first valid example (a tokenizer is loaded,
+    maybe fetched, only for a file that has one) and dropped at the first problem."""
+
+    def __init__(self, tokenizer: str | None, template: str, cutoff_len: int | None):
+        self.spec, self.template, self.cutoff_len = tokenizer, template, cutoff_len
+        self.counter = None
+        self.answer: dict | None = None if tokenizer else dict(NO_TOKENIZER)
+        self.error: Exception | None = None  # raised after the pass, if the file is valid
+
+    def add(self, line: int, example: dict) -> None:
+        if self.answer is not None or self.error is not None:
+            return
+        if self.counter is None:
+            try:
+                self._start()
+            except FileNotFoundError as exc:
+                self.error = exc
+                return
+            if self.counter is None:
+                return
+        self.counter.add(line, example)
+
+    def _start(self) -> None:
+        from token_counts import TokenCounter
+
+        folder = Path(self.spec).expanduser()
+        if not folder.is_dir() and not is_local_model(self.spec) and HUB_ID.match(self.spec):
+            import hub  # huggingface_hub: a quarter of a second, for hub ids only
+
+            try:
+                folder = hub.download_tokenizer(self.spec)
+            except hub.HubError as exc:
+                self.answer = {
+                    "counted": False,
+                    "why": f"{exc}; character counts only (to count tokens, run the step again "
+                           "where the hub answers: snakemake --forcerun validate_dataset)"}
+                return
+        self.counter = TokenCounter(str(folder), self.template, self.cutoff_len)
+
+    def stop(self) -> None:
+        self.counter = None
+        self.answer = self.answer or {"counted": False, "why": "the data has problems"}
+
+    def report(self) -> tuple[dict, list[int] | None, list[int]]:
+        """(tokens part of the report, lengths or None, line numbers)."""
+        if self.error is not None:
+            raise self.error
+        if self.counter is None:
+            return dict(self.answer or NO_TOKENIZER), None, []
+        lengths = self.counter.finish()
+        tokens = {"counted": True, "tokenizer": self.spec, "template": self.template}
+        if self.counter.counted_to_cutoff:
+            tokens["counted_to_cutoff_lines"] = self.counter.counted_to_cutoff
+        return tokens, lengths, list(self.counter.lines)
 
 
-def _schema_problems(obj: dict) -> list[str]:
-    """Messages for one object, in field order, each with its fix."""
-    messages = []
-    for error in sorted(_VALIDATOR.iter_errors(obj), key=lambda e: str(e.path)):
-        if error.validator == "required":
-            missing = [name for name in FIELDS if name not in obj]
-            for name in missing:
-                hint = ' (use "" for an empty input)' if name == "input" else ""
-                messages.append(f'missing field "{name}"; add "{name}": "..."{hint}')
-        elif error.validator == "type":
-            name = error.path[0]
-            messages.append(
-                f'field "{name}" is {_describe(error.instance)}, not a string; '
-                f'write it as a JSON string ("{name}": "...")'
-            )
-    # "required" reports every missing field at once; keep one message per field.
-    return list(dict.fromkeys(messages))
-
-
-def check_lines(data: bytes) -> Result:
-    """Check the raw bytes of a JSONL file; collect every problem, never raise."""
+def check_stream(handle, out, tokens: Tokens) -> Result:
+    """Check a JSONL stream (binary), writing the normalised copy to `out` as it goes; collect
+    every problem, never raise on the data."""
     result = Result()
-    if data.startswith(b"\xef\xbb\xbf"):
+    digest = hashlib.sha256()
+    seen: dict[bytes, int] = {}  # a digest of each normalised example -> its first line
+    if handle.read(3) == BOM:
         result.bom = True
-        data = data[3:]
-    raw_lines = data.split(b"\n")
-    # Trailing blank lines (and the final newline) are fine; blank lines between examples too.
-    while raw_lines and not raw_lines[-1].strip():
-        raw_lines.pop()
-    if not raw_lines:
-        result.problems.append(
-            Problem(None, "the file has no examples; add one JSON object per line "
-                          '({"instruction": "...", "input": "...", "output": "..."})')
-        )
-        return result
-
-    stripped = data.lstrip()
-    if stripped.startswith(b"["):
-        try:
-            whole = json.loads(stripped.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            whole = None
-        if isinstance(whole, list):
-            result.problems.append(
-                Problem(1, "the file is one JSON array, not JSON Lines; write one object per "
-                           "line, e.g. jq -c '.[]' in.json > train_sft.jsonl")
-            )
-            return result
-
-    for number, raw in enumerate(raw_lines, start=1):
-        if raw.endswith(b"\r"):
-            result.crlf = True
+    else:
+        handle.seek(0)
+    pending_blank, pending_cr, started = 0, False, False
+    counting = tokens.spec is not None  # a call per line saved when there is nothing to count
+    for number, raw in enumerate(handle, start=1):
+        if raw.endswith(b"\n"):
             raw = raw[:-1]
-        if not raw.strip():
-            result.blank_lines += 1
+        cr = raw.endswith(b"\r")
+        if cr:
+            raw = raw[:-1]
+        if not raw or raw.isspace():
+            # Blank lines count only once an example follows: trailing ones are the file's end.
+            pending_blank, pending_cr = pending_blank + 1, pending_cr or cr
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            result.problems.append(
-                Problem(number, f"invalid UTF-8 at byte {exc.start + 1} of the line; "
-                                "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
-            )
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            result.problems.append(
-                Problem(number, f"invalid JSON at column {exc.colno}: {exc.msg}; "
-                                "each line must be one complete JSON object")
-            )
-            continue
-        if not isinstance(obj, dict):
-            result.problems.append(
-                Problem(number, f"the line is {_describe(obj)}, not a JSON object; write "
-                                '{"instruction": "...", "input": "...", "output": "..."}')
-            )
-            continue
-        messages = _schema_problems(obj)
-        if not messages:
-            if not obj["output"].strip():
-                messages.append('field "output" is blank; write the response the model '
-                                "should learn, or delete the line")
-            if not obj["instruction"].strip() and not obj["input"].strip():
-                messages.append('fields "instruction" and "input" are both blank; the '
-                                "prompt would be empty, so write an instruction")
+        if not started:
+            started = True
+            if raw.lstrip().startswith(b"[") and _is_array(raw, handle):
+                result.problems.append(Problem(1, ARRAY_FILE))
+                return result
+        result.blank_lines += pending_blank
+        result.crlf = result.crlf or cr or pending_cr
+        pending_blank, pending_cr = 0, False
+        example, messages = line_problems(raw)
         if messages:
             result.problems.extend(Problem(number, m) for m in messages)
+            tokens.stop()
             continue
-        for key in obj.keys() - set(FIELDS):
-            result.dropped_keys[key] = result.dropped_keys.get(key, 0) + 1
-        result.examples.append({name: obj[name] for name in FIELDS})
-        result.line_numbers.append(number)
+        if result.problems:
+            continue  # still checking, no longer writing: the output will not be kept
+        if example.keys() != _FIELD_SET:
+            for key in example.keys() - _FIELD_SET:
+                result.dropped_keys[key] = result.dropped_keys.get(key, 0) + 1
+        instruction, input_, output = example["instruction"], example["input"], example["output"]
+        try:
+            line = (f'{{"instruction": {_quote(instruction)}, "input": {_quote(input_)}, '
+                    f'"output": {_quote(output)}}}\n').encode("utf-8")
+        except UnicodeEncodeError:
+            result.problems.extend(Problem(number, m) for m in surrogate_problems(example))
+            tokens.stop()
+            continue
+        out.write(line)
+        digest.update(line)
+        key = hashlib.blake2b(line, digest_size=16).digest()
+        first = seen.setdefault(key, number)
+        if first != number:
+            result.duplicates.append({"line": number, "same_as_line": first})
+        result.examples += 1
+        result.chars["instruction"].append(len(instruction))
+        result.chars["input"].append(len(input_))
+        result.chars["output"].append(len(output))
+        result.empty_input += not input_
+        if counting:
+            tokens.add(number, example)
+    if not started:
+        result.problems.append(Problem(None, NO_EXAMPLES))
+    result.sha256 = digest.hexdigest()
     return result
 
 
-def _length_stats(values: list[int]) -> dict:
+def _is_array(first: bytes, handle) -> bool:
+    """Whether the file from this first non-blank line on is one JSON array (a .json file saved
+    as .jsonl). Only then is the rest of the file read whole; a parse failure means not."""
+    position = handle.tell()
+    rest = handle.read()
+    try:
+        whole = json.loads((first + b"\n" + rest).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        whole = None
+    if isinstance(whole, list):
+        return True
+    handle.seek(position)
+    return False
+
+
+def _length_stats(values) -> dict:
     return {
         "min": min(values),
         "max": max(values),
@@ -188,104 +229,62 @@ def _length_stats(values: list[int]) -> dict:
     }
 
 
-NO_TOKENIZER = {"counted": False, "why": "no tokenizer given (--tokenizer)"}
-
-
-def count_tokens(examples: list[dict], tokenizer: str | None, template: str) -> dict:
-    """The report's "tokens": {"counted": true, ..., "lengths": [...]}, or {"counted": false,
-    "why": ...} when there is no tokenizer, or the hub cannot give a hub id's."""
-    if not tokenizer:
-        return dict(NO_TOKENIZER)
-    folder = Path(tokenizer).expanduser()
-    if not folder.is_dir() and not is_local_model(tokenizer) and HUB_ID.match(tokenizer):
-        import hub  # huggingface_hub: a quarter of a second, for hub ids only
-
-        try:
-            folder = hub.download_tokenizer(tokenizer)
-        except hub.HubError as exc:
-            return {"counted": False,
-                    "why": f"{exc}; character counts only (to count tokens, run the step again "
-                           "where the hub answers: snakemake --forcerun validate_dataset)"}
-    return {"counted": True, "tokenizer": tokenizer, "template": template,
-            "lengths": token_lengths(examples, str(folder), template)}
-
-
-def token_lengths(examples: list[dict], tokenizer_dir: str, template: str = "qwen") -> list[int]:
-    """Tokens per example as training sees it: rendered in the run's chat template."""
-    from tokenizers import Tokenizer
-
-    from prompt_format import load_template, render_training_text
-
-    tokenizer_file = Path(tokenizer_dir) / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise FileNotFoundError(
-            f"{tokenizer_file}: no tokenizer.json; pass the base model's directory to --tokenizer"
-        )
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    chat = load_template(template)
-    texts = [render_training_text(ex["instruction"], ex["input"], ex["output"], chat)
-             for ex in examples]
-    return [len(enc.ids) for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-
-def build_report(path: str, result: Result, normalised: bytes,
-                 tokens: dict | None = None, cutoff_len: int | None = None) -> dict:
-    """`tokens`: count_tokens()'s answer."""
-    examples = result.examples
-    seen: dict[tuple, int] = {}
-    duplicates = []
-    for number, ex in zip(result.line_numbers, examples):
-        key = tuple(ex[name] for name in FIELDS)
-        if key in seen:
-            duplicates.append({"line": number, "same_as_line": seen[key]})
-        else:
-            seen[key] = number
+def build_report(path: str, result: Result, tokens: dict, lengths: list[int] | None,
+                 lines: list[int], cutoff_len: int | None = None) -> dict:
     report = {
         "input": path,
-        "examples": len(examples),
-        "sha256": hashlib.sha256(normalised).hexdigest(),
-        "duplicates": len(duplicates),
-        "duplicate_lines": duplicates,
-        "empty_input": sum(1 for ex in examples if not ex["input"]),
+        "examples": result.examples,
+        "sha256": result.sha256,
+        "duplicates": len(result.duplicates),
+        "duplicate_lines": result.duplicates,
+        "empty_input": result.empty_input,
         "blank_lines_skipped": result.blank_lines,
         "crlf_line_endings": result.crlf,
         "utf8_bom": result.bom,
         "dropped_keys": result.dropped_keys,
-        "chars": {
-            name: _length_stats([len(ex[name]) for ex in examples]) for name in FIELDS
-        },
+        "chars": {name: _length_stats(result.chars[name]) for name in FIELDS},
     }
-    tokens = dict(tokens or NO_TOKENIZER)
-    lengths = tokens.pop("lengths", None)
     report["tokens"] = {**tokens, **(_length_stats(lengths) if lengths else {})}
     if cutoff_len is not None:
         report["cutoff_len"] = cutoff_len
         if lengths:
-            over = [n for n, t in zip(result.line_numbers, lengths) if t > cutoff_len]
+            over = [n for n, t in zip(lines, lengths) if t > cutoff_len]
             report["over_cutoff_len"] = len(over)
             report["over_cutoff_len_lines"] = over
     return report
 
 
-def normalise(examples: list[dict]) -> bytes:
-    return "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples).encode("utf-8")
-
-
-def validate_file(path: str, tokenizer: str | None = None, cutoff_len: int | None = None,
-                  template: str = "qwen"):
-    """Return (result, normalised bytes, report or None). Reads the file once."""
+def validate_file(path: str, output: str | None = None, tokenizer: str | None = None,
+                  cutoff_len: int | None = None, template: str = "qwen"):
+    """Return (result, report or None). Reads the file once; the normalised copy lands at
+    `output` only when the file is valid (atomically), never otherwise."""
     try:
-        data = Path(path).read_bytes()
+        handle = open(path, "rb")
     except OSError as exc:
         result = Result(problems=[Problem(None, f"cannot read the file ({exc.strerror}); "
                                                 "check the run's `data:` path in config/config.yaml")])
-        return result, b"", None
-    result = check_lines(data)
-    if not result.ok:
-        return result, b"", None
-    normalised = normalise(result.examples)
-    tokens = count_tokens(result.examples, tokenizer, template)
-    return result, normalised, build_report(path, result, normalised, tokens, cutoff_len)
+        return result, None
+    target = Path(output) if output else None
+    if target:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        out = os.fdopen(fd, "wb", buffering=1 << 20)
+    else:
+        staging, out = None, open(os.devnull, "wb")
+    try:
+        with handle, out:
+            counter = Tokens(tokenizer, template, cutoff_len)
+            result = check_stream(handle, out, counter)
+            if not result.ok:
+                return result, None
+            report = build_report(path, result, *counter.report(), cutoff_len)
+        if staging:
+            os.replace(staging, target)
+            staging = None
+        return result, report
+    finally:
+        if staging:
+            Path(staging).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     for out in (args.output, args.report):
         Path(out).unlink(missing_ok=True)
     try:
-        result, normalised, report = validate_file(args.input, args.tokenizer, args.cutoff_len,
-                                                   args.template)
+        result, report = validate_file(args.input, args.output, args.tokenizer, args.cutoff_len,
+                                       args.template)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -321,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokenizer and not report["tokens"]["counted"]:
         print(f"warning: no token counts: {report['tokens']['why']}", file=sys.stderr)
     write_atomic(args.report, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
-    write_atomic(args.output, normalised)
     print(f"{args.input}: {report['examples']} examples, {report['duplicates']} duplicates"
           + (f", {report['over_cutoff_len']} over cutoff_len {args.cutoff_len}"
              if "over_cutoff_len" in report else ""))

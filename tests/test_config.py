@@ -45,8 +45,8 @@ def first_error(proc) -> str:
     ({"pods": {"runpod": {"port": 70000}}}, "config: pods.runpod.port: 70000"),
     ({"runs": {"lovecraft": {"author": 42}}},
      "config: runs.lovecraft.author: 42 is a number, expected string"),
-    ({"pods": {"runpod": {"executor": "slurm"}}},
-     "config: pods.runpod.executor: 'slurm' is not one of ssh, local"),
+    ({"pods": {"runpod": {"executor": "kubernetes"}}},
+     "config: pods.runpod.executor: 'kubernetes' is not one of ssh, local, slurm"),
     ({"runs": {"bad name!": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu",
                              "pod": "runpod"}}},
      "config: runs: name 'bad name!' may only use letters, digits, '_' and '-'"),
@@ -114,6 +114,30 @@ def test_dry_run_on_the_default_config_lists_the_plan_and_touches_no_pod(tmp_pat
     line = "lovecraft: 600 steps, ~7.1 GPU-hours on 1 x A100-SXM4-80GB at $1.89/h = ~$13.50"
     assert f": {line}" in out
     assert f"lovecraft_mlx: trains in this plan ({line})" in out
+    # ... with a warning that the pod's address is the shipped placeholder.
+    assert "warning: pods.runpod.host is the placeholder POD_IP" in proc.stderr
+
+
+def test_a_real_run_on_the_placeholder_pod_stops_before_anything(tmp_path, tripwire):
+    """The same fresh clone, run for real: it stops before its first job, even the local ones,
+    and says what to put where. No connection is attempted, nothing is written."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for part in ("Snakefile", "rules", "scripts", "config", "data", "environment.yml"):
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, clone / part)
+    env, calls = tripwire
+    proc = snakemake(clone, "lovecraft_mlx", snakefile=clone / "Snakefile", env=env, check=False)
+    assert proc.returncode != 0
+    assert ("config: pods.runpod.host is the placeholder POD_IP: replace it with your pod's "
+            "address") in proc.stderr
+    assert "Nothing was run." in proc.stderr
+    assert not (clone / "results").exists() and not (clone / "logs").exists()
+    assert not calls.exists(), f"a refused run called {calls.read_text()}"
+    # A target that needs no pod still builds (the validation report, say).
+    proc = snakemake(clone, "results/lovecraft/data/train.jsonl", snakefile=clone / "Snakefile",
+                     env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_defaults_from_the_schema_are_applied(tmp_path):

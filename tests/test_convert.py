@@ -221,3 +221,67 @@ def test_adapter_trained_by_llamafactory_gives_peft_logits_in_mlx(tiny_model, tm
     effect = np.abs(peft_after - before).max()
     print(f"llamafactory rsLoRA: max |mlx - peft| = {diff:.2e}, adapter effect = {effect:.3f}")
     assert diff < 1e-3 and effect > 100 * diff
+
+
+# ------------------------------------------- speed (make bench) without changing what is checked
+
+LIGHT_PROBE = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); import convert_peft_to_mlx as c;"
+    "code = c.main(['--input', sys.argv[2], '--output', sys.argv[3], '--base', sys.argv[4]]);"
+    "heavy = sorted(m for m in ('transformers', 'torch', 'mlx_lm') if m in sys.modules);"
+    "import mlx_lm;"  # the real package loads afterwards, whole
+    "print(json.dumps({'code': code, 'heavy': heavy, 'load': callable(mlx_lm.load)}))"
+)
+
+
+@pytest.mark.parametrize("case", ["layer_subset", "dora"])
+def test_the_command_checks_without_importing_transformers_and_writes_the_same(
+        case, tiny_model, tiny_model_4layers, tmp_path):
+    """The command line loads mlx-lm's model and LoRA layers without its package __init__ (which
+    imports transformers, and torch: seconds). It must write and check exactly what the full
+    mlx-lm path (in this process, where mlx_lm is imported) does, and leave mlx_lm importable."""
+    base = tiny_model_4layers if case == "layer_subset" else tiny_model
+    make_peft_adapter(base, tmp_path / "peft", token_ids(base), **CASES[case])
+    assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "full"),
+                           "--base", str(base)]) == 0
+    proc = subprocess.run([sys.executable, "-c", LIGHT_PROBE, str(SCRIPTS), str(tmp_path / "peft"),
+                           str(tmp_path / "light"), str(base)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert answer == {"code": 0, "heavy": [], "load": True}
+    for name in ("adapters.safetensors", "adapter_config.json"):
+        assert (tmp_path / "light" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+
+
+def test_the_light_check_still_refuses_a_tensor_mlx_lm_would_not_load(tiny_model, tmp_path):
+    """verify() without mlx-lm's __init__ matches tensors to the model mlx-lm builds, as before."""
+    from safetensors.numpy import load_file, save_file
+
+    make_peft_adapter(tiny_model, tmp_path / "peft", token_ids(tiny_model), r=4, lora_alpha=16)
+    assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"),
+                           "--base", str(tiny_model)]) == 0
+    weights = tmp_path / "mlx" / "adapters.safetensors"
+    tensors = load_file(weights)
+    name = "model.layers.0.self_attn.q_proj.lora_a"
+    tensors[name.replace("layers.0", "layers.7")] = tensors.pop(name)  # a block the model lacks
+    save_file(tensors, weights, metadata={"format": "mlx"})
+    probe = ("import sys, json; sys.path.insert(0, sys.argv[1]); import convert_peft_to_mlx as c;"
+             "from pathlib import Path;"
+             "cfg = json.loads(Path(sys.argv[3], 'config.json').read_text());"
+             "exec('try:\\n c.verify(Path(sys.argv[2]), cfg)\\nexcept c.ConversionError as e:\\n print(e)')")
+    proc = subprocess.run([sys.executable, "-c", probe, str(SCRIPTS), str(tmp_path / "mlx"),
+                           str(tiny_model)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.layers.7.self_attn.q_proj.lora_a: not a LoRA parameter" in proc.stdout
+
+
+@pytest.mark.parametrize("shape", [(64, 27648), (27648, 64), (8, 3), (3, 8), (16, 16), (17, 1),
+                                   (256, 5000)])
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint16])
+def test_blocked_threaded_transpose_is_a_transpose(shape, dtype):
+    from safetensors_io import transpose_into
+
+    src = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+    dst = np.empty(shape[::-1], dtype)
+    transpose_into(dst, src)
+    assert np.array_equal(dst, src.T)

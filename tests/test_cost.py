@@ -56,3 +56,14 @@ def test_budgets_in_seconds_of_training():
     assert cost.budget_seconds({**A100, "max_usd": 18.9}) == 36000       # 10 h at $1.89
     assert cost.budget_seconds({**A100, "max_usd": 18.9, "max_hours": 2}) == 7200
     assert cost.budget_seconds({"max_usd": 5}) is None                    # no price: no dollars
+
+
+def test_a_slurm_job_pays_for_its_gpus_on_every_node():
+    from pod import cost
+
+    pod = {"executor": "slurm", "gpus": 4, "nodes": 2, "gpu_hourly_usd": 2.0}
+    assert cost.gpus_paid(pod) == 8 and cost.usd_per_hour(pod) == 16.0
+    assert cost.gpus_paid({"executor": "slurm", "partition": "cpu"}) == 1   # a CPU job: one unit
+    assert cost.gpus_paid({"executor": "ssh", "gpu_count": 2, "gpus": 7}) == 2
+    used = cost.used([{"start": 0, "end": 1800}], pod)
+    assert used["gpu_hours"] == 4.0 and used["usd"] == 8.0

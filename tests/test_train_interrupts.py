@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, snakemake
+from helpers.workflow import LLAMAFACTORY_CLI, REPO, snakemake, wait_until
 from helpers.sshd import style_run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
@@ -37,18 +37,6 @@ def start_snakemake(work: Path, config: Path, name: str) -> subprocess.Popen:
 
 def output_of(work: Path, name: str) -> str:
     return (work.parent / f"{name}.out").read_text()
-
-
-def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"snakemake ended ({proc.returncode}) before {what}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def run_dir_of(tmp: Path) -> Path | None:

@@ -122,6 +122,12 @@ def test_invalid_utf8(tmp_path):
     assert_rejected(tmp_path, line(GOOD) + bad, 2, "invalid UTF-8", "iconv")
 
 
+def test_an_escaped_lone_surrogate_is_named_not_a_traceback(tmp_path):
+    bad = b'{"instruction": "ok", "input": "", "output": "half a pair: \\ud800"}\n'
+    assert_rejected(tmp_path, line(GOOD) + bad, 2, 'field "output" holds a lone surrogate',
+                    "\\ud800", "fix the escape")
+
+
 @pytest.mark.parametrize("content", [b"", b"\n\n", b"\xef\xbb\xbf\r\n"])
 def test_empty_file(tmp_path, content):
     assert_rejected(tmp_path, content, None, "no examples")
@@ -240,3 +246,133 @@ def test_a_hub_models_cached_tokenizer_counts_tokens_as_a_local_one(tmp_path, ti
     for key in ("min", "max", "mean", "median"):
         assert counts["hub"]["tokens"][key] == counts["local"]["tokens"][key]
     assert counts["hub"]["over_cutoff_len_lines"] == counts["local"]["over_cutoff_len_lines"]
+
+
+# ---------------------------------------------- one streaming pass (make bench: performance rows)
+
+def _jsonschema_messages(obj: dict) -> list[str]:
+    """The messages the validator gave when it checked each line with jsonschema (before the
+    plain type checks of dataset_checks.py): the reference the plain check must equal."""
+    import jsonschema
+
+    from dataset_checks import EXAMPLE_SCHEMA, FIELDS, describe
+
+    messages = []
+    validator = jsonschema.Draft202012Validator(EXAMPLE_SCHEMA)
+    for error in sorted(validator.iter_errors(obj), key=lambda e: str(e.path)):
+        if error.validator == "required":
+            for name in [n for n in FIELDS if n not in obj]:
+                hint = ' (use "" for an empty input)' if name == "input" else ""
+                messages.append(f'missing field "{name}"; add "{name}": "..."{hint}')
+        elif error.validator == "type":
+            name = error.path[0]
+            messages.append(f'field "{name}" is {describe(error.instance)}, not a string; '
+                            f'write it as a JSON string ("{name}": "...")')
+    return list(dict.fromkeys(messages))
+
+
+VALUES = ["text", "", 3, 2.5, None, True, ["x"], {"a": 1}]
+
+
+def test_plain_type_checks_are_the_schemas_rule_with_its_messages():
+    """Every combination of a value (or its absence) in each field: the plain check accepts what
+    the JSON schema accepts and says what it said, in the same order."""
+    import itertools
+
+    from dataset_checks import FIELDS, field_problems, line_problems
+
+    missing = object()
+    checked = 0
+    for combo in itertools.product(VALUES + [missing], repeat=3):
+        obj = {name: value for name, value in zip(FIELDS, combo) if value is not missing}
+        expected = _jsonschema_messages(obj)
+        assert field_problems(obj) == expected, obj
+        example, messages = line_problems(json.dumps(obj).encode())
+        if expected:
+            assert example is None and messages == expected, obj
+        checked += 1
+    assert checked == 9 ** 3
+
+
+def test_a_valid_file_is_written_byte_for_byte_as_before(tmp_path):
+    """The normalised copy: keys in field order, extra keys dropped, non-ASCII kept, one LF."""
+    rows = [{"output": "é \"q\"", "input": "", "instruction": "a\\b", "x": 1},
+            {"instruction": "中文", "input": "\u00e9", "output": "😀"}]
+    content = b"".join(line(r) for r in rows)
+    proc, _, out, report = validate(tmp_path, content)
+    assert proc.returncode == 0, proc.stderr
+    expected = "".join(json.dumps({k: r[k] for k in ("instruction", "input", "output")},
+                                  ensure_ascii=False) + "\n" for r in rows).encode()
+    assert out.read_bytes() == expected
+    import hashlib
+    assert json.loads(report.read_text())["sha256"] == hashlib.sha256(expected).hexdigest()
+
+
+def test_a_leading_bracket_that_is_not_an_array_is_checked_line_by_line(tmp_path):
+    assert_rejected(tmp_path, b"[1, 2\n" + line(GOOD), 1, "invalid JSON")
+
+
+def peak_rss_mib(args: list) -> float:
+    """A validator run's own peak memory: VmHWM, read by the child itself as it ends (a forked
+    child's ru_maxrss would carry pytest's memory in it)."""
+    import subprocess
+    import sys
+
+    from helpers.workflow import SCRIPTS
+
+    probe = ("import re, sys; sys.path.insert(0, sys.argv[1]); import validate_dataset as v;"
+             "code = v.main(sys.argv[2:]);"
+             "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024);"
+             "sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", probe, str(SCRIPTS), *map(str, args)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def test_memory_is_flat_in_the_files_size(tmp_path):
+    """Streamed: 40 MB of data costs about what 1 MB does (the whole file used to be in memory
+    several times over)."""
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    def rows(count: int) -> bytes:  # distinct examples: duplicates are listed in the report
+        return b"".join(line({**GOOD, "output": f"{i}: " + "Nameless things in the cellar. " * 20})
+                        for i in range(count))
+    small.write_bytes(rows(1_000))
+    big.write_bytes(rows(60_000))
+    assert big.stat().st_size > 40e6
+    out = tmp_path / "out"
+    base = peak_rss_mib([small, "--output", out / "s.jsonl", "--report", out / "s.json"])
+    peak = peak_rss_mib([big, "--output", out / "b.jsonl", "--report", out / "b.json"])
+    print(f"peak memory: {base:.0f} MiB for 0.7 MB, {peak:.0f} MiB for {big.stat().st_size / 1e6:.0f} MB")
+    assert peak - base < 30
+
+
+def test_a_huge_line_is_counted_to_cutoff_len_not_tokenised_whole(tmp_path, tiny_model):
+    """One 20 MB example: known to be over cutoff_len after its first chunk of text; the report
+    says so and lists the line, and memory stays far from what tokenising it whole costs."""
+    words = " ".join(["eldritch", "cellar", "nameless", "ancient"] * 600_000)
+    content = line(GOOD) + line({**GOOD, "output": words}) + line(GOOD)
+    src = tmp_path / "huge.jsonl"
+    src.write_bytes(content)
+    out = tmp_path / "out"
+    peak = peak_rss_mib([src, "--output", out / "t.jsonl", "--report", out / "r.json",
+                         "--tokenizer", tiny_model, "--cutoff-len", "100"])
+    stats = json.loads((out / "r.json").read_text())
+    assert stats["over_cutoff_len_lines"] == [2] and stats["duplicates"] == 1
+    assert stats["tokens"]["counted_to_cutoff_lines"] == [2]
+    assert stats["tokens"]["max"] > 100
+    print(f"peak memory {peak:.0f} MiB for a {len(words) / 1e6:.0f} MB line")
+    assert peak < 600
+
+
+def test_counting_a_long_example_in_chunks_gives_the_whole_count(tiny_model, monkeypatch):
+    """Chunks are cut between two words, where the tokenizer starts a new piece anyway: the
+    chunks' counts add up to the count of the text tokenised whole."""
+    import token_counts
+    from token_counts import token_lengths
+
+    examples = [{**GOOD, "output": "The eldritch cellar, 1928: nameless  things... " * 300},
+                {**GOOD, "output": "x" * 5000 + " y"}]  # a chunk with no gap between words
+    whole = token_lengths(examples, str(tiny_model))
+    monkeypatch.setattr(token_counts, "CHUNK_CHARS", 1000)
+    assert token_lengths(examples, str(tiny_model)) == whole

@@ -2,7 +2,8 @@
 
 The estimate is the steps the run will take (``max_steps``, else epochs x examples / effective
 batch: estimate.planned_steps) at a measured rate (config/rates.yaml, steps per hour by profile
-and GPU type), times the pod's price (``gpu_hourly_usd`` x ``gpu_count``). The cost after is the
+and GPU type), times the pod's price: ``gpu_hourly_usd`` is the price of one GPU-hour, and every
+GPU the training uses (``gpu_count``) is paid for. The cost after is the
 wall time of every training attempt (attempts.log on the pod) times the same price, or the rented
 pod's own price once it runs.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .estimate import planned_steps
+from .processes import world_size
 
 RATES = Path(__file__).resolve().parents[2] / "config" / "rates.yaml"
 
@@ -36,13 +38,21 @@ def short_gpu(gpu_type: str | None) -> str:
     return (gpu_type or "GPU").removeprefix("NVIDIA ").strip()
 
 
+def gpus_paid(pod: dict) -> int:
+    """The GPUs a training holds: a Slurm job's `gpus` on each of its `nodes`, else the pod's
+    `gpu_count` (at least one: a CPU job is priced as one unit per node)."""
+    if pod.get("executor") == "slurm":
+        return max(1, int(pod.get("gpus") or 0)) * int(pod.get("nodes") or 1)
+    return int(pod.get("gpu_count") or 1)
+
+
 def usd_per_hour(pod: dict) -> float | None:
     """The pod's price per hour, all its GPUs: the rented pod's own, else gpu_hourly_usd x count."""
     if pod.get("pod_usd_per_hour") is not None:
         return float(pod["pod_usd_per_hour"])
     if pod.get("gpu_hourly_usd") is None:
         return None
-    return float(pod["gpu_hourly_usd"]) * int(pod.get("gpu_count") or 1)
+    return float(pod["gpu_hourly_usd"]) * gpus_paid(pod)
 
 
 @dataclass
@@ -76,10 +86,16 @@ class Estimate:
         if self.gpu_hours is None:
             return (f"{text} on {on}; no measured rate for this profile on this GPU, so no time or "
                     "cost estimate (add one to config/rates.yaml)")
-        text += f", ~{self.gpu_hours:.1f} {'GPU-hours' if self.gpu_type else 'hours'} on {on}"
+        if self.gpus > 1 and self.gpu_type:
+            # Several GPUs: the wall time too, and a price that reads as per GPU.
+            text += f", ~{self.gpu_hours:.1f} GPU-hours ({self.hours:.1f} h on {on})"
+            per = " per GPU-hour"
+        else:
+            text += f", ~{self.gpu_hours:.1f} {'GPU-hours' if self.gpu_type else 'hours'} on {on}"
+            per = "/h"
         if self.usd is None:
             return f"{text}; no price (set gpu_hourly_usd on the pod for a cost)"
-        return f"{text} at ${self.gpu_hourly_usd:.2f}/h = ~${self.usd:.2f}"
+        return f"{text} at ${self.gpu_hourly_usd:.2f}{per} = ~${self.usd:.2f}"
 
     def as_dict(self) -> dict:
         return {**asdict(self), "gpu_hours": self.gpu_hours, "usd": self.usd}
@@ -87,8 +103,9 @@ class Estimate:
 
 def estimate(run: str, args: dict, profile: str, pod: dict, examples: int | None) -> Estimate:
     """The plan's estimate for one run on its pod. examples is only needed without max_steps."""
-    gpus = int(pod.get("gpu_count") or 1)
-    steps = planned_steps(args, examples or 0, gpus)
+    gpus = gpus_paid(pod)
+    # The effective batch spans every training process (CPU processes too: `processes`).
+    steps = planned_steps(args, examples or 0, world_size(pod))
     where = "this machine" if pod.get("executor") == "local" else f"pod '{pod.get('name', '?')}'"
     return Estimate(run, steps, steps_per_hour(profile, pod.get("gpu_type")), gpus,
                     pod.get("gpu_type"), pod.get("gpu_hourly_usd"), where)
@@ -97,7 +114,7 @@ def estimate(run: str, args: dict, profile: str, pod: dict, examples: int | None
 def used(attempts: list[dict], pod: dict, now: float | None = None) -> dict:
     """GPU time of every training attempt (attempts.log), and its cost at the pod's price."""
     seconds = sum((a.get("end") or now or a["start"]) - a["start"] for a in attempts)
-    gpus = int(pod.get("gpu_count") or 1)
+    gpus = gpus_paid(pod)
     gpu_hours = seconds / 3600 * gpus
     price = usd_per_hour(pod)
     return {"attempts": len(attempts), "wall_seconds": seconds, "gpus": gpus,

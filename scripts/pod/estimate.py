@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from train_yaml import LLAMAFACTORY_DEFAULTS
+from train_yaml import LLAMAFACTORY_DEFAULTS, deepspeed_file
 
 
 def setting(args: dict, key: str):
@@ -87,22 +87,60 @@ def lora_params(arch: Arch, rank: int, target: str = "all") -> float:
 
 @dataclass
 class Memory:
-    """GPU memory of one training process, in GB (1e9 bytes), by part as the guide lists them."""
+    """GPU memory of one training process (one GPU), in GB (1e9 bytes), by part as the guide
+    lists them; with several GPUs, after ZeRO's sharding (`gpus`, `zero`)."""
 
     weights: float
     lora: float
     optimizer: float
     activations: float
     overhead: float
+    gpus: int = 1
+    zero: str = ""       # "ZeRO-3", "ZeRO-2 + optimizer offload", ... ; "" without DeepSpeed
 
     @property
     def total(self) -> float:
         return self.weights + self.lora + self.optimizer + self.activations + self.overhead
 
     def describe(self) -> str:
-        return (f"~{self.total:.0f} GB (weights {self.weights:.1f}, LoRA {self.lora:.1f}, "
+        text = (f"~{self.total:.0f} GB (weights {self.weights:.1f}, LoRA {self.lora:.1f}, "
                 f"optimizer {self.optimizer:.1f}, activations {self.activations:.1f}, "
                 f"CUDA {self.overhead:.1f})")
+        if self.gpus > 1 or self.zero:
+            text += f" per GPU, {self.zero or 'no sharding (DDP)'} over {self.gpus} GPU" + \
+                ("s" if self.gpus > 1 else "")
+        return text
+
+
+@dataclass(frozen=True)
+class Zero:
+    """What a DeepSpeed config shards (its zero_optimization): stage 2 shards the optimizer
+    states and gradients across the GPUs, stage 3 the parameters too; an offload keeps them in
+    CPU memory instead."""
+
+    stage: int = 0
+    offload_optimizer: bool = False
+    offload_param: bool = False
+
+    def describe(self) -> str:
+        if not self.stage:
+            return ""
+        off = [name for name, on in (("optimizer", self.offload_optimizer),
+                                     ("parameter", self.offload_param)) if on]
+        return f"ZeRO-{self.stage}" + (f" + {' and '.join(off)} offload" if off else "")
+
+
+def zero_config(args: dict) -> Zero:
+    """The ZeRO settings of the run's DeepSpeed config (train.yaml's `deepspeed`), if any."""
+    path = deepspeed_file(args)
+    if path is None or not path.is_file():
+        return Zero()
+    zero = json.loads(path.read_text(encoding="utf-8")).get("zero_optimization") or {}
+
+    def offloaded(key: str) -> bool:
+        return (zero.get(key) or {}).get("device", "none") not in ("none", None)
+
+    return Zero(int(zero.get("stage", 0) or 0), offloaded("offload_optimizer"), offloaded("offload_param"))
 
 
 def weight_bits(args: dict) -> int:
@@ -111,8 +149,8 @@ def weight_bits(args: dict) -> int:
     return 16 if args.get("bf16") or args.get("fp16") or args.get("pure_bf16") else 32
 
 
-def estimate_memory(arch: Arch, args: dict) -> Memory:
-    """Peak GPU memory of a LoRA run, calibrated on the guide's 32B figures.
+def estimate_memory(arch: Arch, args: dict, gpus: int = 1) -> Memory:
+    """Peak memory of one GPU in a LoRA run on `gpus` GPUs, calibrated on the guide's 32B figures.
 
     weights     parameters * bits / 8, plus 5 % for quantisation constants and norms
     LoRA        trainable parameters in fp32 (4 bytes)
@@ -122,18 +160,37 @@ def estimate_memory(arch: Arch, args: dict) -> Memory:
                 gradient (8 * vocab); times batch * cutoff_len. With the guide's settings
                 (gradient checkpointing on) this reproduces its measured 40-50 GB.
     CUDA        context and allocator slack, 1.5 GB
+
+    On several GPUs each holds its own batch's activations; what the run's DeepSpeed config
+    shards is divided among them: ZeRO-2 the optimizer part (gradients and Adam's moments),
+    ZeRO-3 also the weights and the LoRA parameters, plus the two blocks it gathers at a time
+    (the one computing and the one prefetched). An offload moves its part to CPU memory: the
+    optimizer's leaves the GPU; the parameters' leaves only those two gathered blocks. Plain
+    DDP (no DeepSpeed) keeps a whole copy on every GPU.
     """
     rank = int(setting(args, "lora_rank"))
     trainable = lora_params(arch, rank, str(args.get("lora_target", "all")))
     tokens = int(args.get("per_device_train_batch_size", 1)) * int(setting(args, "cutoff_len"))
     h, i, kv = arch.hidden, arch.intermediate, arch.kv_dim
     per_token = arch.layers * (2 * (5 * h + 2 * kv + 4 * i) + 8 * h) + 8 * arch.vocab
+    weights = arch.params * weight_bits(args) / 8 * 1.05 / GB
+    lora, optimizer = trainable * 4 / GB, trainable * 12 / GB
+    gpus = max(int(gpus), 1)
+    zero = zero_config(args)
+    if zero.stage >= 2:
+        optimizer = 0.0 if zero.offload_optimizer else optimizer / gpus
+    if zero.stage >= 3:
+        gathered = 2 * weights / arch.layers
+        weights = gathered if zero.offload_param else weights / gpus + gathered
+        lora /= gpus
     return Memory(
-        weights=arch.params * weight_bits(args) / 8 * 1.05 / GB,
-        lora=trainable * 4 / GB,
-        optimizer=trainable * 12 / GB,
+        weights=weights,
+        lora=lora,
+        optimizer=optimizer,
         activations=tokens * per_token / GB,
         overhead=1.5,
+        gpus=gpus,
+        zero=zero.describe(),
     )
 
 

@@ -18,12 +18,14 @@ terminal and log) while a long upload or download runs (progress.py).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from . import shell
 from .progress import TransferProgress, relay_progress, to_stderr
 from .messages import PodError, Unreachable
 from .settings import load_settings, with_defaults
+from .ssh_errors import ssh_failure
 
 # scripts/, which Snakemake's jobs have on PYTHONPATH: kept out of a training started here.
 SCRIPTS = str(Path(__file__).resolve().parents[1])
@@ -67,26 +70,49 @@ class Executor(ABC):
         self.settings = with_defaults(settings)
         self.name = settings.get("name", self.kind)
         self.workdir = Path(workdir).resolve()
+        self.bytes_sent = self.bytes_received = 0   # what file copies moved over the network
 
     @abstractmethod
-    def sh(self, script: str, timeout: float | None = 600, args: tuple = ()) -> Result:
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = (),
+           stdin: bytes = b"") -> Result:
         """Run a POSIX shell script there as `sh -c script sh args...` (cwd: the login directory,
-        or the workdir for local).
+        or the workdir for local), with `stdin` as its standard input: the one way a secret
+        reaches the pod (never an argument, which `ps` shows to every user there).
 
         Raises Unreachable when the machine does not answer; any other failure is in the result."""
 
-    def run(self, name: str, *args, timeout: float | None = 600) -> Result:
+    def run(self, name: str, *args, timeout: float | None = 600, stdin: bytes = b"") -> Result:
         """Run one of the pod-side scripts (scripts/pod/<name>) with its arguments."""
-        return self.sh(shell.script(name), timeout, tuple(map(str, args)))
+        return self.sh(shell.script(name), timeout, tuple(map(str, args)), stdin)
+
+    def close(self) -> None:
+        """Let go of what the executor holds open (the ssh master connection)."""
+
+    @property
+    def transport(self) -> "Executor":
+        """What carries the commands and files: the executor itself, or for a Slurm cluster
+        the ssh or local executor that reaches its login node."""
+        return self
+
+    def submit_job(self, run_dir: str, session: str, cli: str) -> dict[str, list[str]] | None:
+        """A scheduler's executor (slurm.py) hands run.sh to the scheduler and returns its @@
+        answers (@@job, @@already). None here: launch.py starts run.sh detached itself."""
+        return None
+
+    def scheduler_checks(self, report, args: dict) -> None:
+        """A scheduler's executor replaces preflight's checks of the machine's own GPUs (which a
+        login node does not have) with the scheduler's (slurm.py). Nothing to change here."""
 
 
     @abstractmethod
     def put(self, local_dir: Path, remote_dir: str, say: Callable[[str], None] | None = None,
-            bwlimit_kib: int | None = None) -> None:
+            bwlimit_kib: int | None = None, basis: str | None = None) -> None:
         """Copy the contents of local_dir into remote_dir there (which must exist).
 
         A long copy reports its progress through `say` (default: stderr); `bwlimit_kib` caps its
-        rate in KiB/s (rsync's --bwlimit), which the tests use to make a copy take its time."""
+        rate in KiB/s (rsync's --bwlimit), which the tests use to make a copy take its time.
+        `basis`: a folder there laid out like remote_dir (an earlier upload of the same run), whose
+        files rsync copies when unchanged and sends only the differences against otherwise."""
 
     @abstractmethod
     def get(self, remote_file: str, local_file: Path, say: Callable[[str], None] | None = None,
@@ -103,13 +129,14 @@ class LocalExecutor(Executor):
 
     kind = "local"
 
-    def sh(self, script: str, timeout: float | None = 600, args: tuple = ()) -> Result:
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = (),
+           stdin: bytes = b"") -> Result:
         # A session of its own: a training started from here survives Ctrl-C of Snakemake. The
         # environment is the user's, without the scripts/ folder the job put on PYTHONPATH.
         try:
             proc = subprocess.run(["sh", "-c", script, "sh", *args], cwd=self.workdir,
                                   capture_output=True, timeout=timeout, start_new_session=True,
-                                  env=clean_environment())
+                                  env=clean_environment(), input=stdin)
         except subprocess.TimeoutExpired as exc:
             raise Unreachable(f"a command on this machine took over {timeout:.0f} s") from exc
         return Result(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
@@ -118,7 +145,7 @@ class LocalExecutor(Executor):
         return self.workdir / os.path.expanduser(path)
 
     # A copy on one machine's disks: no progress to report, no rate to cap.
-    def put(self, local_dir: Path, remote_dir: str, say=None, bwlimit_kib=None) -> None:
+    def put(self, local_dir: Path, remote_dir: str, say=None, bwlimit_kib=None, basis=None) -> None:
         shutil.copytree(local_dir, self._path(remote_dir), dirs_exist_ok=True)
 
     def get(self, remote_file: str, local_file: Path, say=None, bwlimit_kib=None) -> None:
@@ -165,7 +192,20 @@ class SSHExecutor(Executor):
             raise PodError(f"pods.{self.name}.host is missing: the pod's IP address or ssh alias")
         self.known_hosts = self.workdir / os.path.expanduser(
             self.settings["known_hosts"])
+        self._control_dir: str | None = None
 
+    def control_path(self) -> str:
+        """The socket of this executor's one ssh connection, which every ssh and rsync of this
+        process shares (OpenSSH multiplexing): one handshake per job instead of one per command.
+        It lives in a private folder (mode 0700, made by mkdtemp) in the temporary folder, or
+        /tmp where that path is too long: a socket's path is limited to 104 bytes on macOS and ssh
+        adds 17 while creating it. The master is told to exit and the folder removed when this
+        process ends (close())."""
+        if self._control_dir is None:
+            short = len(tempfile.gettempdir()) > 60 and os.path.isdir("/tmp")
+            self._control_dir = tempfile.mkdtemp(prefix="lora-ssh-", dir="/tmp" if short else None)
+            atexit.register(self.close)
+        return os.path.join(self._control_dir, "m")
     def destination(self) -> str:
         user = self.settings.get("user")
         return f"{user}@{self.settings['host']}" if user else self.settings["host"]
@@ -183,6 +223,12 @@ class SSHExecutor(Executor):
             "-o", "ConnectTimeout=20",
             "-o", "ServerAliveInterval=15",
             "-o", "ServerAliveCountMax=4",
+            # One connection per job: the first command opens it, the rest ride on it. It closes
+            # itself once idle for longer than a poll interval (and close() ends it at once), so
+            # a process killed before close() leaves no connection behind for long.
+            "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={_ssh_config_value(self.control_path())}",
+            "-o", f"ControlPersist={max(120, 3 * int(float(self.settings['poll_seconds'])))}",
         ]
         if self.settings.get("port"):
             opts += ["-p", str(self.settings["port"])]
@@ -206,51 +252,75 @@ class SSHExecutor(Executor):
                 f"`ssh-keygen -t ed25519 -f {key}` and add {key}.pub to the pod (RunPod: Settings -> "
                 "SSH Public Keys), or point identity_file at your existing key")
 
-    def sh(self, script: str, timeout: float | None = 600, args: tuple = ()) -> Result:
+    def close(self) -> None:
+        if self._control_dir is None:
+            return
+        if os.path.exists(self.control_path()):
+            subprocess.run(["ssh", "-o", f"ControlPath={_ssh_config_value(self.control_path())}",
+                            "-O", "exit", self.destination()], capture_output=True, timeout=30,
+                           stdin=subprocess.DEVNULL, check=False)
+        shutil.rmtree(self._control_dir, ignore_errors=True)
+        self._control_dir = None
+
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = (),
+           stdin: bytes = b"") -> Result:
         self._check_key()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         # The login shell on the pod runs `sh -c <script> sh <args>`: one quoting layer, by shlex.
         argv = self.ssh_argv(shlex.join(["sh", "-c", script, "sh", *args]))
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(argv, capture_output=True, timeout=timeout, input=stdin)
         except FileNotFoundError:
             raise PodError("ssh not found on this machine: install the OpenSSH client") from None
         except subprocess.TimeoutExpired as exc:
             raise Unreachable(f"{self.where()} did not finish a command within {timeout:.0f} s") from exc
         err = proc.stderr.decode("utf-8", "replace")
         if proc.returncode == SSH_FAILED:
-            raise Unreachable(explain_ssh_failure(err, self), ssh_said(err))
+            raise ssh_failure(err, self)
         return Result(proc.returncode, proc.stdout, err)
 
-    def _rsync(self, direction: str, source: str, dest: str, say, bwlimit_kib) -> None:
+    def rsync_argv(self, source: str, dest: str, bwlimit_kib: int | None = None,
+                   basis: str | None = None) -> list[str]:
+        """The rsync command line. Only options that macOS's rsync (openrsync, macOS 15 on) also
+        has: no --info, --mkpath or --append-verify (tests/test_mac_userland.py pins them)."""
+        argv = ["rsync", "-a", "--partial", "--progress", "--stats", "-e",
+                shlex.join(["ssh", *self.ssh_options()])]
+        if bwlimit_kib:
+            argv.append(f"--bwlimit={int(bwlimit_kib)}")
+        if basis:
+            argv.append(f"--copy-dest={basis}")
+        return [*argv, source, dest]
+
+    def _rsync(self, direction: str, source: str, dest: str, say, bwlimit_kib,
+               basis: str | None = None) -> None:
         """rsync with its --progress output (stdout) turned into throttled lines for `say` as
         it comes, and its stderr kept whole for the error explanation."""
         self._check_key()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["rsync", "-a", "--partial", "--progress", "-e",
-                shlex.join(["ssh", *self.ssh_options()])]
-        if bwlimit_kib:
-            argv.append(f"--bwlimit={int(bwlimit_kib)}")
         try:
-            proc = subprocess.Popen([*argv, source, dest], stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(self.rsync_argv(source, dest, bwlimit_kib, basis),
+                                    stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise PodError("rsync not found on this machine: install rsync") from None
+        progress = TransferProgress(direction, say or to_stderr)
         with proc:
             try:
-                err = relay_progress(proc, TransferProgress(direction, say or to_stderr))
+                err = relay_progress(proc, progress)
                 proc.wait()
             except BaseException:  # Ctrl-C, or a bug here: rsync must not outlive this process
                 proc.kill()
                 raise
         if proc.returncode in RSYNC_TRANSPORT_FAILED:
-            raise Unreachable(explain_ssh_failure(err, self), ssh_said(err))
+            raise ssh_failure(err, self)
         if proc.returncode:
             raise PodError(f"rsync failed ({proc.returncode}): {err.strip()[-2000:]}")
+        self.bytes_sent += progress.sent
+        self.bytes_received += progress.received
 
-    def put(self, local_dir: Path, remote_dir: str, say=None, bwlimit_kib=None) -> None:
+    def put(self, local_dir: Path, remote_dir: str, say=None, bwlimit_kib=None, basis=None) -> None:
         self._rsync("uploading", f"{local_dir}/", f"{self.destination()}:{remote_dir}/", say,
-                    bwlimit_kib)
+                    bwlimit_kib, basis)
 
     def get(self, remote_file: str, local_file: Path, say=None, bwlimit_kib=None) -> None:
         self._rsync("downloading", f"{self.destination()}:{remote_file}", str(local_file), say,
@@ -261,59 +331,17 @@ class SSHExecutor(Executor):
         return f"pod '{self.name}' ({self.destination()}{f' port {port}' if port else ''})"
 
 
-# What ssh says on stderr -> what it means and what to change. First match wins.
-SSH_PROBLEMS = [
-    (r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed",
-     "the pod's host key is not the one remembered in {known_hosts}. If you replaced the pod "
-     "(a new pod often reuses the address), forget the old key with "
-     "`ssh-keygen -R '{hostport}' -f {known_hosts}` and run again; otherwise stop: someone may "
-     "be in the middle"),
-    (r"Permission denied \(|Too many authentication failures",
-     "the pod refused the key{key}. Add the matching public key to the pod (RunPod: Settings -> "
-     "SSH Public Keys, then restart the pod, or append it to ~/.ssh/authorized_keys there), or "
-     "set pods.{name}.identity_file / pods.{name}.user"),
-    (r"Could not resolve hostname|Name or service not known|nodename nor servname",
-     "the host name does not resolve. Check pods.{name}.host (RunPod: Connect -> "
-     "'SSH over exposed TCP' shows the IP and port)"),
-    (r"Connection refused|Connection timed out|No route to host|Network is unreachable"
-     r"|Operation timed out|Connection closed|Connection reset|kex_exchange_identification"
-     r"|timed out",
-     "the pod does not answer. Is it running? Check pods.{name}.host and pods.{name}.port "
-     "against RunPod's Connect -> 'SSH over exposed TCP' (the port changes when a pod restarts)"),
-]
-
-
-def ssh_said(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
-    return " / ".join(lines[-3:]) or "no message"
-
-
-def explain_ssh_failure(stderr: str, executor: SSHExecutor) -> str:
-    port = executor.settings.get("port")
-    host = executor.settings["host"]
-    key = executor.identity_file()
-    fields = {
-        "known_hosts": executor.known_hosts,
-        "hostport": executor.settings.get("host_key_alias")
-        or (f"[{host}]:{port}" if port and port != 22 else host),
-        "name": executor.name,
-        "key": f" {key}" if key else "s offered (ssh-agent, ~/.ssh/config)",
-    }
-    said = ssh_said(stderr)
-    for pattern, advice in SSH_PROBLEMS:
-        if re.search(pattern, stderr, re.IGNORECASE):
-            return f"{executor.where()}: {advice.format(**fields)} (ssh: {said})"
-    return f"{executor.where()}: ssh failed (ssh: {said})"
-
-
 EXECUTORS = {"ssh": SSHExecutor, "local": LocalExecutor}
 
 
 def make_executor(settings: dict, workdir: str | os.PathLike = ".") -> Executor:
     kind = settings.get("executor")
+    if kind == "slurm":  # imported here: slurm.py builds on the two executors of this module
+        from .slurm import SlurmExecutor
+        return SlurmExecutor(settings, workdir)
     if kind not in EXECUTORS:
         raise PodError(f"pods.{settings.get('name', '?')}.executor: '{kind}' is not one of "
-                       f"{', '.join(EXECUTORS)}")
+                       f"{', '.join(EXECUTORS)}, slurm")
     return EXECUTORS[kind](settings, workdir)
 
 

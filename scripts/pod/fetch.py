@@ -5,6 +5,7 @@ sha256, landed as one folder that appears complete or not at all."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import best_checkpoint
@@ -31,12 +32,22 @@ def download_verified(ex: Executor, run_dir: str, rel: str, dest: Path,
                    "run again")
 
 
+def remove_leftovers(adapter_dir: Path, say: Say) -> None:
+    """A fetch killed outright (SIGKILL, a power cut) cannot clean up: its hidden staging folder
+    (fileio.staged_dir) stays beside the adapter, never taken for it, and is removed here. No
+    other fetch of the run can be using it: Snakemake locks the project's outputs."""
+    for old in adapter_dir.parent.glob(f".{adapter_dir.name}.*.partial"):
+        say(f"removing {old}, left by a download that was cut off")
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: dict,
           adapter_dir: Path, summary_path: Path, state_path: Path, say: Say) -> dict:
     """Choose the best checkpoint, download only its adapter and the logs, land them atomically."""
     if adapter_dir.exists() and (not adapter_dir.is_dir() or any(adapter_dir.iterdir())):
         raise PodError(f"{adapter_dir} already exists and is not empty; fetch never overwrites an "
                        "adapter: remove it (or move it away) and run again")
+    remove_leftovers(adapter_dir, say)
     settings = with_defaults(settings)
     run_id = launch_rec["run_id"]
     state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say,

@@ -10,7 +10,8 @@ from pathlib import Path
 from . import cost
 from .executor import Executor
 from .launch import RunFiles, launch_and_record
-from .messages import PodError, Say, TrainingFailed, Unreachable, format_progress, hint_for
+from .messages import (PodError, Say, TrainingFailed, Unreachable, disk_full, disk_full_hint,
+                       format_progress, gone_message, hint_for, killed_again_hint, killed_twice)
 from .run_state import RunState, now_iso, parse_attempts, parse_state, read_state
 from .settings import with_defaults
 from .shell import parse_markers
@@ -49,6 +50,7 @@ class Follower:
         self.eval_loss: float | None = None
         self.last_step: int | None = None
         self.last_entry: dict | None = None
+        self.waiting_for = ""          # the run holding the pod's GPU while this one waits
 
     def poll(self) -> tuple[RunState, bool]:
         """One round trip. Returns the state and whether a log chunk was capped (more to read)."""
@@ -56,7 +58,13 @@ class Follower:
                           timeout=300).out
         header_end = out.find(b"\n@@chunk ")
         head = out[:header_end + 1] if header_end >= 0 else out
-        state = parse_state(parse_markers(head.decode("utf-8", "replace")))
+        facts = parse_markers(head.decode("utf-8", "replace"))
+        state = parse_state(facts)
+        waiting = (facts.get("waiting") or [""])[0]
+        if waiting and waiting != self.waiting_for:
+            self.say(f"waiting for the GPU: {waiting} is training on {self.ex.where()}; this run "
+                     "starts when it ends (one training at a time per remote_dir)")
+        self.waiting_for = waiting
         state.remote_dir = state.remote_dir or self.run_dir.rsplit("/", 1)[0]
         if "@@no_run_dir" in head.decode("utf-8", "replace"):
             return state, False
@@ -114,6 +122,25 @@ class Follower:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def read_attempts(ex: Executor, run_dir: str, settings: dict, say: Say) -> list[dict]:
+    return parse_attempts(with_reconnect(
+        lambda: ex.sh('cat "$1"/attempts.log', timeout=60, args=(run_dir,)).text,
+        settings, say, "reading attempts.log"))
+
+
+def refuse_to_resume(ex: Executor, settings: dict, state: RunState, run_id: str, run: str,
+                     say: Say) -> None:
+    """Raise TrainingFailed where resuming would only fail again: a full disk, or a training
+    SIGKILLed twice from the same checkpoint (the OOM killer, most likely)."""
+    where = f"{run_id} on {ex.where()} is {state.describe()}"
+    if disk_full("", state):
+        raise TrainingFailed(f"{where}; not resumed: {disk_full_hint(state, run)}")
+    if state.rc == "137":
+        again = killed_twice(read_attempts(ex, f"{state.remote_dir}/{run_id}", settings, say))
+        if again is not None:
+            raise TrainingFailed(f"{where}; not resumed: {killed_again_hint(state, run, again)}")
+
+
 def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror: Path,
          say: Say) -> dict:
     """Follow the run to its end; resume it first if it died since the last call."""
@@ -126,22 +153,38 @@ def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror
                            "attaching")
     if state.status in ("new", "killed", "died"):
         if state.status == "new":
-            say(f"{ex.where()} has no folder {run_id} (a new pod, or it was deleted): "
-                "training starts again from step 0")
+            # Its checkpoints are gone: the whole training again, only when the user asks for it.
+            if not settings.get("relaunch"):
+                raise TrainingFailed(gone_message(ex.where(), run_id, files.run,
+                                                  launch_rec.get("estimate")))
+            say(f"{ex.where()} has no folder {run_id} (a new pod, or its volume was wiped): "
+                f"training it again from step 0, as asked (relaunch={files.run})")
         else:
+            refuse_to_resume(ex, settings, state, run_id, files.run, say)
             say(f"{run_id} is {state.describe()}: resuming")
         run_dir = launch_and_record(ex, settings, files, state, say, launch_rec)["run_dir"]
     else:
         say(f"following {run_id} on {ex.where()}: {state.describe()}")
         run_dir = f"{state.remote_dir}/{run_id}"
     follower = Follower(ex, run_dir, mirror, say)
+    started_from, job_seen = state.checkpoint, (state.job, state.slurm)
     while True:
         state, more = with_reconnect(follower.poll, settings, say, "following the training")
         if state.alive:
+            if state.job and (state.job, state.slurm) != job_seen:  # Slurm: queued -> running
+                job_seen = (state.job, state.slurm)
+                say(f"{run_id}: {state.describe()}")
             if not more:
                 time.sleep(float(settings["poll_seconds"]))
             continue
         if more:
+            continue
+        # Slurm's time limit, a preemption or a failed node: the training goes on in a new job,
+        # as long as each job gets further (a time too short for one checkpoint stops here).
+        if state.stopped_by_cluster and (state.checkpoint or 0) > (started_from or 0):
+            say(f"{run_id} {state.describe()}: submitting it again")
+            launch_and_record(ex, settings, files, state, say, launch_rec)
+            started_from = state.checkpoint
             continue
         break
     if state.status == "cut":
@@ -149,13 +192,12 @@ def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror
             f"{state.checkpoint}: the best checkpoint so far is fetched and converted")
     elif state.status != "finished":
         tail = follower.tail()
-        hint = hint_for(tail, state, files.run, ex.name)
+        attempts = read_attempts(ex, run_dir, settings, say) if state.rc == "137" else []
+        hint = hint_for(tail, state, files.run, ex.name, attempts)
         raise TrainingFailed(f"training of {run_id} on {ex.where()} ended without finishing: "
                              f"{state.describe()}\n--- end of the remote log ({mirror}) ---\n{tail}\n---\n"
                              f"hint: {hint}")
-    attempts = parse_attempts(with_reconnect(
-        lambda: ex.sh('cat "$1"/attempts.log', timeout=60, args=(run_dir,)).text,
-        settings, say, "reading attempts.log"))
+    attempts = read_attempts(ex, run_dir, settings, say)
     entry = follower.last_entry or {}
     say(f"{run_id} finished: {format_progress(entry, follower.loss, follower.eval_loss)}" if entry
         else f"{run_id} finished")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ import yaml
 
 from fileio import count_lines, sha256_file
 
-from . import cost, preflight, shell
+from train_yaml import deepspeed_file
+
+from . import cost, preflight, processes, shell
 from .executor import Executor
 from .messages import BEFORE_LAUNCH, LAUNCH_CUT, PodError, Say, Unreachable, stopped_as
 from .run_state import (RunState, holding, now_iso, read_remote_json, read_state, remote_hashes,
@@ -60,6 +63,8 @@ class RunFiles:
     args: dict = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
     digest: str = ""
+    extra: dict[str, Path] = field(default_factory=dict)   # run-folder path -> local file
+
 
     @classmethod
     def load(cls, run: str, train_yaml: str, data: str, dataset_info: str) -> "RunFiles":
@@ -69,8 +74,18 @@ class RunFiles:
         base = base_fingerprint(str(args.get("model_name_or_path", "")))
         if base:
             sha["base_model"] = base
+        # The DeepSpeed config train.yaml names (deepspeed/ds_z3.json) goes along; its content is
+        # part of the identity, so an edit of config/deepspeed/ never mixes with older checkpoints.
+        extra = {}
+        local = deepspeed_file(args)
+        if local is not None:
+            if not local.is_file():
+                raise PodError(f"{train_yaml}: deepspeed: {args['deepspeed']} has no file {local}; "
+                               "name one of config/deepspeed/ in the profile")
+            extra[str(args["deepspeed"])] = local
+            sha[str(args["deepspeed"])] = sha256_file(local)
         digest = hashlib.sha256(json.dumps(sha, sort_keys=True).encode()).hexdigest()
-        return cls(run, files, args, sha, digest)
+        return cls(run, files, args, sha, digest, extra)
 
     @property
     def run_id(self) -> str:
@@ -102,7 +117,14 @@ def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = 
         stage = Path(tmp)
         for key, rel in UPLOAD_LAYOUT.items():
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            (stage / rel).write_bytes(files.files[key].read_bytes())
+            # Content only, stamped now: rsync's quick check (size and time) then never takes a
+            # changed file for the basis's copy; the delta algorithm decides what to send.
+            shutil.copyfile(files.files[key], stage / rel)
+        for rel, local in files.extra.items():      # the DeepSpeed config
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, stage / rel)
+        # How many processes train (processes.py): in the folder, so `sh run.sh` by hand agrees.
+        (stage / "train.env").write_text(processes.train_env(settings, files.args))
         (stage / "run.sh").write_text(shell.script("run.sh"))
         if guarded(settings):
             (stage / "guard.sh").write_text(shell.script("guard.sh"))
@@ -111,16 +133,52 @@ def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = 
             (stage / "budget_seconds").write_text(f"{budget}\n")
         (stage / "run.json").write_text(json.dumps(
             {"run": files.run, "run_id": files.run_id, "input_sha256": files.digest,
-             "inputs": files.sha256, "uploaded_at": now_iso()}, indent=2) + "\n")
-        result = ex.sh('mkdir -p "$1"', timeout=120, args=(run_dir,))
+             "inputs": files.sha256, "processes": processes.world_size(settings),
+             "uploaded_at": now_iso()}, indent=2) + "\n")
+        result = ex.run("prepare_upload.sh", run_dir, files.run, timeout=120)
         if result.rc:
             raise PodError(f"cannot create {run_dir} on {ex.where()}: {result.err.strip()}")
-        ex.put(stage, run_dir, say=say)
-    remote = remote_hashes(ex, run_dir, list(UPLOAD_LAYOUT.values()))
-    for rel in UPLOAD_LAYOUT.values():
+        # An earlier upload of this run (before a data edit): rsync sends only the differences.
+        basis = shell.first(result.facts, "basis") or None
+        sent = ex.bytes_sent
+        try:
+            ex.put(stage, run_dir, say=say, basis=basis)
+        except Unreachable as exc:  # cut off mid-file: what arrived is checked, never trained on
+            raise PodError(f"the upload to {ex.where()} was cut off ({exc.short}); nothing was "
+                           "launched. Run snakemake again: it sends what is missing and checks "
+                           "every file's sha256 there before training") from None
+        if say and ex.bytes_sent > sent:
+            size = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
+            say(f"uploaded {size:,} bytes of run files to {ex.where()}: {ex.bytes_sent - sent:,} "
+                "bytes sent" + (f" (only the changes against {basis})" if basis else ""))
+    remote = remote_hashes(ex, run_dir, [*UPLOAD_LAYOUT.values(), *files.extra])
+    for rel in [*UPLOAD_LAYOUT.values(), *files.extra]:
         if remote.get(rel, (0, ""))[1] != files.sha256[rel]:
             raise PodError(f"upload of {rel} to {ex.where()} did not arrive intact (sha256 differs); "
                            "run again")
+
+
+# What the training may need to be given and nothing else may see: a Hugging Face token for a
+# gated base model (Llama, Gemma). It travels on launch.sh's stdin into the training's environment.
+SECRET_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def secrets_for_training(environ: dict | None = None) -> bytes:
+    """`NAME=value` lines for launch.sh's stdin: the Hugging Face token from this environment,
+    else the one `huggingface-cli login` stored (huggingface_hub's own lookup). Never an argument
+    (which `ps` shows to everyone on the pod), never a file, never a log line."""
+    environ = os.environ if environ is None else environ
+    found = {name: environ[name] for name in SECRET_VARIABLES if environ.get(name)}
+    if not found:
+        try:
+            from huggingface_hub import get_token
+            token = get_token()
+        except Exception:  # not installed, or an unreadable token file: the training goes without
+            token = None
+        if token:
+            found["HF_TOKEN"] = token
+    return "".join(f"{name}={value}\n" for name, value in found.items()
+                   if "\n" not in value).encode()
 
 
 def start_detached(ex: Executor, run_dir: str, session: str, cli: str,
@@ -129,8 +187,9 @@ def start_detached(ex: Executor, run_dir: str, session: str, cli: str,
     the run folder has one); its @@ answers."""
     settings = settings or {}
     idle = int(60 * float(settings["idle_stop_minutes"])) if settings.get("provider") else 0
+    secrets = secrets_for_training()
     return ex.run("launch.sh", run_dir, session, cli, idle, settings.get("api_url", ""),
-                  timeout=120).facts
+                  "stdin" if secrets else "", timeout=120, stdin=secrets).facts
 
 
 def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say) -> dict:
@@ -147,24 +206,34 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
         run_dir = f"{report.remote_dir}/{files.run_id}"
         upload(ex, files, run_dir, settings, say)
         with stopped_as(LAUNCH_CUT):
-            facts = start_detached(ex, run_dir, files.session, report.cli_path, settings)
+            facts = ex.submit_job(run_dir, files.session, report.cli_path)  # Slurm: sbatch
+            if facts is None:
+                facts = start_detached(ex, run_dir, files.session, report.cli_path, settings)
     with stopped_as(LAUNCH_CUT):
+        slurm = shell.first(facts, "detach") == "sbatch"
+        job = shell.first(facts, "job") or (shell.first(facts, "already") if slurm else "")
         if "busy" in facts:
             raise PodError(f"another launch of {files.run_id} is in progress on {ex.where()}; "
                            "run again in a minute to attach to it")
         if "already" in facts:
             pid, detach = shell.first(facts, "already"), "attached"
-            say(f"{files.run_id} is already running there (pid {pid}); attached, nothing launched")
+            what = f"Slurm job {pid}" if slurm else f"pid {pid}"
+            say(f"{files.run_id} is already queued or running there ({what}); attached, nothing launched")
         else:
             pid, detach = shell.first(facts, "pid"), shell.first(facts, "detach")
-            if not pid:
+            if job:
+                say(f"submitted {files.run_id} to {ex.where()} as Slurm job {job} ("
+                    f"{f'resuming from checkpoint-{state.checkpoint}' if state.checkpoint else 'from step 0'})")
+            elif not pid:
                 raise PodError(f"training did not start on {ex.where()}; see {run_dir}/train.log there")
-            start = f"resuming from checkpoint-{state.checkpoint}" if state.checkpoint else "from step 0"
-            say(f"launched {files.run_id} on {ex.where()} ({start}; pid {pid}, detached with {detach})")
+            else:
+                start = f"resuming from checkpoint-{state.checkpoint}" if state.checkpoint else "from step 0"
+                say(f"launched {files.run_id} on {ex.where()} ({start}; pid {pid}, detached with {detach})")
             if detach == "tmux":
                 say(f"watch it there: tmux -L {files.session} attach")
         record.update({
             "pid": pid, "detach": detach, "session": files.session if detach == "tmux" else None,
+            "slurm_job": job or None,
             "resumed_from": state.checkpoint, "launched_at": now_iso(), "preflight": report.as_dict(),
             "llamafactory_version": report.llamafactory_version, "remote_dir": report.remote_dir,
             "usd_per_hour": cost.usd_per_hour(settings), "budget_seconds": cost.budget_seconds(settings),
@@ -211,7 +280,7 @@ def submit(files: RunFiles, settings: dict, ex: Executor, say: Say) -> dict:
     """Launch the run, or attach to it when its folder on the pod already trains or has finished."""
     try:
         state = read_state(ex, settings["remote_dir"], files.run_id)
-    except Unreachable as exc:
+    except PodError as exc:  # unreachable, or refused (a changed host key, a key it rejects)
         raise PodError(f"preflight failed; nothing was uploaded or launched: {exc}") from None
     if state.status in ("running", "finished", "cut"):
         say(f"{files.run_id} on {ex.where()} is {state.describe()}: attached, nothing launched")

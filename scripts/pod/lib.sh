@@ -47,18 +47,66 @@ attempt_alive() {
   return 1
 }
 
+# slurm_state JOB: `STATE PARTITION REASON` of a Slurm job (PENDING, RUNNING, TIMEOUT, ...; why
+# it waits, spaces as _) while Slurm remembers it (squeue), else from the cluster's accounting
+# (sacct, where it keeps one), else `GONE - -`; `UNKNOWN - -` when Slurm does not answer and
+# `NOSLURM - -` where squeue is not found.
+slurm_state() {
+  command -v squeue >/dev/null 2>&1 || {
+    echo "NOSLURM - -"
+    return
+  }
+  out=$(squeue -h -t all -j "$1" -o '%T|%P|%r' 2>&1)
+  src=$?
+  line=$(printf '%s\n' "$out" | grep '|' | head -n 1)
+  if [ -z "$line" ]; then
+    if [ $src != 0 ] && ! printf '%s\n' "$out" | grep -qi 'invalid job id'; then
+      echo "UNKNOWN - -"
+      return
+    fi
+    line=$(sacct -n -X -P -j "$1" -o State,Partition 2>/dev/null | head -n 1)
+    [ -n "$line" ] || line="GONE|-"
+  fi
+  printf '%s\n' "$line" | awk -F'|' '{ split($1, s, " "); r = $3; gsub(/[[:space:]]+/, "_", r)
+    print s[1], ($2 == "" ? "-" : $2), (r == "" ? "-" : r) }'
+}
+
+# slurm_alive STATE: the job may still train (queued, running, being requeued or ended), or
+# Slurm does not answer (UNKNOWN): never submit a second job beside one that may run.
+slurm_alive() {
+  case $1 in
+    PENDING | RUNNING | CONFIGURING | COMPLETING | SUSPENDED | REQUEUED | REQUEUE_HOLD | \
+      REQUEUE_FED | RESIZING | SIGNALING | STAGE_OUT | RESV_DEL_HOLD | UNKNOWN) return 0 ;;
+  esac
+  return 1
+}
+
 # run_state: the state of the run folder in the current directory, as one @@run line.
 run_state() {
   last=$(newest_checkpoint)
   alive=0 pid="" rc=""
   [ -f pid ] && pid=$(cat pid)
-  if [ -n "$pid" ] && attempt_alive "$pid"; then alive=1; fi
+  # A run under Slurm (slurm_job: its newest job) lives on a compute node: Slurm says if it is
+  # alive, and the job's state, partition and why it waits go on the line.
+  job="" slurm=""
+  if [ -f slurm_job ]; then
+    job=$(cat slurm_job)
+    read -r state partition reason <<STATE
+$(slurm_state "$job")
+STATE
+    slurm_alive "$state" && alive=1
+    slurm=" job=$job slurm=$state partition=$partition reason=$reason"
+  elif [ -n "$pid" ] && attempt_alive "$pid"; then alive=1; fi
   [ -f exit_code ] && rc=$(cat exit_code)
+  # Launched once an attempt started (run.sh writes pid first): an upload cut off after run.sh
+  # arrived is not a training that died.
   launched=0
-  [ -f run.sh ] && launched=1
+  [ -f pid ] || [ -f attempts.log ] || [ -f slurm_job ] && launched=1
   final=0
   [ -f output/trainer_state.json ] && final=1
   cut=0
   [ -f budget_cut ] && cut=1
-  echo "@@run launched=$launched alive=$alive pid=$pid rc=$rc checkpoint=$last final=$final cut=$cut"
+  # Free KiB on the run folder's disk: a training that ended on a full disk is told apart.
+  free_kb=$(df -Pk . 2>/dev/null | awk 'NR == 2 { print $4 }')
+  echo "@@run launched=$launched alive=$alive pid=$pid rc=$rc checkpoint=$last final=$final cut=$cut free_kb=$free_kb$slurm"
 }

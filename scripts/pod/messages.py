@@ -91,19 +91,93 @@ HINTS = [
 ]
 
 
-def hint_for(log_tail: str, state, run: str, pod: str) -> str:
-    """What to do after a training ended without finishing (state: a run_state.RunState)."""
+def resume_point(state) -> str:
+    return (f"checkpoint-{state.checkpoint}" if state.checkpoint
+            else "step 0 (no checkpoint was saved yet)")
+
+
+# Less free than this on the run folder's disk, and a training that ended there ran out of it.
+DISK_FULL_KB = 64 * 1024
+
+
+def disk_full(log_tail: str, state) -> bool:
+    """The training ended on a full disk. The log may not say so: a full disk cannot take the
+    traceback either, so the free space the pod reports decides as well."""
+    return bool(re.search(r"No space left on device|Errno 28|ENOSPC", log_tail)) or (
+        state.free_kb is not None and state.free_kb < DISK_FULL_KB)
+
+
+def disk_full_hint(state, run: str) -> str:
+    free = f"{state.free_kb / 1024:.0f} MB" if state.free_kb is not None else "no room"
+    return (f"the pod's disk is full ({free} free in {state.remote_dir}). Free space there (old run "
+            f"folders keep every checkpoint: `du -sh {state.remote_dir}/*`, then remove the ones you "
+            "are done with) or give the pod a larger volume; then "
+            f"`snakemake --forcerun submit_training {run}_mlx` resumes from {resume_point(state)}")
+
+
+def killed_again_hint(state, run: str, start: int) -> str:
+    """A training killed (SIGKILL) twice from the same point: resuming again would only repeat it."""
+    at = f"checkpoint-{start}" if start else "step 0"
+    return (f"the training was killed (SIGKILL) twice, both times after starting from {at}: most "
+            "likely the kernel's OOM killer, the pod's RAM running out, and resuming again would "
+            "do the same, so it is not resumed automatically. Give it less to hold: lower "
+            "per_device_train_batch_size (raise gradient_accumulation_steps to keep the batch) or "
+            "cutoff_len, set gradient_checkpointing: true, lower preprocessing_num_workers, in "
+            f"runs.{run}.overrides (a changed train.yaml starts a new run), or rent a pod with more "
+            "RAM. To resume this one unchanged anyway: "
+            f"`snakemake --forcerun submit_training {run}_mlx`")
+
+
+def killed_twice(attempts: list[dict]) -> int | None:
+    """The step both of the last two attempts started from when both were SIGKILLed (exit 137,
+    as the OOM killer leaves it), else None."""
+    last = attempts[-2:]
+    if (len(last) == 2 and all(a.get("rc") == 137 for a in last)
+            and last[0]["from_step"] == last[1]["from_step"]):
+        return last[1]["from_step"]
+    return None
+
+
+def hint_for(log_tail: str, state, run: str, pod: str, attempts: list[dict] | None = None) -> str:
+    """What to do after a training ended without finishing (state: a run_state.RunState;
+    attempts: attempts.log, parsed)."""
+    if disk_full(log_tail, state):
+        return disk_full_hint(state, run)
     for pattern, hint in HINTS:
         if re.search(pattern, log_tail):
             return hint.format(run=run, pod=pod)
     if state.status in ("killed", "died"):
-        cause = ("the kernel's OOM killer (the pod ran out of RAM), a manual kill, or the pod stopping"
-                 if state.rc in ("137", "") else "a signal")
-        where = f"checkpoint-{state.checkpoint}" if state.checkpoint else "step 0 (no checkpoint was saved yet)"
-        return f"the process was stopped from outside ({cause}); the next `snakemake` call resumes from {where}"
+        again = killed_twice(attempts or [])
+        if again is not None:
+            return killed_again_hint(state, run, again)
+        if getattr(state, "slurm", "") and state.slurm not in ("GONE", "COMPLETED", "FAILED"):
+            cause = f"Slurm ended job {state.job}: {state.slurm}"
+        elif state.rc in ("137", ""):
+            cause = "the kernel's OOM killer (the pod ran out of RAM), a manual kill, or the pod stopping"
+        else:
+            cause = "a signal"
+        return (f"the process was stopped from outside ({cause}); the next `snakemake` call resumes "
+                f"from {resume_point(state)}")
     return ("see the log above. Fix the config: a changed train.yaml or data starts a new run in a "
             "folder of its own. To retry this one unchanged (a download that failed, say), run "
             "snakemake with --forcerun submit_training")
+
+
+def gone_message(where: str, run_id: str, run: str, estimate: dict | None) -> str:
+    """A run folder missing from the pod at wait: what training it again costs, and how to ask."""
+    est = estimate or {}
+    if est.get("gpu_hours") is not None:
+        cost = f"~{est['gpu_hours']:.2g} GPU-hours"
+        cost += f", ~${est['usd']:.2f}" if est.get("usd") is not None else " (no price set)"
+        cost = f"{est.get('steps', '?')} steps, {cost} (the plan's estimate)"
+    elif est.get("steps"):
+        cost = f"{est['steps']} steps (no measured rate for this profile and GPU: no time or cost estimate)"
+    else:
+        cost = "the whole training again"
+    return (f"{where} has no folder {run_id} (a new pod, or its volume was wiped): its checkpoints "
+            f"are gone, so training it again starts from step 0 and costs {cost}. Nothing was "
+            f"launched. To train it again: `snakemake --config relaunch={run} {run}_mlx`; "
+            "or, if the run's folder is on another pod, point the config there")
 
 
 def format_progress(entry: dict, loss: float | None, eval_loss: float | None, width: int = 24) -> str:

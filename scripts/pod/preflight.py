@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .estimate import GB, Memory, estimate_disk, estimate_memory, model_arch, needs_cuda, planned_steps
 from .executor import Executor
+from .processes import check_gpus, world_size
 from .messages import PodError, Say, Unreachable
 from .run_state import now_iso
 from .shell import first
@@ -74,11 +75,14 @@ def parse_gpus(lines: list[str]) -> list[dict]:
     return gpus
 
 
-def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool = False) -> Report:
+def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool = False,
+             settings: dict | None = None) -> Report:
     """Turn the pod's facts into checks against what the run's profile needs.
 
-    needs_rsync: the ssh executor copies files with rsync, which must exist at both ends."""
+    needs_rsync: the ssh executor copies files with rsync, which must exist at both ends.
+    settings: the pod's, for the number of GPUs (processes) the run trains on."""
     report = Report()
+    world = world_size(settings or {})
     at = f"pods.{pod}"
     # llamafactory-cli
     cli = first(facts, "cli")
@@ -101,7 +105,7 @@ def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool
     cuda = needs_cuda(args)
     report.gpus = parse_gpus(facts.get("gpu", []))
     arch = model_arch(str(args.get("model_name_or_path", "")))
-    report.memory = estimate_memory(arch, args) if arch else None
+    report.memory = estimate_memory(arch, args, world) if arch else None
     if not report.gpus:
         why = ("nvidia-smi not found" if "nvidia_smi_rc" not in facts
                else f"nvidia-smi failed: {' | '.join(facts.get('gpu', []))[:300]}")
@@ -117,6 +121,10 @@ def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool
     else:
         best = max(report.gpus, key=lambda g: g["free_gb"])
         seen = f"{len(report.gpus)} x {best['name']}, best {best['free_gb']:.0f} of {best['total_gb']:.0f} GB free"
+        if world > 1:  # every process needs its share: the fullest of the GPUs it trains on
+            best = min(report.gpus[:world], key=lambda g: g["free_gb"])
+            seen = (f"{len(report.gpus)} x {best['name']}, the {world} it trains on have at least "
+                    f"{best['free_gb']:.0f} of {best['total_gb']:.0f} GB free")
         if report.memory is None:
             report.checks.append(Check("GPU", True, f"{seen}; memory not estimated (unknown size of "
                                                     f"{args.get('model_name_or_path')})"))
@@ -128,6 +136,9 @@ def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool
                 "(profile qwen25_14b: the guide's advice for smaller GPUs)"))
         else:
             report.checks.append(Check("GPU memory", True, f"{seen}; the run needs {report.memory.describe()}"))
+    count = check_gpus(len(report.gpus), settings or {}, args, cli or "", pod)
+    if count is not None:
+        report.checks.append(Check("GPUs", count.ok, count.detail, count.fix))
     # bitsandbytes
     if args.get("quantization_bit"):
         if first(facts, "bnb_rc") == "0":
@@ -145,7 +156,7 @@ def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool
     else:
         report.remote_dir = first(facts, "dir")
         free = int(first(facts, "disk_free_kb", "0") or 0) * 1024 / GB
-        need = estimate_disk(arch, args, planned_steps(args, examples))
+        need = estimate_disk(arch, args, planned_steps(args, examples, world))
         check = Check("disk", free >= need, f"{report.remote_dir}: {free:.1f} GB free, checkpoints "
                       f"need ~{need:.1f} GB",
                       "free space on the pod's volume, enlarge it, or raise save_steps")
@@ -221,7 +232,7 @@ def pod_setup(ex: Executor, settings: dict, say: Say) -> dict:
     """Install what a fresh pod lacks (tmux, LLaMA-Factory with extras); record what was done."""
     remote_dir = settings["remote_dir"]
     facts = probe(ex, remote_dir, settings["llamafactory_cli"], False, for_setup=True).facts
-    plan = setup_plan(facts, rsync=ex.kind == "ssh")
+    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh")
     record = {"at": now_iso(), "plan": plan, "installed": []}
     runnable = [step for step in plan if step.get("command")]
     if not runnable:
@@ -253,7 +264,9 @@ def run_preflight(ex: Executor, settings: dict, args: dict, examples: int, say: 
     if "ok" not in facts:
         raise PodError(f"preflight failed on {ex.where()}: the login shell did not run the probe "
                        f"(exit {result.rc}): {result.err.strip()[-500:]}")
-    report = evaluate(facts, args, ex.name, examples, needs_rsync=ex.kind == "ssh")
+    report = evaluate(facts, args, ex.name, examples, needs_rsync=ex.transport.kind == "ssh",
+                      settings=settings)
+    ex.scheduler_checks(report, args)  # Slurm: its partition and GPUs instead of the login node's
     for check in report.checks:
         say(f"preflight: {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     if report.failures:

@@ -31,6 +31,15 @@ RSYNC_PROGRESS = re.compile(r"^[\d,.]+[KMGT]?\s+\d+%")
 RSYNC_STATUS_WHOLE = re.compile(r"^\s*[\d,.]+[KMGT]?\s+\d+%.*\d+:\d\d:\d\d\s*$")
 RSYNC_CHATTER = {"sending incremental file list", "receiving incremental file list",
                  "receiving file list ...", "building file list ...", "done", "./"}
+# --stats: the bytes that crossed the wire, the one line rsync 3 and openrsync both print
+# ("sent 1,234 bytes  received 56 bytes  ..."), and the other lines of the block, not file names.
+RSYNC_SENT = re.compile(r"^sent ([\d,.]+)([KMGT]?) bytes received ([\d,.]+)([KMGT]?) bytes")
+RSYNC_STATS = re.compile(r"^(Number of|Total |Literal data|Matched data|Unmatched data|File list"
+                         r"|total size is|speedup is)")
+
+
+def _bytes(number: str, unit: str) -> int:
+    return int(float(number.replace(",", "")) * 1024 ** " KMGT".index(unit or " "))
 
 
 class TransferProgress:
@@ -50,6 +59,7 @@ class TransferProgress:
         self.last_said = clock()
         self._pending = ""      # the text after the last \r or \n
         self._early = None      # ... when it was taken as a whole status already
+        self.sent = self.received = 0   # bytes on the wire, from rsync --stats
 
     def feed(self, text: str) -> None:
         """Some output of rsync, cut anywhere."""
@@ -69,7 +79,10 @@ class TransferProgress:
         self.feed("\n")
 
     def _piece(self, piece: str) -> None:
-        if not piece or piece in RSYNC_CHATTER:
+        if not piece or piece in RSYNC_CHATTER or RSYNC_STATS.match(piece):
+            return
+        if sent := RSYNC_SENT.match(piece):
+            self.sent, self.received = _bytes(*sent.group(1, 2)), _bytes(*sent.group(3, 4))
             return
         if not RSYNC_PROGRESS.match(piece):
             if not piece.endswith("/"):  # a folder of a put is no news

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from .executor import Executor
@@ -26,6 +26,13 @@ from .shell import first
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Slurm job states that end a training from outside: a time limit, preemption, a node failure,
+# scancel. The first ones are the cluster's doing, and wait resubmits the job on its own; after
+# a person's scancel the next call resumes it.
+SLURM_REQUEUE = ("TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
+SLURM_STOPPED = (*SLURM_REQUEUE, "CANCELLED")
 
 
 @dataclass
@@ -39,6 +46,11 @@ class RunState:
     checkpoint: int | None = None
     final: bool = False
     cut: bool = False             # stopped by its budget (guard.sh wrote budget_cut)
+    free_kb: int | None = None    # free space on the run folder's disk
+    job: str = ""                 # under Slurm: the newest job of the run (slurm_job)
+    slurm: str = ""               # its state: PENDING, RUNNING, TIMEOUT, CANCELLED, GONE, ...
+    partition: str = ""
+    reason: str = ""              # why a pending job waits (Resources, Priority, ...)
 
     @property
     def status(self) -> str:
@@ -50,12 +62,22 @@ class RunState:
             return "cut"
         if self.rc == "0":
             return "finished"
+        if self.slurm in SLURM_STOPPED:
+            return "killed"
         if self.rc:
             return "killed" if int(self.rc) >= 128 else "failed"
         return "died"
 
+    @property
+    def stopped_by_cluster(self) -> bool:
+        """Slurm ended the job for reasons of its own (time limit, preemption, a node that
+        failed): the training was fine and goes on from its checkpoint in a new job."""
+        return self.slurm in SLURM_REQUEUE and self.status == "killed"
+
     def describe(self) -> str:
         at = f" (newest checkpoint: checkpoint-{self.checkpoint})" if self.checkpoint else " (no checkpoint yet)"
+        if self.job:
+            return self._describe_job(at)
         return {
             "new": "not started",
             "running": f"running (pid {self.pid})",
@@ -65,6 +87,24 @@ class RunState:
             "failed": f"failed with exit status {self.rc}" + at,
             "died": "gone without an exit status (pod restarted or process killed)" + at,
         }[self.status]
+
+    def _describe_job(self, at: str) -> str:
+        job = f"Slurm job {self.job}"
+        if self.status == "running":
+            if self.slurm == "PENDING":
+                why = f" (waiting: {self.reason})" if self.reason not in ("", "-", "None") else ""
+                return f"queued in partition {self.partition} as {job}{why}"
+            if self.slurm == "UNKNOWN":
+                return f"{job}, state unknown: Slurm does not answer (squeue); taken as running"
+            return f"{job} {self.slurm.lower()} in partition {self.partition}"
+        if self.status == "killed" and self.slurm in SLURM_STOPPED:
+            return f"ended by Slurm: {self.slurm} ({job})" + at
+        ended = f" ({job}: {self.slurm}; its own output: slurm-{self.job}.out in the run folder)"
+        if self.status == "died":
+            return "gone without an exit status" + ended + at
+        if self.status in ("failed", "killed"):
+            return replace(self, job="").describe() + ended
+        return replace(self, job="").describe()
 
 
 def parse_state(facts: dict) -> RunState:
@@ -81,6 +121,9 @@ def parse_state(facts: dict) -> RunState:
     state.checkpoint = int(values["checkpoint"]) if values.get("checkpoint", "").isdigit() else None
     state.final = values.get("final") == "1"
     state.cut = values.get("cut") == "1"
+    state.free_kb = int(values["free_kb"]) if values.get("free_kb", "").isdigit() else None
+    state.job, state.slurm = values.get("job", ""), values.get("slurm", "")
+    state.partition, state.reason = values.get("partition", ""), values.get("reason", "")
     return state
 
 

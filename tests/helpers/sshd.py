@@ -7,9 +7,11 @@ of the pod environment (.venv-pod) by its absolute path, as a pod's would run it
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -93,11 +95,32 @@ class Sshd:
         raise RuntimeError(f"sshd did not listen on port {self.port}: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        """Stop listening (connections already open finish on their own, as on a real host)."""
+        """Stop the server and cut the connections it has open, as a pod that goes down or off
+        the network does: the client's shared (multiplexed) connection ends with them. What the
+        logins started in sessions of their own (tmux, setsid: the training) runs on."""
         if self.proc and self.proc.poll() is None:
+            sessions = self._connections()
             self.proc.terminate()
             self.proc.wait(timeout=10)
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         self.proc = None
+
+    def _connections(self) -> list[int]:
+        """The per-connection sshd processes: the listener's children."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.proc.pid:
+                    pids.append(int(stat.parent.name))
+        return pids
+
+    def accepted(self) -> int:
+        """How many logins (SSH handshakes) the server has accepted since it was made."""
+        return self.log.read_text(errors="replace").count("Accepted publickey")
 
     def pod(self, tmp_path: Path, cli: str | os.PathLike, **extra) -> dict:
         """A `pods:` entry of the config that reaches this server."""
