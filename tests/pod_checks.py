@@ -9,6 +9,7 @@ Each prints one JSON object with what LLaMA-Factory made of our files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -71,7 +72,14 @@ def parse_profile(path: str) -> dict:
     # transformers' hardware check (bf16 needs a GPU) does not stop a parse on this machine.
     run_keys = {"model_name_or_path": "Qwen/Qwen2.5-32B", "dataset": "x_sft",
                 "dataset_dir": "data", "output_dir": "output", "use_cpu": True}
-    HfArgumentParser(_TRAIN_ARGS).parse_dict({**args, **run_keys}, allow_extra_keys=False)
+    # `deepspeed` makes transformers import DeepSpeed while parsing, and DeepSpeed needs CUDA to
+    # install: here it is checked as a name the parser knows, then left out of the parse.
+    fields = {f.name for cls in _TRAIN_ARGS for f in dataclasses.fields(cls)}
+    unknown = [key for key in ("deepspeed",) if key in args and key not in fields]
+    if unknown:
+        raise SystemExit(f"unknown keys: {unknown}")
+    parsed = {k: v for k, v in args.items() if k != "deepspeed"}
+    HfArgumentParser(_TRAIN_ARGS).parse_dict({**parsed, **run_keys}, allow_extra_keys=False)
     return {"keys": sorted(args)}
 
 
