@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 # hub id validates with character counts, as without network. Set before anything imports
 # huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+# Ctrl-C must reach the snakemake runs the interruption tests start. A shell that runs a command in
+# the background (`make test &`, some CI runners) starts it with SIGINT ignored, and an ignored
+# signal stays ignored in every child; a handler does not survive exec, so with one here each
+# child starts with the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from helpers.sshd import Sshd  # noqa: E402
 from helpers.workflow import SAMPLE_DATA  # noqa: E402

@@ -213,5 +213,6 @@ def test_training_page_says_a_budget_cut_and_the_cost_against_the_plan():
     assert "stopped by its budget" in page
     assert "training wall time (all attempts) 2 h 01 min" in page
     assert "GPU time 4.056 GPU-hours (2 GPUs)" in page and "cost $7.67 at $3.78/h" in page
-    assert "the plan said r: 600 steps, ~6.0 GPU-hours on 2 x A100" in page
+    assert ("the plan said r: 600 steps, ~6.0 GPU-hours (3.0 h on 2 x A100-SXM4-80GB) at $1.89 "
+            "per GPU-hour = ~$11.34") in page
     assert "Attempts (2)" in page and "2 1970-01-01 01:06:40 UTC" in page and "200 0 1 h 01 min" in page
