@@ -74,18 +74,17 @@ class Relay:
 class Counters:
     """Handshakes, relay counts and rsync totals, read before and after a step."""
 
-    def __init__(self, sshd_log: Path, relay: Relay, rsync_log: Path):
-        self.sshd_log, self.relay, self.rsync_log = sshd_log, relay, rsync_log
+    def __init__(self, sshd, relay: Relay, rsync_log: Path):
+        self.sshd, self.relay, self.rsync_log = sshd, relay, rsync_log
 
     def read(self) -> dict:
-        log = self.sshd_log.read_text(errors="replace") if self.sshd_log.exists() else ""
         rsync = self.rsync_log.read_text(errors="replace") if self.rsync_log.exists() else ""
         # rsync's closing line; with --stats its numbers carry thousands separators.
         totals = [(int(re.sub(r"\D", "", sent)), int(re.sub(r"\D", "", received)))
                   for sent, received in re.findall(r"sent ([\d,.]+) bytes\s+received ([\d,.]+) bytes",
                                                    rsync)]
         conns, up, down = self.relay.snapshot()
-        return {"handshakes": log.count("Accepted publickey"), "tcp": conns, "up": up,
+        return {"handshakes": self.sshd.accepted(), "tcp": conns, "up": up,
                 "down": down, "rsyncs": len(totals),
                 "rsync_sent": sum(s for s, _ in totals),
                 "rsync_received": sum(r for _, r in totals)}
@@ -149,7 +148,7 @@ def ssh_rows(tmp: Path) -> list[Row]:
     relay = Relay(sshd.port)
     rsync_log = tmp / "rsync.log"
     env = {**os.environ, "PATH": f"{_rsync_wrapper(tmp / 'bin', rsync_log)}:{os.environ['PATH']}"}
-    counters = Counters(sshd.log, relay, rsync_log)
+    counters = Counters(sshd, relay, rsync_log)
     works = []
     try:
         say("ssh: building the tiny model (no hub)")

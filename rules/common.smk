@@ -308,13 +308,13 @@ for _name in _placeholder_pods():
 
 def refuse_placeholder_pods():
     """onstart (real runs only): stop before any job when one would contact a placeholder pod."""
-    runs = {
-        job.wildcards.get("run")
+    needed = {
+        RUNS[job.wildcards.run]["pod"]
         for job in workflow.dag.needrun_jobs()
         if job.rule.name in POD_RULES
     }
     for name in _placeholder_pods():
-        if any(RUNS[run]["pod"] == name for run in runs if run in RUNS):
+        if name in needed:
             raise WorkflowError(
                 f"config: {_placeholder_advice(name)}. Nothing was run."
             )

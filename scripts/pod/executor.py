@@ -206,6 +206,7 @@ class SSHExecutor(Executor):
             self._control_dir = tempfile.mkdtemp(prefix="lora-ssh-", dir="/tmp" if short else None)
             atexit.register(self.close)
         return os.path.join(self._control_dir, "m")
+
     def destination(self) -> str:
         user = self.settings.get("user")
         return f"{user}@{self.settings['host']}" if user else self.settings["host"]

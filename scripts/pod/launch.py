@@ -65,7 +65,6 @@ class RunFiles:
     digest: str = ""
     extra: dict[str, Path] = field(default_factory=dict)   # run-folder path -> local file
 
-
     @classmethod
     def load(cls, run: str, train_yaml: str, data: str, dataset_info: str) -> "RunFiles":
         files = {"train_yaml": Path(train_yaml), "data": Path(data), "dataset_info": Path(dataset_info)}
@@ -86,6 +85,10 @@ class RunFiles:
             sha[str(args["deepspeed"])] = sha256_file(local)
         digest = hashlib.sha256(json.dumps(sha, sort_keys=True).encode()).hexdigest()
         return cls(run, files, args, sha, digest, extra)
+
+    def uploads(self) -> dict[str, Path]:
+        """Run-folder path -> local file of everything uploaded that training reads."""
+        return {**{rel: self.files[key] for key, rel in UPLOAD_LAYOUT.items()}, **self.extra}
 
     @property
     def run_id(self) -> str:
@@ -115,12 +118,10 @@ def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = 
     settings = settings or {}
     with tempfile.TemporaryDirectory(prefix="lora-upload-") as tmp:
         stage = Path(tmp)
-        for key, rel in UPLOAD_LAYOUT.items():
-            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            # Content only, stamped now: rsync's quick check (size and time) then never takes a
-            # changed file for the basis's copy; the delta algorithm decides what to send.
-            shutil.copyfile(files.files[key], stage / rel)
-        for rel, local in files.extra.items():      # the DeepSpeed config
+        # The inputs (and the DeepSpeed config): content only, stamped now, so rsync's quick check
+        # (size and time) never takes a changed file for the basis's copy; the delta algorithm
+        # decides what to send.
+        for rel, local in files.uploads().items():
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local, stage / rel)
         # How many processes train (processes.py): in the folder, so `sh run.sh` by hand agrees.
@@ -151,8 +152,8 @@ def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = 
             size = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
             say(f"uploaded {size:,} bytes of run files to {ex.where()}: {ex.bytes_sent - sent:,} "
                 "bytes sent" + (f" (only the changes against {basis})" if basis else ""))
-    remote = remote_hashes(ex, run_dir, [*UPLOAD_LAYOUT.values(), *files.extra])
-    for rel in [*UPLOAD_LAYOUT.values(), *files.extra]:
+    remote = remote_hashes(ex, run_dir, list(files.uploads()))
+    for rel in files.uploads():
         if remote.get(rel, (0, ""))[1] != files.sha256[rel]:
             raise PodError(f"upload of {rel} to {ex.where()} did not arrive intact (sha256 differs); "
                            "run again")
@@ -212,6 +213,7 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
     with stopped_as(LAUNCH_CUT):
         slurm = shell.first(facts, "detach") == "sbatch"
         job = shell.first(facts, "job") or (shell.first(facts, "already") if slurm else "")
+        start = f"resuming from checkpoint-{state.checkpoint}" if state.checkpoint else "from step 0"
         if "busy" in facts:
             raise PodError(f"another launch of {files.run_id} is in progress on {ex.where()}; "
                            "run again in a minute to attach to it")
@@ -222,12 +224,10 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
         else:
             pid, detach = shell.first(facts, "pid"), shell.first(facts, "detach")
             if job:
-                say(f"submitted {files.run_id} to {ex.where()} as Slurm job {job} ("
-                    f"{f'resuming from checkpoint-{state.checkpoint}' if state.checkpoint else 'from step 0'})")
+                say(f"submitted {files.run_id} to {ex.where()} as Slurm job {job} ({start})")
             elif not pid:
                 raise PodError(f"training did not start on {ex.where()}; see {run_dir}/train.log there")
             else:
-                start = f"resuming from checkpoint-{state.checkpoint}" if state.checkpoint else "from step 0"
                 say(f"launched {files.run_id} on {ex.where()} ({start}; pid {pid}, detached with {detach})")
             if detach == "tmux":
                 say(f"watch it there: tmux -L {files.session} attach")

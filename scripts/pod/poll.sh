@@ -1,8 +1,9 @@
 # shellcheck shell=sh
 # One look at a running training: poll.sh RUN_DIR LOG_OFFSET TRAINER_LOG_OFFSET CAP (after lib.sh).
-# Prints run_state's @@run line (and @@waiting RUN_ID while another run holds the GPU), then for train.log and output/trainer_log.jsonl in turn a line
-# `@@chunk OFFSET N` followed by the N raw bytes the file gained since OFFSET (at most CAP; a
-# file shorter than OFFSET was replaced and is read from 0).
+# Prints run_state's @@run line (and @@waiting RUN_ID while another run holds the GPU), then for
+# train.log and output/trainer_log.jsonl in turn a line `@@chunk OFFSET N` followed by the N raw
+# bytes the file gained since OFFSET (at most CAP; a file shorter than OFFSET was replaced and is
+# read from 0).
 enter_run "$1"
 run_state
 [ -f waiting_for ] && echo "@@waiting $(cat waiting_for)"
