@@ -44,8 +44,8 @@ from pod import executor
 plain = executor.SSHExecutor.rsync_argv
 rate = int(sys.argv[1])
 executor.SSHExecutor.rsync_argv = (
-    lambda self, source, dest, bwlimit_kib=None, basis=None:
-    plain(self, source, dest, bwlimit_kib or rate or None, basis))
+    lambda self, source, dest, bwlimit_kib=None, *rest:
+    plain(self, source, dest, bwlimit_kib or rate or None, *rest))
 if sys.argv[2] == "upload":
     from pod.launch import RunFiles, upload
     from pod.messages import PodError, Say

@@ -56,7 +56,8 @@ def executor(tmp_path) -> SSHExecutor:
 
 def test_the_fixture_is_openrsyncs_table_without_the_gnu_only_options():
     flags, valued, longs = openrsync_options()
-    assert {"archive", "partial", "progress", "stats", "bwlimit", "copy-dest", "rsh"} <= longs
+    assert {"archive", "partial", "progress", "stats", "bwlimit", "copy-dest", "rsh",
+            "ignore-times"} <= longs
     assert not {"info", "mkpath", "append-verify"} & longs
     assert {"a", "e"} <= flags and "e" in valued
 
@@ -65,14 +66,16 @@ def test_rsync_options_are_pinned_and_openrsync_knows_every_one(tmp_path):
     ex = executor(tmp_path)
     for argv in (ex.rsync_argv("stage/", "root@203.0.113.7:/workspace/run/"),
                  ex.rsync_argv("stage/", "root@203.0.113.7:/workspace/run/", bwlimit_kib=512,
-                               basis="/workspace/lora-runs/style-0123456789ab"),
+                               basis="/workspace/lora-runs/style-0123456789ab",
+                               ignore_times=True),
                  ex.rsync_argv("root@203.0.113.7:/workspace/run/output/x", str(tmp_path / "x"))):
         assert unsupported(argv) == [], argv
-    argv = ex.rsync_argv("stage/", "root@203.0.113.7:/w/", bwlimit_kib=512, basis="/w/old")
+    argv = ex.rsync_argv("stage/", "root@203.0.113.7:/w/", bwlimit_kib=512, basis="/w/old",
+                         ignore_times=True)
     ssh_command = argv[argv.index("-e") + 1]
     assert argv[:argv.index("-e")] == ["rsync", "-a", "--partial", "--progress", "--stats"]
-    assert argv[argv.index("-e") + 2:] == ["--bwlimit=512", "--copy-dest=/w/old", "stage/",
-                                           "root@203.0.113.7:/w/"]
+    assert argv[argv.index("-e") + 2:] == ["--ignore-times", "--bwlimit=512", "--copy-dest=/w/old",
+                                           "stage/", "root@203.0.113.7:/w/"]
     # The checker itself refuses what openrsync lacks.
     assert unsupported(["rsync", "--info=progress2", "--mkpath", "-a"]) == ["--info=progress2",
                                                                               "--mkpath"]

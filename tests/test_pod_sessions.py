@@ -212,3 +212,27 @@ def test_an_upload_after_a_one_line_edit_sends_only_the_change(tmp_path, sshd):
     assert (second_dir / "data/train.jsonl").read_bytes() == data.read_bytes()
     assert any("only the changes against" in line for line in said), said
     ex.close()
+
+
+def test_an_edit_of_the_same_size_and_second_is_sent_not_taken_from_the_basis(tmp_path, sshd):
+    """rsync's quick check matches on size and mtime to the second: an edit that keeps the size,
+    staged within the second of the earlier upload, would land the basis's old copy (CI saw the
+    sha256 check catch it, and a rerun could not fix it). Uploads go through the delta always."""
+    ex = SSHExecutor({**sshd.pod(tmp_path, LLAMAFACTORY_CLI), "name": "testpod"}, tmp_path)
+    stage = tmp_path / "stage"
+    (stage / "data").mkdir(parents=True)
+    (tmp_path / "pod").mkdir()                               # the pod's runs folder (loopback)
+    data = stage / "data/train.jsonl"
+    old = b'{"instruction": "write", "output": "the night"}\n' * 20_000
+    data.write_bytes(old)
+    stamp = int(time.time())
+    os.utime(data, (stamp, stamp))
+    ex.put(stage, f"{tmp_path}/pod/style-a")
+    new = old.replace(b"the night", b"THE night", 1)
+    data.write_bytes(new)
+    os.utime(data, (stamp, stamp))                          # same size, same second
+    sent = ex.bytes_sent
+    ex.put(stage, f"{tmp_path}/pod/style-b", basis=f"{tmp_path}/pod/style-a")
+    assert (tmp_path / "pod/style-b/data/train.jsonl").read_bytes() == new
+    assert ex.bytes_sent - sent < len(old) // 20             # still only the change
+    ex.close()

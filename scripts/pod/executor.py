@@ -281,11 +281,13 @@ class SSHExecutor(Executor):
         return Result(proc.returncode, proc.stdout, err)
 
     def rsync_argv(self, source: str, dest: str, bwlimit_kib: int | None = None,
-                   basis: str | None = None) -> list[str]:
+                   basis: str | None = None, ignore_times: bool = False) -> list[str]:
         """The rsync command line. Only options that macOS's rsync (openrsync, macOS 15 on) also
         has: no --info, --mkpath or --append-verify (tests/test_mac_userland.py pins them)."""
         argv = ["rsync", "-a", "--partial", "--progress", "--stats", "-e",
                 shlex.join(["ssh", *self.ssh_options()])]
+        if ignore_times:
+            argv.append("--ignore-times")
         if bwlimit_kib:
             argv.append(f"--bwlimit={int(bwlimit_kib)}")
         if basis:
@@ -293,13 +295,14 @@ class SSHExecutor(Executor):
         return [*argv, source, dest]
 
     def _rsync(self, direction: str, source: str, dest: str, say, bwlimit_kib,
-               basis: str | None = None) -> None:
+               basis: str | None = None, ignore_times: bool = False) -> None:
         """rsync with its --progress output (stdout) turned into throttled lines for `say` as
         it comes, and its stderr kept whole for the error explanation."""
         self._check_key()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         try:
-            proc = subprocess.Popen(self.rsync_argv(source, dest, bwlimit_kib, basis),
+            proc = subprocess.Popen(self.rsync_argv(source, dest, bwlimit_kib, basis,
+                                                    ignore_times),
                                     stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
@@ -320,8 +323,12 @@ class SSHExecutor(Executor):
         self.bytes_received += progress.received
 
     def put(self, local_dir: Path, remote_dir: str, say=None, bwlimit_kib=None, basis=None) -> None:
+        # --ignore-times: rsync's quick check (size, and mtime to the second) would take an edit
+        # of the same size made within a second of the earlier upload for the basis's copy, and
+        # land the old data. Every file goes through the delta algorithm instead, which still
+        # sends only what differs; the cost is reading the files at both ends.
         self._rsync("uploading", f"{local_dir}/", f"{self.destination()}:{remote_dir}/", say,
-                    bwlimit_kib, basis)
+                    bwlimit_kib, basis, ignore_times=True)
 
     def get(self, remote_file: str, local_file: Path, say=None, bwlimit_kib=None) -> None:
         self._rsync("downloading", f"{self.destination()}:{remote_file}", str(local_file), say,

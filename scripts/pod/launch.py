@@ -118,9 +118,8 @@ def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = 
     settings = settings or {}
     with tempfile.TemporaryDirectory(prefix="lora-upload-") as tmp:
         stage = Path(tmp)
-        # The inputs (and the DeepSpeed config): content only, stamped now, so rsync's quick check
-        # (size and time) never takes a changed file for the basis's copy; the delta algorithm
-        # decides what to send.
+        # The inputs (and the DeepSpeed config), content only; put() has rsync's delta algorithm
+        # decide what to send (--ignore-times), not its quick check on size and time.
         for rel, local in files.uploads().items():
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local, stage / rel)
