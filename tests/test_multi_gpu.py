@@ -85,7 +85,8 @@ def test_preflight_reports_both_gpus_and_the_per_gpu_need():
             "model_name_or_path": "Qwen/Qwen2.5-72B", "deepspeed": "deepspeed/ds_z3.json"}
     gpus = [f"{i}, NVIDIA A100-SXM4-80GB, 81920, 81000" for i in range(2)]
     facts = {"cli": ["/v/bin/llamafactory-cli"], "cli_rc": ["0"], "version": ["0.9.5"],
-             "gpu": gpus, "nvidia_smi_rc": ["0"], "bnb_rc": ["0"], "bnb": ["0.45.0"],
+             "gpu": gpus, "nvidia_smi_rc": ["0"],
+             "import": ["bitsandbytes 0 0.45.0", "deepspeed 0 0.16.4"],
              "dir": ["/workspace/lora-runs"], "disk_free_kb": [str(200 * 2**20)]}
     report = preflight.evaluate(facts, args, "two", 1000, settings={"gpu_count": 2})
     checks = {c.name: c for c in report.checks}

@@ -28,7 +28,7 @@ def _guide_args():
 
 def test_preflight_a100_80gb_passes_the_guides_profile():
     facts = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": ["0, NVIDIA A100-SXM4-80GB, 81920, 81000"],
-             "bnb_rc": ["0"], "bnb": ["0.45.0"]}
+             "import": ["bitsandbytes 0 0.45.0"]}
     report = preflight.evaluate(facts, _guide_args(), "runpod", 8840)
     assert not report.failures, report.failures
     assert report.detach == "tmux"
@@ -36,7 +36,7 @@ def test_preflight_a100_80gb_passes_the_guides_profile():
 
 def test_preflight_a_40gb_gpu_fails_with_the_guides_advice():
     facts = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": ["0, NVIDIA A100-PCIE-40GB, 40960, 40000"],
-             "bnb_rc": ["0"], "bnb": ["0.45.0"]}
+             "import": ["bitsandbytes 0 0.45.0"]}
     report = preflight.evaluate(facts, _guide_args(), "runpod", 8840)
     (failure,) = report.failures
     assert failure.name == "GPU memory" and "~71 GB" in failure.detail
@@ -51,11 +51,12 @@ def test_preflight_cpu_pod_passes_tiny_but_not_a_quantised_profile():
     report = preflight.evaluate(FACTS_OK, _guide_args(), "runpod", 8840)
     names = {c.name: c for c in report.failures}
     assert "quantization_bit: 4" in names["GPU"].detail and "bf16: True" in names["GPU"].detail
-    assert "bitsandbytes" in names and "pip install bitsandbytes>=0.39.0" in names["bitsandbytes"].fix
+    assert "bitsandbytes" in names and "pip install 'bitsandbytes>=0.39.0'" in names["bitsandbytes"].fix
 
 
 def test_preflight_small_disk_fails():
-    facts = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": ["0, H100, 81559, 80000"], "bnb_rc": ["0"],
+    facts = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": ["0, H100, 81559, 80000"],
+             "import": ["bitsandbytes 0 0.45.0"],
              "disk_free_kb": [str(10 * 10**6)]}
     (failure,) = preflight.evaluate(facts, _guide_args(), "runpod", 8840).failures
     assert failure.name == "disk" and "save_steps" in failure.fix
@@ -76,12 +77,67 @@ def test_preflight_over_ssh_needs_rsync_on_the_pod():
 def test_probe_runs_here_and_finds_the_pod_environment(tmp_path):
     """The real probe script through the local executor: this machine's facts."""
     ex = LocalExecutor({"name": "here", "executor": "local"}, tmp_path)
-    facts = preflight.probe(ex, "runs dir", str(LLAMAFACTORY_CLI), check_bnb=False).facts
+    facts = preflight.probe(ex, "runs dir", str(LLAMAFACTORY_CLI)).facts
     assert facts["cli"] == [str(LLAMAFACTORY_CLI)]
     assert facts["cli_rc"] == ["0"] and facts["version"] == ["0.9.5"]
     assert facts["dir"] == [str((tmp_path / "runs dir").resolve())]
     assert int(facts["disk_free_kb"][0]) > 0
     assert ("rsync" in facts) == (shutil.which("rsync") is not None)
+
+
+def _zero3_72b_args():
+    args = yaml.safe_load((PROFILES / "qwen25_72b_2xa100.yaml").read_text())
+    return {**args, "model_name_or_path": "Qwen/Qwen2.5-72B", "deepspeed": "deepspeed/ds_z3.json"}
+
+
+def test_preflight_checks_the_runs_packages_at_the_versions_llamafactory_requires():
+    """LLaMA-Factory checks deepspeed, and bitsandbytes >= 0.43 for QLoRA under ZeRO-3, only once
+    the training has started; preflight asks first, so a wrong pod costs no GPU time."""
+    args = _zero3_72b_args()
+    assert [(n.module, n.requirement) for n in preflight.run_packages(args)] == [
+        ("bitsandbytes", "bitsandbytes>=0.43.0"), ("deepspeed", "deepspeed>=0.10.0,<=0.16.9")]
+    gpus = [f"{i}, NVIDIA H100 80GB HBM3, 81559, 81000" for i in range(2)]
+    base = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": gpus}
+    settings = {"gpu_count": 2}
+
+    def failures(*imports):
+        report = preflight.evaluate({**base, "import": list(imports)}, args, "two", 1000,
+                                    settings=settings)
+        return {c.name: c for c in report.failures}
+
+    found = failures("bitsandbytes 0 0.42.0",
+                     "deepspeed 1 ModuleNotFoundError: No module named 'deepspeed'")
+    assert set(found) == {"bitsandbytes", "deepspeed"}
+    assert found["bitsandbytes"].detail == ("is version 0.42.0, but quantization_bit: 4 under "
+                                            "DeepSpeed ZeRO-3 needs bitsandbytes>=0.43.0")
+    assert found["bitsandbytes"].fix == ("`pip install 'bitsandbytes>=0.43.0'` on the pod, or set "
+                                         "pods.two.setup: true")
+    assert "does not import (ModuleNotFoundError: No module named 'deepspeed')" in found["deepspeed"].detail
+    assert set(failures("bitsandbytes 0 0.45.0", "deepspeed 0 0.17.1")) == {"deepspeed"}
+    assert failures("bitsandbytes 0 0.45.0", "deepspeed 0 0.16.4") == {}
+    # The same 4 bits without ZeRO-3 need only bitsandbytes 0.39; without quantisation, nothing.
+    guide = _guide_args()
+    assert [n.requirement for n in preflight.run_packages(guide)] == ["bitsandbytes>=0.39.0"]
+    assert preflight.run_packages({**guide, "quantization_bit": None}) == []
+    assert [n.requirement for n in preflight.run_packages({**guide, "quantization_bit": 8})] == [
+        "bitsandbytes>=0.37.0"]
+
+
+@pytest.mark.pod
+def test_the_real_probe_asks_llamafactorys_python_for_the_runs_packages(tmp_path):
+    """probe.sh imports each module with llamafactory-cli's interpreter: a version, or the error."""
+    ex = LocalExecutor({"name": "here", "executor": "local"}, tmp_path)
+    needs = [preflight.Need("peft", "peft>=0.18.0", "test"),
+             preflight.Need("no_such_module_here", "no-such>=1", "test")]
+    found = preflight.imported(preflight.probe(ex, "runs", str(LLAMAFACTORY_CLI), needs).facts)
+    pod_python = LLAMAFACTORY_CLI.parent / "python"
+    peft_version = subprocess.run([pod_python, "-c", "import peft; print(peft.__version__)"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+    assert found["peft"] == ("0", peft_version)
+    assert preflight.unmet(needs[0], found) == ""
+    rc, said = found["no_such_module_here"]
+    assert rc == "1" and "No module named 'no_such_module_here'" in said
+    assert preflight.unmet(needs[1], found).startswith("does not import (ModuleNotFoundError")
 
 
 # -------------------------------------------------------------------------------------- setup
@@ -92,9 +148,11 @@ def test_setup_plan_installs_what_a_fresh_pod_lacks_the_guides_way():
     plan = preflight.setup_plan(fresh)
     assert [step["install"] for step in plan] == ["tmux", "llamafactory[metrics,bitsandbytes,qwen]"]
     assert "apt-get install -y -qq tmux" in plan[0]["command"]
+    # The guide's extras by name: LLaMA-Factory 0.9.5 declares none, so `.[metrics,...]` would
+    # install it without them.
     assert shlex.split(plan[1]["command"]) == [
-        "/usr/bin/python3", "-m", "pip", "install", "-q", "-e",
-        "/workspace/LLaMA-Factory[metrics,bitsandbytes,qwen]"]
+        "/usr/bin/python3", "-m", "pip", "install", "-q", "-e", "/workspace/LLaMA-Factory",
+        "nltk", "jieba", "rouge-chinese", "bitsandbytes>=0.39.0", "transformers_stream_generator"]
     # Without the template's checkout: the wheel has no extras, so their packages by name.
     plan = preflight.setup_plan({"ok": [""], "tmux": ["tmux 3.3a"], "python": ["/usr/bin/env python3"]})
     (step,) = plan
@@ -140,10 +198,37 @@ def test_setup_script_runs_logs_and_records(tmp_path):
 @pytest.mark.pod
 def test_setup_probe_reports_missing_modules_here(tmp_path):
     ex = LocalExecutor({"name": "here", "executor": "local"}, tmp_path)
-    facts = preflight.probe(ex, "runs", str(LLAMAFACTORY_CLI), False, for_setup=True).facts
+    facts = preflight.probe(ex, "runs", str(LLAMAFACTORY_CLI), for_setup=True).facts
     # The pod environment here has LLaMA-Factory but not the guide's extras.
     missing = " ".join(facts["missing_modules"]).split()
     assert "bitsandbytes" in missing and "llamafactory" not in missing
     assert [s["install"] for s in preflight.setup_plan(facts)][-1].startswith("llamafactory[")
 
 
+
+
+def test_llamafactory_declares_no_extras_so_setup_names_the_packages():
+    """The fact behind the setup command: the installed LLaMA-Factory's metadata has no extras."""
+    from importlib.metadata import PathDistribution
+    (info,) = (LLAMAFACTORY_CLI.parent.parent / "lib").glob("python3*/site-packages/llamafactory-*.dist-info")
+    meta = PathDistribution(info).metadata
+    assert meta["Version"] == preflight.LLAMAFACTORY_VERSION
+    assert meta.get_all("Provides-Extra") is None
+
+
+def test_setup_installs_the_runs_own_packages_where_missing_or_refused():
+    """A DeepSpeed profile on a pod with LLaMA-Factory but no deepspeed, and a bitsandbytes too old
+    for ZeRO-3: one pip step for both, with the versions LLaMA-Factory accepts."""
+    needs = preflight.run_packages(_zero3_72b_args())
+    pod = {"ok": [""], "tmux": ["tmux 3.3a"], "cli": ["/x/llamafactory-cli"], "python": ["/x/python"],
+           "missing_modules": [""],
+           "import": ["bitsandbytes 0 0.42.0", "deepspeed 1 ModuleNotFoundError: No module named"]}
+    (step,) = preflight.setup_plan(pod, needs=needs)
+    assert step["missing"] == ["bitsandbytes", "deepspeed"]
+    assert shlex.split(step["command"]) == ["/x/python", "-m", "pip", "install", "-q",
+                                            "bitsandbytes>=0.43.0", "deepspeed>=0.10.0,<=0.16.9"]
+    ready = {**pod, "import": ["bitsandbytes 0 0.45.0", "deepspeed 0 0.16.4"]}
+    assert preflight.setup_plan(ready, needs=needs) == []
+    # A fresh pod: the run's packages go into the one LLaMA-Factory install.
+    (step,) = preflight.setup_plan({"ok": [""], "tmux": ["tmux 3.3a"]}, needs=needs)
+    assert shlex.split(step["command"])[-2:] == ["bitsandbytes>=0.43.0", "deepspeed>=0.10.0,<=0.16.9"]

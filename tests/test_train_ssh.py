@@ -169,6 +169,10 @@ def _bf16_on_cpu(sshd, tmp):
     return sshd.pod(tmp, LLAMAFACTORY_CLI), {"bf16": True}
 
 
+def _deepspeed_not_installed(sshd, tmp):  # LLaMA-Factory itself would find out only in training
+    return sshd.pod(tmp, LLAMAFACTORY_CLI), {"deepspeed": "ds_z2"}
+
+
 def _changed_host_key(sshd, tmp):
     known = tmp / "changed_known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd.port} {(sshd.other_key.with_suffix('.pub')).read_text()}")
@@ -181,6 +185,8 @@ def _changed_host_key(sshd, tmp):
     (_missing_cli, "llamafactory-cli: not found on the pod"),
     (_bf16_on_cpu, "no NVIDIA GPU (nvidia-smi not found), but the profile sets bf16: True"),
     (_changed_host_key, "host key is not the one remembered"),
+    (_deepspeed_not_installed, "deepspeed: does not import (ModuleNotFoundError: No module named "
+                               "'deepspeed'), but deepspeed: deepspeed/ds_z2.json needs deepspeed>="),
 ])
 def test_preflight_failures_launch_nothing(preflight_work, sshd, tiny_model, broken, message):
     tmp = preflight_work

@@ -201,7 +201,7 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
         if settings.get("setup"):
             if settings.get("provider"):
                 ex.run("hold.sh", settings["remote_dir"], 2 * 3600, timeout=60)  # pip takes long
-            record["setup"] = preflight.pod_setup(ex, settings, say)
+            record["setup"] = preflight.pod_setup(ex, settings, say, files.args)
         report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)
         run_dir = f"{report.remote_dir}/{files.run_id}"
         upload(ex, files, run_dir, settings, say)

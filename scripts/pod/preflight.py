@@ -1,24 +1,33 @@
 """Check a pod before any GPU time is spent, and (opt-in) bring a fresh pod to that state.
 
 Preflight asks the pod, in one connection (probe.sh): does it answer; does ``llamafactory-cli``
-run, and which version; which GPUs (``nvidia-smi``) with how much free memory; does
-``bitsandbytes`` import (when the profile quantises); how much disk the run folder has; is rsync
+run, and which version; which GPUs (``nvidia-smi``) with how much free memory; do the packages
+the run's arguments need beyond LLaMA-Factory import, at a version LLaMA-Factory accepts
+(``bitsandbytes`` when the profile quantises, ``deepspeed`` when it names a DeepSpeed config: what
+LLaMA-Factory itself checks only once training has started); how much disk the run folder has; is rsync
 there (the ssh executor's file transfers need it). The answers are compared with what the run
 needs (estimate.py). Every failure says what is wrong and what to change; nothing is uploaded or
 launched until all checks pass.
 
 Setup (``setup: true`` on a pod) does by hand-free what the guide's step 1 does by hand: tmux (and
-rsync for the ssh executor), and LLaMA-Factory with its ``metrics,bitsandbytes,qwen`` extras. It
-only installs what is missing, so it is safe to run on every launch, and records what it did on
-the pod (setup.sh).
+rsync for the ssh executor), LLaMA-Factory and the packages of the guide's
+``metrics,bitsandbytes,qwen`` extras (named one by one: LLaMA-Factory 0.9.5 declares no extras,
+so pip would install it without them), and the run's own packages (deepspeed). It only installs
+what is missing, so it is safe to run on every launch, and records what it did on the pod
+(setup.sh).
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .estimate import GB, Memory, estimate_disk, estimate_memory, model_arch, needs_cuda, planned_steps
+from packaging.requirements import Requirement
+from packaging.version import InvalidVersion, Version
+
+from .estimate import (GB, Memory, estimate_disk, estimate_memory, model_arch, needs_cuda,
+                       planned_steps, zero_config)
 from .executor import Executor
 from .processes import check_gpus, world_size
 from .messages import PodError, Say, Unreachable
@@ -29,8 +38,58 @@ SETUP_MODULES = {  # LLaMA-Factory's extras the guide installs -> the modules th
     "nltk": "metrics", "jieba": "metrics", "rouge_chinese": "metrics",
     "bitsandbytes": "bitsandbytes", "transformers_stream_generator": "qwen",
 }
+# The packages of the guide's `pip install -e ".[metrics,bitsandbytes,qwen]"`, by name.
+EXTRAS_PACKAGES = ("nltk", "jieba", "rouge-chinese", "bitsandbytes>=0.39.0",
+                   "transformers_stream_generator")
 TEMPLATE_DIR = "/workspace/LLaMA-Factory"   # where RunPod's LLaMA-Factory template keeps it
 LLAMAFACTORY_VERSION = "0.9.5"              # what requirements/pod.txt and the tests use
+DEEPSPEED = "deepspeed>=0.10.0,<=0.16.9"    # LLaMA-Factory 0.9.5's requirements/deepspeed.txt
+
+
+@dataclass(frozen=True)
+class Need:
+    """A package the run's arguments need beyond LLaMA-Factory's own dependencies."""
+    module: str
+    requirement: str   # pip's form: what setup installs and the fix names
+    why: str
+
+
+def run_packages(args: dict) -> list[Need]:
+    """What LLaMA-Factory 0.9.5 requires for these arguments but checks only once the training has
+    started (hparams/parser.py, model/model_utils/quantization.py): on a GPU pod, after minutes of
+    paid start-up."""
+    needs = []
+    bits = args.get("quantization_bit")
+    if bits and str(args.get("quantization_method") or "bnb") in ("bnb", "bitsandbytes"):
+        zero3 = zero_config(args).stage == 3  # QLoRA under ZeRO-3 needs 4-bit storage in bf16
+        minimum = "0.43.0" if zero3 else "0.39.0" if int(bits) == 4 else "0.37.0"
+        needs.append(Need("bitsandbytes", f"bitsandbytes>={minimum}",
+                          f"quantization_bit: {bits}" + (" under DeepSpeed ZeRO-3" if zero3 else "")))
+    if args.get("deepspeed"):
+        needs.append(Need("deepspeed", DEEPSPEED, f"deepspeed: {args['deepspeed']}"))
+    return needs
+
+
+def imported(facts: dict) -> dict[str, tuple[str, str]]:
+    """probe.sh's `@@import MODULE RC LINE` answers: module -> (rc, version or error)."""
+    found = {}
+    for value in facts.get("import", []):
+        module, rc, said = (value.split(" ", 2) + ["", ""])[:3]
+        found[module] = (rc, said)
+    return found
+
+
+def unmet(need: Need, found: dict[str, tuple[str, str]]) -> str:
+    """Why the pod's package does not meet the need; "" when it does."""
+    rc, said = found.get(need.module, ("", ""))
+    if rc != "0":
+        return f"does not import ({said or 'no python found for llamafactory-cli'})"
+    try:
+        if Version(said) not in Requirement(need.requirement).specifier:
+            return f"is version {said}"
+    except InvalidVersion:  # a build without a plain version: LLaMA-Factory decides
+        pass
+    return ""
 
 
 @dataclass
@@ -139,16 +198,14 @@ def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool
     count = check_gpus(len(report.gpus), settings or {}, args, cli or "", pod)
     if count is not None:
         report.checks.append(Check("GPUs", count.ok, count.detail, count.fix))
-    # bitsandbytes
-    if args.get("quantization_bit"):
-        if first(facts, "bnb_rc") == "0":
-            report.checks.append(Check("bitsandbytes", True, f"version {first(facts, 'bnb')}"))
-        elif cli:
-            said = " | ".join(facts.get("bnb", [])) or "no python found for llamafactory-cli"
-            report.checks.append(Check(
-                "bitsandbytes", False, f"does not import ({said}), but quantization_bit is "
-                f"{args['quantization_bit']}",
-                f"`pip install bitsandbytes>=0.39.0` on the pod, or set {at}.setup: true"))
+    # bitsandbytes, deepspeed: asked of llamafactory-cli's own python
+    found = imported(facts)
+    for need in run_packages(args) if cli else ():
+        problem = unmet(need, found)
+        report.checks.append(Check(need.module, True, f"version {found[need.module][1]}") if not problem
+                             else Check(need.module, False, f"{problem}, but {need.why} needs "
+                                        f"{need.requirement}", f"`pip install '{need.requirement}'` "
+                                        f"on the pod, or set {at}.setup: true"))
     # disk
     if "dir_error" in facts or "dir" not in facts:
         report.checks.append(Check("run folder", False, "cannot create or enter remote_dir there",
@@ -183,10 +240,12 @@ def failure_message(report: Report, where: str) -> str:
     return "\n".join(lines)
 
 
-def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = False) -> list[dict]:
+def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = False,
+               needs: Sequence[Need] = ()) -> list[dict]:
     """What a fresh pod lacks and the command that installs it; empty when nothing is missing.
 
-    rsync: the pod needs rsync too (the ssh executor's file transfers)."""
+    rsync: the pod needs rsync too (the ssh executor's file transfers); needs: the run's packages
+    (run_packages), installed where they do not import or are of a version LLaMA-Factory refuses."""
     plan = []
     packages = [name for name in ("tmux", *(["rsync"] if rsync else [])) if name not in facts]
     if packages and "apt_get" in facts:
@@ -200,23 +259,30 @@ def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = F
         plan.append({"install": "rsync", "command": None,
                      "note": "no apt-get: install rsync on the pod by hand (the upload needs it)"})
     python = first(facts, "python")
+    pip = [*(shlex.split(python) if python else ["python3"]), "-m", "pip", "install", "-q"]
     missing = " ".join(facts.get("missing_modules", [])).split()
+    found = imported(facts)
+    extra = [need for need in needs if unmet(need, found)]
     if not first(facts, "cli") or missing:
-        pip = [*(shlex.split(python) if python else ["python3"]), "-m", "pip", "install", "-q"]
-        if "template_dir" in facts:  # the guide's step 1, verbatim
-            command = shlex.join([*pip, "-e", f"{TEMPLATE_DIR}[metrics,bitsandbytes,qwen]"])
-        else:  # the PyPI wheel declares no extras: name their packages
-            command = shlex.join([*pip, f"llamafactory=={version}", "nltk", "jieba", "rouge-chinese",
-                                  "bitsandbytes>=0.39.0", "transformers_stream_generator"])
+        # The guide's step 1 is `pip install -e ".[metrics,bitsandbytes,qwen]"` in the template's
+        # checkout; LLaMA-Factory 0.9.5 declares no extras (pip would warn and install it without
+        # them), so their packages go by name, from the checkout or the PyPI wheel.
+        base = ["-e", TEMPLATE_DIR] if "template_dir" in facts else [f"llamafactory=={version}"]
         plan.append({"install": "llamafactory[metrics,bitsandbytes,qwen]", "missing": missing
-                     or ["llamafactory-cli"], "command": command})
+                     or ["llamafactory-cli"], "command": shlex.join(
+                         [*pip, *base, *EXTRAS_PACKAGES, *(need.requirement for need in extra)])})
+    elif extra:
+        plan.append({"install": " ".join(need.requirement for need in extra),
+                     "missing": [need.module for need in extra],
+                     "command": shlex.join([*pip, *(need.requirement for need in extra)])})
     return plan
 
 
-def probe(ex: Executor, remote_dir: str, cli: str, check_bnb: bool, for_setup: bool = False):
+def probe(ex: Executor, remote_dir: str, cli: str, needs: Sequence[Need] = (),
+          for_setup: bool = False):
     """Run probe.sh there; its Result, whose .facts are the pod's `@@key value` answers."""
-    return ex.run("probe.sh", remote_dir, cli, int(check_bnb), int(for_setup), TEMPLATE_DIR,
-                  *(SETUP_MODULES if for_setup else ()), timeout=300)
+    return ex.run("probe.sh", remote_dir, cli, " ".join(need.module for need in needs),
+                  int(for_setup), TEMPLATE_DIR, *(SETUP_MODULES if for_setup else ()), timeout=300)
 
 
 def setup_args(plan: list[dict], remote_dir: str) -> list[str]:
@@ -228,11 +294,13 @@ def setup_args(plan: list[dict], remote_dir: str) -> list[str]:
     return args
 
 
-def pod_setup(ex: Executor, settings: dict, say: Say) -> dict:
-    """Install what a fresh pod lacks (tmux, LLaMA-Factory with extras); record what was done."""
+def pod_setup(ex: Executor, settings: dict, say: Say, args: dict | None = None) -> dict:
+    """Install what a fresh pod lacks (tmux, LLaMA-Factory with extras, what the run's `args`
+    need); record what was done."""
     remote_dir = settings["remote_dir"]
-    facts = probe(ex, remote_dir, settings["llamafactory_cli"], False, for_setup=True).facts
-    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh")
+    needs = run_packages(args or {})
+    facts = probe(ex, remote_dir, settings["llamafactory_cli"], needs, for_setup=True).facts
+    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh", needs=needs)
     record = {"at": now_iso(), "plan": plan, "installed": []}
     runnable = [step for step in plan if step.get("command")]
     if not runnable:
@@ -256,8 +324,7 @@ def run_preflight(ex: Executor, settings: dict, args: dict, examples: int, say: 
 
     args: the run's training arguments (train.yaml); examples: lines of its data."""
     try:
-        result = probe(ex, settings["remote_dir"], settings["llamafactory_cli"],
-                       bool(args.get("quantization_bit")))
+        result = probe(ex, settings["remote_dir"], settings["llamafactory_cli"], run_packages(args))
     except Unreachable as exc:
         raise PodError(f"preflight failed; nothing was uploaded or launched: {exc}") from None
     facts = result.facts

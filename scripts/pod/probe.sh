@@ -1,10 +1,11 @@
 # shellcheck shell=sh
 # What a pod has, for preflight and setup:
-#   probe.sh REMOTE_DIR LLAMAFACTORY_CLI CHECK_BNB FOR_SETUP TEMPLATE_DIR [MODULE...]   (after lib.sh)
-# CHECK_BNB and FOR_SETUP are 0 or 1. Prints one `@@key value` line per fact; preflight.py reads them.
+#   probe.sh REMOTE_DIR LLAMAFACTORY_CLI IMPORTS FOR_SETUP TEMPLATE_DIR [MODULE...]   (after lib.sh)
+# IMPORTS: the modules the run needs beyond LLaMA-Factory, space-separated (bitsandbytes deepspeed),
+# maybe none; FOR_SETUP is 0 or 1. Prints one `@@key value` line per fact; preflight.py reads them.
 echo @@ok
 dir=$(expand_home "$1")
-cli=$2 check_bnb=$3 for_setup=$4 template_dir=$5
+cli=$2 imports=$3 for_setup=$4 template_dir=$5
 shift 5
 p=$(command -v "$cli" 2>/dev/null) || p=""
 case $p in
@@ -28,11 +29,14 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   printf "%s\n" "$out" | sed "s/^/@@gpu /"
 fi
 # $py is the interpreter line of llamafactory-cli (maybe `/usr/bin/env python3`): split on purpose.
-if [ "$check_bnb" = 1 ] && [ -n "$py" ]; then
-  # shellcheck disable=SC2086
-  out=$($py -c "import bitsandbytes; print(bitsandbytes.__version__)" 2>&1)
-  echo "@@bnb_rc $?"
-  printf "%s\n" "$out" | tail -n 3 | sed "s/^/@@bnb /"
+# `@@import MODULE RC LINE`: LINE is its version when it imports, else the error's last line.
+if [ -n "$py" ]; then
+  for m in $imports; do
+    # shellcheck disable=SC2086
+    out=$($py -c "import importlib, sys; print(getattr(importlib.import_module(sys.argv[1]), '__version__', '?'))" "$m" 2>&1)
+    rc=$?
+    echo "@@import $m $rc $(printf "%s\n" "$out" | tail -n 1)"
+  done
 fi
 command -v tmux >/dev/null 2>&1 && echo "@@tmux $(tmux -V 2>&1)"
 command -v setsid >/dev/null 2>&1 && echo "@@setsid"
