@@ -232,3 +232,15 @@ def test_setup_installs_the_runs_own_packages_where_missing_or_refused():
     # A fresh pod: the run's packages go into the one LLaMA-Factory install.
     (step,) = preflight.setup_plan({"ok": [""], "tmux": ["tmux 3.3a"]}, needs=needs)
     assert shlex.split(step["command"])[-2:] == ["bitsandbytes>=0.43.0", "deepspeed>=0.10.0,<=0.16.9"]
+
+
+def test_setup_on_a_slurm_login_node_plans_no_tmux_and_no_apt_get():
+    """sbatch detaches the training (no tmux), and a login node is no place for apt-get: only
+    pip into the environment llamafactory_cli names, and rsync by hand if it is missing."""
+    login = {"ok": [""], "cli": ["/x/llamafactory-cli"], "python": ["/x/python"],
+             "missing_modules": ["bitsandbytes"]}
+    (step,) = preflight.setup_plan(login, tmux=False)
+    assert step["install"] == "llamafactory[metrics,bitsandbytes,qwen]"
+    assert preflight.setup_plan({**login, "missing_modules": [""]}, tmux=False) == []
+    (step,) = preflight.setup_plan({**login, "missing_modules": [""]}, rsync=True, tmux=False)
+    assert step["command"] is None and "by hand" in step["note"]

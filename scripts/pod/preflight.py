@@ -241,13 +241,16 @@ def failure_message(report: Report, where: str) -> str:
 
 
 def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = False,
-               needs: Sequence[Need] = ()) -> list[dict]:
+               needs: Sequence[Need] = (), tmux: bool = True) -> list[dict]:
     """What a fresh pod lacks and the command that installs it; empty when nothing is missing.
 
     rsync: the pod needs rsync too (the ssh executor's file transfers); needs: the run's packages
-    (run_packages), installed where they do not import or are of a version LLaMA-Factory refuses."""
+    (run_packages), installed where they do not import or are of a version LLaMA-Factory refuses;
+    tmux: False on a Slurm login node (sbatch detaches the training, and a login node is no place
+    for apt-get)."""
     plan = []
-    packages = [name for name in ("tmux", *(["rsync"] if rsync else [])) if name not in facts]
+    wanted = [*(["tmux"] if tmux else []), *(["rsync"] if rsync else [])]
+    packages = [name for name in wanted if name not in facts]
     if packages and "apt_get" in facts:
         plan.append({"install": " ".join(packages), "command":
                      "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
@@ -300,12 +303,16 @@ def pod_setup(ex: Executor, settings: dict, say: Say, args: dict | None = None) 
     remote_dir = settings["remote_dir"]
     needs = run_packages(args or {})
     facts = probe(ex, remote_dir, settings["llamafactory_cli"], needs, for_setup=True).facts
-    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh", needs=needs)
+    if ex.kind == "slurm":  # a cluster's login node: pip into the run's environment, no apt-get
+        facts.pop("apt_get", None)
+    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh", needs=needs, tmux=ex.kind != "slurm")
     record = {"at": now_iso(), "plan": plan, "installed": []}
     runnable = [step for step in plan if step.get("command")]
     if not runnable:
-        say(f"setup: the pod has tmux{', rsync' if ex.kind == 'ssh' else ''} and LLaMA-Factory "
-            "with its extras; nothing to install")
+        tools = [*(["tmux"] if ex.kind != "slurm" else []),
+                 *(["rsync"] if ex.transport.kind == "ssh" else [])]
+        say(f"setup: {ex.where()} has {', '.join([*tools, 'LLaMA-Factory'])} with its extras and "
+            "the run's packages; nothing to install")
         return record
     say("setup: installing " + ", ".join(step["install"] for step in runnable) + " (this takes minutes)")
     result = ex.run("setup.sh", *setup_args(plan, remote_dir), timeout=3600)
