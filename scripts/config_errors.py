@@ -15,6 +15,29 @@ _TYPES = {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"
           int: "a number", float: "a number", type(None): "empty"}
 
 
+# What each of the schema's patterns means, in the words of a fix (a pattern shown as a regex
+# leaves the user to read it). A pattern missing here is shown as jsonschema words it.
+_PATTERNS = {
+    r"^[^\x00-\x1f\x7f]+$": "must be one line: no newline, tab or other control character",
+    r'^[^\x00-\x1f\x7f"\\%]+$': "must be one line without '\"', '\\' or '%' (ssh reads them in "
+                                  "an option's value: its quoting, and %h for the host)",
+    "^[A-Za-z0-9_-]+$": "may only use letters, digits, '_' and '-'",
+    "^[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*$": "must be run names (letters, digits, '_' and '-') "
+                                          "separated by commas",
+    "^[A-Za-z0-9_][A-Za-z0-9_.:%-]*$": "must be an IP address, a host name or an ssh alias "
+                                       "(letters, digits and '_.:%-', not starting with '-')",
+    "^[A-Za-z0-9_][A-Za-z0-9_.-]*$": "may only use letters, digits and '_.-', not starting with "
+                                     "'-' or '.'",
+    "^[A-Za-z0-9_./~+@-]+$": "may only use letters, digits and '_./~+@-': no space or quote (it is "
+                             "handed to rsync, and LLaMA-Factory's launcher splits paths on spaces)",
+    "^[A-Za-z_][A-Za-z0-9_]*$": "must be the name of an environment variable (letters, digits "
+                                "and '_'), never the key itself",
+    "^https?://": "must start with http:// or https://",
+    "^[A-Za-z0-9_.-]+$": "may only use letters, digits and '_.-'",
+    "^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$": "must be minutes, HH:MM:SS or D-HH:MM:SS",
+}
+
+
 def _where(path) -> str:
     return "config: " + ".".join(str(p) for p in path) if path else "config"
 
@@ -39,9 +62,12 @@ def _line(error: jsonschema.ValidationError) -> str:
         return f"{where}: must be {error.validator_value!r} here, not {instance!r}"
     if error.validator == "enum":
         return f"{where}: {instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-    if error.validator == "pattern" and "propertyNames" in error.schema_path:
-        return (f"{where}: name {instance!r} may only use letters, digits, '_' and '-' "
-                f"({error.validator_value})")
+    if error.validator == "pattern":
+        says = _PATTERNS.get(error.validator_value)
+        if says and "propertyNames" in error.schema_path:
+            return f"{where}: name {instance!r} {says}"
+        if says:
+            return f"{where}: {instance!r} {says}"
     return f"{where}: {error.message}"
 
 

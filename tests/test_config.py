@@ -73,6 +73,32 @@ def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, nee
     assert "Failed validating" not in output(proc), "one line per problem, not the schema dump"
 
 
+def test_every_pattern_in_the_schema_is_explained_in_words():
+    """A refused value is told what it may hold, not shown a regex: each `pattern:` has its words
+    in config_errors, and those words are what a violation prints."""
+    import jsonschema
+
+    import config_errors
+    schema = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
+    found: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            found.update([node["pattern"]] if isinstance(node.get("pattern"), str) else [])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(schema)
+    assert found and found == set(config_errors._PATTERNS)
+    # And each is used: a value its pattern refuses is explained in those words, not the regex.
+    for pattern, says in config_errors._PATTERNS.items():
+        error = next(jsonschema.Draft202012Validator({"pattern": pattern}).iter_errors("-\n\"%"))
+        line = config_errors._line(error)
+        assert says in line and pattern not in line, line
+
+
 @pytest.mark.parametrize("overlay,needle", [
     ({"runs": {"lovecraft": {"overrides": {"lora_rnak": 8}}}},
      "runs.lovecraft.overrides: 'lora_rnak' is not a LLaMA-Factory training key; "
