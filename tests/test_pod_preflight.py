@@ -237,10 +237,13 @@ def test_setup_installs_the_runs_own_packages_where_missing_or_refused():
 def test_setup_on_a_slurm_login_node_plans_no_tmux_and_no_apt_get():
     """sbatch detaches the training (no tmux), and a login node is no place for apt-get: only
     pip into the environment llamafactory_cli names, and rsync by hand if it is missing."""
-    login = {"ok": [""], "cli": ["/x/llamafactory-cli"], "python": ["/x/python"],
+    login = {"ok": [""], "apt_get": [""], "cli": ["/x/llamafactory-cli"], "python": ["/x/python"],
              "missing_modules": ["bitsandbytes"]}
-    (step,) = preflight.setup_plan(login, tmux=False)
+    (step,) = preflight.setup_plan(login, login_node=True)
     assert step["install"] == "llamafactory[metrics,bitsandbytes,qwen]"
-    assert preflight.setup_plan({**login, "missing_modules": [""]}, tmux=False) == []
-    (step,) = preflight.setup_plan({**login, "missing_modules": [""]}, rsync=True, tmux=False)
+    assert preflight.setup_plan({**login, "missing_modules": [""]}, login_node=True) == []
+    (step,) = preflight.setup_plan({**login, "missing_modules": [""]}, rsync=True, login_node=True)
     assert step["command"] is None and "by hand" in step["note"]
+    # The same facts on a pod: apt-get installs tmux and rsync.
+    (step,) = preflight.setup_plan({**login, "missing_modules": [""]}, rsync=True)
+    assert step["command"].endswith("apt-get install -y -qq tmux rsync")

@@ -241,24 +241,25 @@ def failure_message(report: Report, where: str) -> str:
 
 
 def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = False,
-               needs: Sequence[Need] = (), tmux: bool = True) -> list[dict]:
+               needs: Sequence[Need] = (), login_node: bool = False) -> list[dict]:
     """What a fresh pod lacks and the command that installs it; empty when nothing is missing.
 
     rsync: the pod needs rsync too (the ssh executor's file transfers); needs: the run's packages
     (run_packages), installed where they do not import or are of a version LLaMA-Factory refuses;
-    tmux: False on a Slurm login node (sbatch detaches the training, and a login node is no place
-    for apt-get)."""
+    login_node: a Slurm cluster's, where pip installs into the run's environment and nothing else
+    (sbatch detaches the training: no tmux; a login node is no place for apt-get)."""
     plan = []
-    wanted = [*(["tmux"] if tmux else []), *(["rsync"] if rsync else [])]
+    wanted = [*([] if login_node else ["tmux"]), *(["rsync"] if rsync else [])]
     packages = [name for name in wanted if name not in facts]
-    if packages and "apt_get" in facts:
+    apt = "apt_get" in facts and not login_node
+    if packages and apt:
         plan.append({"install": " ".join(packages), "command":
                      "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                      + " ".join(packages)})
     elif "tmux" in packages:
         plan.append({"install": "tmux", "command": None,
                      "note": "no apt-get: training runs under setsid nohup instead"})
-    if "rsync" in packages and "apt_get" not in facts:
+    if "rsync" in packages and not apt:
         plan.append({"install": "rsync", "command": None,
                      "note": "no apt-get: install rsync on the pod by hand (the upload needs it)"})
     python = first(facts, "python")
@@ -303,9 +304,8 @@ def pod_setup(ex: Executor, settings: dict, say: Say, args: dict | None = None) 
     remote_dir = settings["remote_dir"]
     needs = run_packages(args or {})
     facts = probe(ex, remote_dir, settings["llamafactory_cli"], needs, for_setup=True).facts
-    if ex.kind == "slurm":  # a cluster's login node: pip into the run's environment, no apt-get
-        facts.pop("apt_get", None)
-    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh", needs=needs, tmux=ex.kind != "slurm")
+    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh", needs=needs,
+                      login_node=ex.kind == "slurm")
     record = {"at": now_iso(), "plan": plan, "installed": []}
     runnable = [step for step in plan if step.get("command")]
     if not runnable:
