@@ -34,13 +34,13 @@ from .messages import PodError, Say, Unreachable
 from .run_state import now_iso
 from .shell import first
 
-SETUP_MODULES = {  # LLaMA-Factory's extras the guide installs -> the modules they provide
-    "nltk": "metrics", "jieba": "metrics", "rouge_chinese": "metrics",
-    "bitsandbytes": "bitsandbytes", "transformers_stream_generator": "qwen",
+# The packages of the guide's `pip install -e ".[metrics,bitsandbytes,qwen]"` (extras metrics,
+# bitsandbytes and qwen), by name: the module setup probes for -> what pip installs.
+SETUP_MODULES = {
+    "nltk": "nltk", "jieba": "jieba", "rouge_chinese": "rouge-chinese",
+    "bitsandbytes": "bitsandbytes>=0.39.0",
+    "transformers_stream_generator": "transformers_stream_generator",
 }
-# The packages of the guide's `pip install -e ".[metrics,bitsandbytes,qwen]"`, by name.
-EXTRAS_PACKAGES = ("nltk", "jieba", "rouge-chinese", "bitsandbytes>=0.39.0",
-                   "transformers_stream_generator")
 TEMPLATE_DIR = "/workspace/LLaMA-Factory"   # where RunPod's LLaMA-Factory template keeps it
 LLAMAFACTORY_VERSION = "0.9.5"              # what requirements/pod.txt and the tests use
 DEEPSPEED = "deepspeed>=0.10.0,<=0.16.9"    # LLaMA-Factory 0.9.5's requirements/deepspeed.txt
@@ -274,7 +274,7 @@ def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = F
         base = ["-e", TEMPLATE_DIR] if "template_dir" in facts else [f"llamafactory=={version}"]
         plan.append({"install": "llamafactory[metrics,bitsandbytes,qwen]", "missing": missing
                      or ["llamafactory-cli"], "command": shlex.join(
-                         [*pip, *base, *EXTRAS_PACKAGES, *(need.requirement for need in extra)])})
+                         [*pip, *base, *SETUP_MODULES.values(), *(need.requirement for need in extra)])})
     elif extra:
         plan.append({"install": " ".join(need.requirement for need in extra),
                      "missing": [need.module for need in extra],
