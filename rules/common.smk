@@ -93,6 +93,7 @@ def _script(name):
 
 train_yaml = _script("train_yaml")
 config_errors = _script("config_errors")
+runpod_api = _script("pod.runpod_api")
 
 try:
     validate(config, schema="../config/schema/config.schema.yaml")
@@ -129,6 +130,10 @@ def _check_config():
     Returns each run's complete training arguments and the runs' base models by base name.
     """
     for name, pod in PODS.items():
+        if pod.get("provider") == "runpod" and runpod_api.retired_v1(pod["api_url"]):
+            raise WorkflowError(
+                f"config: pods.{name}.api_url {pod['api_url']} {runpod_api.V1_GONE}"
+            )
         # A budget in dollars needs a price: the rented pod's own, else gpu_hourly_usd.
         if (
             pod.get("max_usd")
@@ -237,6 +242,7 @@ def mlx_bundle(run):
 # What the plan says a training costs (scripts/pod/cost.py): a resource too, so a new price or
 # rate reruns nothing; printed as submit_training's message, by `snakemake -n` as well.
 cost = _script("pod.cost")
+runpod_catalog = _script("pod.runpod_catalog")
 fileio = _script("fileio")
 
 
@@ -251,7 +257,14 @@ def training_estimate(run):
         except OSError:
             examples = 0  # validate_dataset names the missing file
     pod = {"name": RUNS[run]["pod"], **pod_config(run)}
-    return cost.estimate(run, args, RUNS[run]["profile"], pod, examples)
+    # A rented pod: RunPod's list price from the last catalog read (.state/runpod/catalog.json),
+    # never a request (a dry run opens no connection).
+    listed = (
+        runpod_catalog.list_price(Path.cwd(), pod.get("gpu_type"), pod["cloud_type"])
+        if pod.get("provider") == "runpod"
+        else None
+    )
+    return cost.estimate(run, args, RUNS[run]["profile"], pod, examples, listed)
 
 
 class PlanNote(str):

@@ -152,9 +152,20 @@ def estimate_line(estimate: dict | None) -> str:
     if not estimate:
         return "(not recorded)"
     try:
-        return Estimate(**{f.name: estimate[f.name] for f in fields(Estimate)}).line()
+        return Estimate(**{f.name: estimate[f.name] for f in fields(Estimate)
+                           if f.name in estimate}).line()   # older records lack the newer fields
     except (KeyError, TypeError):
         return fmt(estimate)
+
+
+def bill_facts(bill: dict | None) -> dict:
+    """What RunPod billed for the rented pod (its whole life, every run on it), if it was read."""
+    if not bill:
+        return {}
+    return {"RunPod billed": (f"${bill['total_usd']:.2f} (GPU ${bill['gpu_usd']:.2f}, disk "
+                              f"${bill['disk_usd']:.2f}, CPU ${bill['cpu_usd']:.2f}) for pod "
+                              f"{', '.join(bill['pods'])} since {bill['from']}; read "
+                              f"{bill['read_at']}, billing can lag")}
 
 
 def training_page(run: str, summary: dict, finished: dict, launch: dict) -> str:
@@ -202,6 +213,7 @@ def training_page(run: str, summary: dict, finished: dict, launch: dict) -> str:
         "GPU time": gpu,
         "cost": cost,
         "the plan said": estimate_line(summary.get("estimate") or launch.get("estimate")),
+        **bill_facts(summary.get("runpod_bill")),
     }))
     attempts = finished.get("attempts") or []
     body.append(f"<h2>Attempts ({len(attempts)})</h2>")

@@ -87,6 +87,8 @@ def build_metadata(run: str, author: str, base_model: str, base_model_id: str, l
         # What the training cost (all attempts), beside what the plan estimated.
         "gpu_time": summary.get("gpu_time"),
         "estimate": summary.get("estimate"),
+        # What RunPod billed for the rented pod (GPU, disk, total), when it was read.
+        "runpod_bill": summary.get("runpod_bill"),
         "data": {"examples": report["examples"], "sha256": report["sha256"]},
         "prompt_format": prompt_format(template),
     }

@@ -66,6 +66,9 @@ def first_error(proc) -> str:
     ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40",
                           "image": "x", "on_finish": "pause"}}},
      "config: pods.rented.on_finish: 'pause' is not one of stop, terminate, keep"),
+    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40",
+                          "image": "x", "idle_stop_minutes": 0.001}}},
+     "config: pods.rented.idle_stop_minutes: 0.001 is less than the minimum of 0.1"),
 ])
 def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, needle):
     proc = dry_run(tmp_path, overlay)
@@ -113,6 +116,10 @@ def test_every_pattern_in_the_schema_is_explained_in_words():
      "runs.lovecraft.base_model: 'not a hub id' is neither a hub id"),
     ({"pods": {"here": {"executor": "local", "max_usd": 40}}},
      "config: pods.here.max_usd needs pods.here.gpu_hourly_usd"),
+    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40",
+                          "image": "x", "api_url": "https://rest.runpod.io/v1"}}},
+     "config: pods.rented.api_url https://rest.runpod.io/v1 names RunPod's REST API v1, which "
+     "RunPod retired on 2026-11-15. Use v2: https://api.runpod.io/v2"),
     ({"runs": {"second": {"data": "x", "base_model": "./other/Qwen2.5-32B", "profile": "tiny_cpu",
                           "pod": "runpod"}}},
      "would share models/Qwen2.5-32B-4bit-mlx; rename one of the local model directories"),

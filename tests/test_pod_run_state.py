@@ -26,6 +26,16 @@ def test_run_states(line, status):
     assert run_state.parse_state({"dir": ["/w"], "no_run_dir": [""]}).status == "new"
 
 
+def test_an_answer_cut_short_is_not_a_run_that_never_started():
+    """A poll whose shell died before its @@run line (a dropped connection under load) must not
+    read as "not started", which tells the user a live run's checkpoints are gone: it is an
+    unreachable pod, which the follower retries."""
+    with pytest.raises(messages.Unreachable, match="cut short"):
+        run_state.parse_state({"dir": ["/w"]})
+    with pytest.raises(messages.Unreachable):
+        run_state.parse_state({})
+
+
 @pytest.mark.parametrize("log,expected", [
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "per_device_train_batch_size to 1"),
     ("ModuleNotFoundError: No module named 'bitsandbytes'", "pip install bitsandbytes>=0.39.0"),

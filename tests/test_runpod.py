@@ -1,9 +1,11 @@
 """Renting the pod from the graph (provider: runpod), against a local RunPod.
 
-tests/helpers/fake_runpod.py plays RunPod's REST API v1: it checks every request against the
-published OpenAPI spec and starts a real sshd on 127.0.0.1 for each running pod (a new port and a
+tests/helpers/fake_runpod.py plays RunPod's REST API v2: it checks every request and answer
+against the published OpenAPI spec and starts a real sshd on 127.0.0.1 for each running pod,
+reachable only through ssh.direct and only with the account's registered keys (a new port and a
 new host key after each start, the volume kept across stop/start). Training runs for real over
-SSH with the tiny model, through the real graph.
+SSH with the tiny model, through the real graph. tests/test_runpod_rent.py covers renting itself
+(keys, stock, lost answers, retries, the guard) in-process.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def rented_config(tmp: Path, fake: FakeRunPod, tiny_model: Path, pod: dict | Non
         "pods": {"rented": {
             "executor": "ssh", "provider": "runpod", "api_url": fake.url, "api_key_env": KEY_ENV,
             "gpu_type": "NVIDIA A100-SXM4-80GB", "image": "runpod/pytorch:2.8.0-py3.11-cuda12.8.1",
-            "cloud_type": "SECURE", "volume_gb": 20, "container_disk_gb": 20,
+            "cloud_type": "SECURE", "volume_gb": 20, "container_disk_gb": 20, "api_retry_minutes": 0.5,
             "user": getpass.getuser(), "identity_file": str(fake.client_key),
             "known_hosts": str(tmp / "known_hosts"), "remote_dir": str(fake.workspace / "lora-runs"),
             "llamafactory_cli": str(LLAMAFACTORY_CLI), "gpu_hourly_usd": 1.89,
@@ -85,6 +86,7 @@ def wait_for(condition, timeout: float, what: str):
 @pytest.fixture
 def fake(tmp_path):
     server = FakeRunPod(tmp_path / "runpod", USER_KEY).start()
+    server.ssh_keys = [Path(f"{server.client_key}.pub").read_text().strip()]
     yield server
     server.stop()
     server.assert_no_violations()
@@ -99,11 +101,17 @@ def test_rents_trains_fetches_and_stops_the_pod(tmp_path, fake, tiny_model):
     assert len(fake.calls("POST", "/pods")) == 1
     pod = the_pod(fake)
     assert pod.status == "EXITED", "on_finish: stop"
-    assert pod.created_body["gpuTypeIds"] == ["NVIDIA A100-SXM4-80GB"]
-    assert pod.created_body["ports"] == ["22/tcp"]
+    assert pod.created_body["gpu"] == {"id": "NVIDIA A100-SXM4-80GB", "count": 1}
+    assert pod.created_body["ports"] == ["22/tcp"] and pod.created_body["startSsh"] is True
     assert "renting 1 x NVIDIA A100-SXM4-80GB" in proc.stderr
     assert "stopped: no GPU bills" in proc.stderr
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
+    # What RunPod billed, read back after the pod was stopped, beside the training's own time.
+    bill = summary["runpod_bill"]
+    assert bill["pods"] == [pod.id] and bill["read_at"]
+    assert bill["gpu_usd"] == pytest.approx(pod.run_seconds / 3600 * pod.cost_per_hr, abs=2e-4)
+    assert summary == json.loads((work / "results/style/train/training_summary.json").read_text())
+    assert "RunPod billed $" in proc.stderr
     used = summary["gpu_time"]
     assert used["usd_per_hour"] == pytest.approx(pod.cost_per_hr)
     assert used["usd"] == pytest.approx(used["gpu_hours"] * pod.cost_per_hr, abs=0.01)
@@ -150,8 +158,9 @@ def test_a_pod_created_by_a_crashed_call_is_found_by_name_not_rented_twice(tmp_p
     work.mkdir()
     name = runpod.pod_name({"name": "rented"}, work)
     # What a job killed between "created" and "recorded" leaves: a pod, and no record of it.
-    body = {"name": name, "gpuTypeIds": ["NVIDIA A100-SXM4-80GB"], "gpuCount": 1,
-            "imageName": "runpod/pytorch:2.8.0-py3.11-cuda12.8.1", "ports": ["22/tcp"]}
+    body = {"name": name, "gpu": {"id": "NVIDIA A100-SXM4-80GB", "count": 1},
+            "image": "runpod/pytorch:2.8.0-py3.11-cuda12.8.1", "ports": ["22/tcp"],
+            "startSsh": True, "mounts": {"persistent": {"size": 20, "path": "/workspace"}}}
     created = requests.post(f"{fake.url}/pods", json=body, timeout=30,
                             headers={"Authorization": f"Bearer {USER_KEY}"})
     assert created.status_code == 201
@@ -189,8 +198,9 @@ def test_the_pod_stops_itself_when_idle_with_the_laptop_gone(tmp_path, fake, tin
     wait_for(lambda: pod.status == "EXITED", 240, "the pod to stop itself")
     (run_dir,) = runs.glob("style-*")
     assert (run_dir / "exit_code").read_text().strip() == "0", "stopped after the training, not during"
-    stops = fake.calls("POST", f"/pods/{pod.id}/stop")
-    assert [s.auth for s in stops] == ["pod"], "by the pod itself, with its pod-scoped key"
+    stops = fake.calls("POST", f"/pods/{pod.id}/action")
+    assert [(s.auth, s.body) for s in stops] == [("pod", {"action": "stop"})], \
+        "by the pod itself, with its pod-scoped key"
     assert "idle for 6s: stopping pod" in (runs / "guard.log").read_text()
 
 
@@ -214,24 +224,25 @@ def test_a_budget_cuts_the_training_and_keeps_the_best_checkpoint(tmp_path, fake
 # ----------------------------------------------------------------------------- API errors
 
 @pytest.mark.parametrize("status,message,says", [
-    (401, "Unauthorized", f"RunPod refused the API key in ${KEY_ENV}"),
+    (401, "invalid bearer token", f"RunPod refused the API key in ${KEY_ENV}"),
     (400, "There are no longer any instances available with the requested specifications. "
-          "Please refresh and try again.", "no NVIDIA A100-SXM4-80GB is free in RunPod's SECURE cloud"),
-    (400, "Insufficient funds: your balance is too low", "add credit"),
+          "Please refresh and try again.", "no capacity for pods.rented.gpu_type"),
+    (402, "insufficient balance", "add credit"),
 ])
 def test_api_errors_say_what_runpod_said_and_what_to_change(tmp_path, fake, tiny_model, status,
                                                             message, says):
     fake.fail_next("POST", "/pods", status, message)
     proc = run(tmp_path / "work", rented_config(tmp_path, fake, tiny_model), check=False)
     assert proc.returncode != 0
-    assert f"RunPod said {status} while renting a pod: {message}" in proc.stderr
+    assert f"RunPod said {status} while renting a pod: " in proc.stderr and message in proc.stderr
     assert says in proc.stderr
     assert fake.pods == {} and "Traceback" not in proc.stderr
     assert files_holding(tmp_path / "work", USER_KEY) == []
 
 
 def test_a_rate_limit_is_waited_out(tmp_path, fake, tiny_model):
-    fake.fail_next("GET", "/pods", 429, "Too many requests", times=2)
+    fake.fail_next("GET", "/pods", 429, "rate limit exceeded for the minute window", times=2,
+                   retry_after=1)
     run(tmp_path / "work", rented_config(tmp_path, fake, tiny_model))
     assert len(fake.calls("POST", "/pods")) == 1 and the_pod(fake).status == "EXITED"
 
@@ -254,7 +265,7 @@ def test_two_runs_on_one_pod_share_it_and_it_stops_after_the_last(tmp_path, fake
     proc = run(work, config, ADAPTER, "lora_adapters/other_peft")
     assert len(fake.calls("POST", "/pods")) == 1, "one pod for both runs"
     assert the_pod(fake).status == "EXITED"
-    assert len(fake.calls("POST", r"/pods/\w+/stop")) == 1, "stopped once, after the last fetch"
+    assert len(fake.calls("POST", r"/pods/\w+/action")) == 1, "stopped once, after the last fetch"
     assert "still training on it" in proc.stderr
     record = json.loads(runpod.state_path({"name": "rented"}, work).read_text())
     assert record["runs"] == {"style": "fetched", "other": "fetched"}
@@ -270,30 +281,31 @@ def test_a_pod_that_never_answers_is_given_back(tmp_path, fake, tiny_model):
     assert pod.status == "TERMINATED", "a pod rented by the failing call does not stay billing"
 
 
-@pytest.mark.parametrize("with_curl", [True, False])
-def test_the_guard_stops_its_pod_with_the_pod_scoped_key(tmp_path, fake, with_curl):
-    """guard.sh on its own: nothing trains, so after IDLE_SECONDS it stops the pod it runs on,
-    with curl, or with python3 where a pod has no curl; the key never on a command line."""
-    import requests
+# ---------------------------------------------------- RunPod stops the pod in the middle of a run
 
-    from pod import shell
-
-    body = {"name": "guarded", "gpuTypeIds": ["NVIDIA A40"], "imageName": "x", "ports": ["22/tcp"]}
-    pod_id = requests.post(f"{fake.url}/pods", json=body, timeout=30,
-                           headers={"Authorization": f"Bearer {USER_KEY}"}).json()["id"]
-    pod = fake.pods[pod_id]
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    tools = ["sh", "date", "cat", "sed", "tr", "head", "awk", "sleep", "flock", "mkdir"]
-    for tool in tools + (["curl"] if with_curl else []):
-        found = shutil.which(tool)
-        if found:
-            (bin_dir / tool).symlink_to(found)
-    (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))  # a plain interpreter
-    env = {"PATH": str(bin_dir), "RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": pod.pod_key}
-    (tmp_path / "runs").mkdir()
-    proc = subprocess.run(shell.argv("guard.sh", tmp_path / "runs", 1, fake.url), env=env,
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert pod.status == "EXITED", (proc.stderr, (tmp_path / "runs/guard.log").read_text())
-    assert [c.auth for c in fake.calls("POST", f"/pods/{pod_id}/stop")] == ["pod"]
-    assert pod.pod_key not in (tmp_path / "runs/guard.log").read_text()
+def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call(tmp_path, fake,
+                                                                                tiny_model):
+    config = rented_config(tmp_path, fake, tiny_model, max_steps=1000, save_steps=100,
+                            eval_steps=100)
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(work), "--cores", "2", f"--configfile={config}", "--", ADAPTER]
+    log = tmp_path / "laptop.log"
+    with open(log, "w") as out:   # a file, not a pipe nobody reads while it runs
+        laptop = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, KEY_ENV: USER_KEY})
+    runs = fake.workspace / "lora-runs"
+    wait_for(lambda: list(runs.glob("style-*/output/checkpoint-100/trainer_state.json")), 240,
+             "the first checkpoint")
+    pod = the_pod(fake)
+    (run_dir,) = runs.glob("style-*")
+    assert not (run_dir / "exit_code").exists(), "interrupted while it trains"
+    fake.interrupt(pod.id)                     # RunPod's maintenance, a balance at $0, ...
+    laptop.wait(timeout=600)
+    err = log.read_text()
+    assert laptop.returncode == 0, err[-3000:]
+    assert "stopped under this job" in err and "resuming" in err
+    assert pod.start_count == 2 and pod.status == "EXITED"
+    assert len(fake.calls("POST", "/pods")) == 1, "the same pod, started again"
+    summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
+    assert summary["gpu_time"]["attempts"] == 2 and summary["total_steps"] == 1000

@@ -10,6 +10,10 @@
     follow.py      wait: progress, the remote log, reconnects, resume after a crash
     fetch.py       download the best checkpoint's adapter, verified, landed atomically
     messages.py    what the user is told: errors, interruptions, hints, progress lines
+    runpod.py      provider: runpod: rent, start, replace, give back a pod (API v2)
+    runpod_api.py  RunPod's REST API v2: calls, retries, RFC 9457 errors
+    runpod_account.py  the account's SSH keys before renting, the pod's bill after
+    runpod_catalog.py  GPU stock before renting, list prices for the plan
 
 scripts/remote_train.py is the command line the rules call.
 """

@@ -64,6 +64,8 @@ class Estimate:
     gpu_type: str | None
     gpu_hourly_usd: float | None
     where: str
+    profile: str | None = None
+    price_source: str | None = None  # where a price other than gpu_hourly_usd came from
 
     @property
     def hours(self) -> float | None:
@@ -95,20 +97,27 @@ class Estimate:
             per = "/h"
         if self.usd is None:
             return f"{text}; no price (set gpu_hourly_usd on the pod for a cost)"
-        return f"{text} at ${self.gpu_hourly_usd:.2f}{per} = ~${self.usd:.2f}"
+        text += f" at ${self.gpu_hourly_usd:.2f}{per} = ~${self.usd:.2f}"
+        return f"{text} ({self.price_source})" if self.price_source else text
 
     def as_dict(self) -> dict:
         return {**asdict(self), "gpu_hours": self.gpu_hours, "usd": self.usd}
 
 
-def estimate(run: str, args: dict, profile: str, pod: dict, examples: int | None) -> Estimate:
-    """The plan's estimate for one run on its pod. examples is only needed without max_steps."""
+def estimate(run: str, args: dict, profile: str, pod: dict, examples: int | None,
+             listed: tuple[float, str] | None = None) -> Estimate:
+    """The plan's estimate for one run on its pod. examples is only needed without max_steps.
+    `listed`: RunPod's list price of one GPU-hour and how old that read is (runpod_catalog), which
+    a rented pod's line prefers to gpu_hourly_usd."""
     gpus = gpus_paid(pod)
     # The effective batch spans every training process (CPU processes too: `processes`).
     steps = planned_steps(args, examples or 0, world_size(pod))
     where = "this machine" if pod.get("executor") == "local" else f"pod '{pod.get('name', '?')}'"
+    price, source = pod.get("gpu_hourly_usd"), None
+    if listed is not None:
+        price, source = listed[0], f"RunPod's list price, read {listed[1]}"
     return Estimate(run, steps, steps_per_hour(profile, pod.get("gpu_type")), gpus,
-                    pod.get("gpu_type"), pod.get("gpu_hourly_usd"), where)
+                    pod.get("gpu_type"), price, where, profile, source)
 
 
 def used(attempts: list[dict], pod: dict, now: float | None = None) -> dict:

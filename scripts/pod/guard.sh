@@ -7,12 +7,16 @@
 #    first, then the trainer is sent SIGTERM, so run.sh records its exit and the laptop fetches
 #    the best checkpoint so far instead of resuming it;
 #  - when nothing has trained for IDLE_SECONDS (and no download holds the pod: .hold), it stops
-#    the pod through RunPod's API with the pod-scoped key RunPod gives every pod (RUNPOD_POD_ID,
-#    RUNPOD_API_KEY; read from the container's first process when this shell lacks them), and
-#    ends. With IDLE_SECONDS 0 (no rented pod) it only keeps budgets, and ends when nothing trains.
+#    the pod through RunPod's API v2 (POST API_URL/pods/ID/action {"action":"stop"}) with the
+#    pod-scoped key RunPod gives every pod (RUNPOD_POD_ID, RUNPOD_API_KEY; read from the
+#    container's first process when this shell lacks them), else with `runpodctl pod stop ID`
+#    (RunPod's images ship it), and ends. A stop that fails both ways is tried again with backoff
+#    for as long as the pod is up (the guard never leaves an idle pod billing); .guard_stop_failed
+#    says so to the next job that reaches the pod (guard_start.sh). With IDLE_SECONDS 0 (no rented
+#    pod) it only keeps budgets, and ends when nothing trains.
 # What it does goes to REMOTE_DIR/guard.log. The key never reaches a command line or a file.
 dir=$(expand_home "$1")
-idle=${2:-0} api=${3:-https://rest.runpod.io/v1}
+idle=${2:-0} api=${3:-https://api.runpod.io/v2}
 cd "$dir" || exit 1
 if command -v flock >/dev/null 2>&1; then
   exec 8>.guard.lock
@@ -39,27 +43,47 @@ pod_env() {
   printf '%s' "$value"
 }
 
-stop_pod() {
-  id=$(pod_env RUNPOD_POD_ID)
-  if [ -z "$id" ] || [ -z "$(pod_env RUNPOD_API_KEY)" ]; then
-    log "idle, but RUNPOD_POD_ID or RUNPOD_API_KEY is missing: cannot stop this pod"
-    return 1
-  fi
-  log "idle for ${idle}s: stopping pod $id"
+# stop_by_api ID: RunPod's API v2 with the pod-scoped key; the header comes from stdin (-H @-),
+# never from the command line.
+stop_by_api() {
   if command -v curl >/dev/null 2>&1; then
-    # The Authorization header comes from stdin (-H @-), not from the command line.
     printf 'Authorization: Bearer %s\n' "$(pod_env RUNPOD_API_KEY)" |
-      curl -fsS -m 60 -X POST -H @- "$api/pods/$id/stop" >>guard.log 2>&1
+      curl -fsS -m 60 -X POST -H @- -H 'Content-Type: application/json' \
+        --data '{"action":"stop"}' "$api/pods/$1/action" >>guard.log 2>&1
   else
     RUNPOD_API_KEY=$(pod_env RUNPOD_API_KEY) python3 -c '
 import os, sys, urllib.request
-req = urllib.request.Request(sys.argv[1], method="POST", headers={
-    "Authorization": "Bearer " + os.environ["RUNPOD_API_KEY"]})
-urllib.request.urlopen(req, timeout=60)' "$api/pods/$id/stop" >>guard.log 2>&1
+req = urllib.request.Request(sys.argv[1], method="POST", data=b"{\"action\":\"stop\"}", headers={
+    "Authorization": "Bearer " + os.environ["RUNPOD_API_KEY"], "Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=60)' "$api/pods/$1/action" >>guard.log 2>&1
   fi
 }
 
+# stop_pod: stop this pod; each way is logged before it is tried, since a stop that works ends
+# this process with the container.
+stop_pod() {
+  id=$(pod_env RUNPOD_POD_ID)
+  if [ -z "$id" ]; then
+    log "idle, but RUNPOD_POD_ID is missing: cannot stop this pod"
+    return 1
+  fi
+  rm -f .guard_stop_failed
+  if [ -n "$(pod_env RUNPOD_API_KEY)" ]; then
+    log "idle for ${idle}s: stopping pod $id through RunPod's API v2"
+    stop_by_api "$id" && return 0
+  fi
+  if command -v runpodctl >/dev/null 2>&1; then
+    log "idle for ${idle}s: stopping pod $id with runpodctl"
+    RUNPOD_API_KEY=$(pod_env RUNPOD_API_KEY) runpodctl pod stop "$id" >>guard.log 2>&1 && return 0
+  fi
+  log "could not stop pod $id (API v2, runpodctl): trying again in ${backoff}s"
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) the guard could not stop pod $id when idle (see guard.log)" \
+    >.guard_stop_failed
+  return 1
+}
+
 busy_at=$(date +%s)
+backoff=2
 tick=$((idle / 6))
 [ "$tick" -lt 1 ] && tick=1
 [ "$tick" -gt 5 ] && tick=5
@@ -85,9 +109,16 @@ while :; do
   done
   if [ -f .hold ] && [ "$(cat .hold)" -gt "$now" ] 2>/dev/null; then training=1; fi
   [ "$training" = 1 ] && busy_at=$now
-  if [ "$idle" -gt 0 ] && [ $((now - busy_at)) -ge "$idle" ]; then
-    stop_pod && exit 0
-    idle=0
+  if [ "$idle" -gt 0 ] && [ "$training" = 0 ] && [ $((now - busy_at)) -ge "$idle" ]; then
+    if stop_pod; then
+      log "pod stopped"
+      exit 0
+    fi
+    # Never give up while the pod is up: again after a growing pause (at most 5 min).
+    sleep "$backoff"
+    backoff=$((backoff * 2))
+    [ "$backoff" -gt 300 ] && backoff=300
+    continue
   fi
   if [ "$idle" -le 0 ] && [ "$training" = 0 ]; then
     log "nothing trains: done"

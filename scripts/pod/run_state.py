@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from .executor import Executor
-from .messages import PodError
+from .messages import PodError, Unreachable
 from .shell import first
 
 
@@ -108,10 +108,17 @@ class RunState:
 
 
 def parse_state(facts: dict) -> RunState:
+    """The state a pod-side script reported. An answer with no state line at all (the script cut
+    short: a dropped connection, a killed shell, a timeout) is no state: it raises Unreachable,
+    which the callers retry, instead of reading as "not started" (a live run's checkpoints
+    reported gone)."""
     state = RunState(remote_dir=first(facts, "dir"))
     line = first(facts, "run")
-    if "no_run_dir" in facts or "no_dir" in facts or not line:
+    if "no_run_dir" in facts or "no_dir" in facts:
         return state
+    if not line:
+        raise Unreachable("the pod's answer about the run was cut short (no state line)",
+                          short="an answer cut short")
     values = dict(item.partition("=")[::2] for item in line.split())
     state.exists = True
     state.launched = values.get("launched") == "1"

@@ -45,16 +45,20 @@ def setenv_line(env: dict[str, str]) -> str:
 
 class Sshd:
     def __init__(self, root: Path, client_key: Path | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None):
+                 port: int | None = None, authorized_keys: str | None = None):
         """`client_key`: authorize this existing key (its .pub beside it) instead of a new one;
-        `env`: more variables for every login, after OMP_NUM_THREADS; `port`: listen there."""
+        `env`: more variables for every login, after OMP_NUM_THREADS; `port`: listen there;
+        `authorized_keys`: the authorized_keys file's text instead of client_key's .pub ("" lets
+        nobody in)."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.host_key = keygen(root / "ssh_host_ed25519_key")
         self.client_key = client_key or keygen(root / "client_key")
         self.other_key = keygen(root / "unauthorized_key")   # a key the pod does not know
-        (root / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
+        if authorized_keys is None:
+            authorized_keys = Path(f"{self.client_key}.pub").read_text()
+        (root / "authorized_keys").write_text(authorized_keys)
         os.chmod(root / "authorized_keys", 0o600)
         self.config = root / "sshd_config"
         self.config.write_text("\n".join([
