@@ -7,13 +7,15 @@ POD_VENV := .venv-pod
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 2
 
-.PHONY: demo test lint bench venvs clean-demo help
+.PHONY: demo test lint bench venvs clean-demo help gpu-wheels gpu-check-cpu
 
 help:
 	@echo "make demo   build the whole graph on the embedded sample (tiny model, local CPU) in demo/"
 	@echo "make test   run the test suite"
 	@echo "make lint   snakemake --lint, snakefmt --check, shellcheck, the conda pins (tests/test_lint.py)"
 	@echo "make bench  the graph's own work against its floors, one table of ratios in bench/results.md (~10 min)"
+	@echo "make gpu-wheels     the wheels the GPU check carries, in .whl/, and the size of one device call"
+	@echo "make gpu-check-cpu  the GPU check rehearsed on this CPU, up to what needs CUDA (bench/gpu/README.md)"
 
 venvs: $(VENV)/.installed $(POD_VENV)/.installed
 
@@ -47,6 +49,24 @@ lint: $(VENV)/.installed
 # Reports, gates nothing (not part of `make test`): see bench/run.py and README "Performance".
 bench: venvs
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# The 4-bit path on a lent GPU (bench/gpu/README.md). gpu-wheels builds .whl/ (git-ignored; a
+# device call names it in carry); gpu-check-cpu runs the same check here on a shrunk model, in a
+# Python 3.12 environment standing in for the GPU machine's (bench/gpu/image.txt).
+PYTHON312 ?= python3.12
+GPU_IMAGE := .venv-gpu-image
+
+gpu-wheels:
+	PYTHON=$(PYTHON) bench/gpu/wheels.sh
+
+$(GPU_IMAGE)/.installed: bench/gpu/image.txt
+	$(PYTHON312) -m venv $(GPU_IMAGE)
+	$(GPU_IMAGE)/bin/pip install -q -r bench/gpu/image.txt
+	touch $@
+
+gpu-check-cpu: $(GPU_IMAGE)/.installed
+	test -d .whl || $(MAKE) gpu-wheels
+	PYTHON=$(GPU_IMAGE)/bin/python GPU_CHECK_SITE=/tmp/gpu-check-site nice -n 19 bench/gpu/check.sh --cpu $(GPU_CHECK_ARGS)
 
 clean-demo:
 	rm -rf demo

@@ -1,7 +1,7 @@
 """The workflow and its shell scripts pass their linters, and the two local-side pin lists agree.
 
 What CI's `snakemake --lint` and `snakefmt --check` do in the workflows this project follows, plus
-shellcheck for every shell script (scripts/logged.sh, the pod's scripts/pod/*.sh).
+shellcheck for every shell script (scripts/logged.sh, the pod's scripts/pod/*.sh, bench/gpu/*.sh).
 """
 
 from __future__ import annotations
@@ -39,6 +39,19 @@ def test_shellcheck_every_shell_script():
                     "brew install shellcheck), .ci/run does")
     proc = subprocess.run(["shellcheck", "-s", "sh", *scripts], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_shellcheck_bench_scripts():
+    """bench/gpu's scripts run on a lent GPU machine, where a typo costs GPU minutes (bash: the
+    dialect comes from their #! line)."""
+    scripts = sorted(str(p.relative_to(REPO)) for p in (REPO / "bench").rglob("*.sh"))
+    assert "bench/gpu/check.sh" in scripts
+    if not shutil.which("shellcheck"):
+        pytest.fail("shellcheck not found: install it (apt-get install shellcheck; "
+                    "brew install shellcheck), .ci/run does")
+    proc = subprocess.run(["shellcheck", *scripts], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
