@@ -19,17 +19,24 @@ help:
 
 venvs: $(VENV)/.installed $(POD_VENV)/.installed
 
-$(VENV)/.installed: requirements/local.txt requirements/dev.txt
+# The package itself goes into both environments editable and without dependencies: each side
+# pins its own stack (llamafactory 0.9.5 and mlx-lm 0.32 cannot share transformers).
+$(VENV)/.installed: requirements/local.txt requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements/dev.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-$(POD_VENV)/.installed: requirements/pod.txt
+$(POD_VENV)/.installed: requirements/pod.txt pyproject.toml
 	$(PYTHON) -m venv $(POD_VENV)
 	$(POD_VENV)/bin/pip install -q --upgrade pip
 	$(POD_VENV)/bin/pip install -q -r requirements/pod.txt
+	$(POD_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
+
+# A job's `python -m lora_style...` is the python on PATH: the local side's, as in an activated venv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # The demo runs in its own working directory, so it never touches a real run's results. It ends
 # with the report and a block saying where the bundle is and how to use it, here and on a Mac.
@@ -38,7 +45,7 @@ DEMO := $(SNAKEMAKE) --snakefile Snakefile --directory demo --configfile=config/
 demo: venvs
 	$(DEMO) --cores $(CORES) --printshellcmds lovecraft_mlx
 	$(DEMO) --report $(CURDIR)/demo/report.html lovecraft_mlx
-	@$(VENV)/bin/python scripts/bundle_help.py --workdir demo --run lovecraft --report demo/report.html
+	@$(VENV)/bin/python -m lora_style.report.bundle_help --workdir demo --run lovecraft --report demo/report.html
 
 test: venvs
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

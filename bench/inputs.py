@@ -143,8 +143,7 @@ def module_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
 def write_adapter(out: Path, model: str, rank: int = 64, layers: int | None = None) -> dict:
     """A PEFT adapter folder with Qwen2.5-`model`'s shapes, streamed to disk (the writer of
     scripts/safetensors_io.py), and the base's config.json in out/base. Returns its sizes."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from safetensors_io import write_safetensors
+    from lora_style.safetensors_io import write_safetensors
 
     cfg = dict(QWEN25[model])
     if layers is not None:

@@ -109,8 +109,8 @@ def conversion_rows(tmp: Path, repeat: int) -> list[Row]:
     rows = []
     # The interpreter: Python with what the converter imports (numpy, mlx, mlx-lm's Qwen2 and
     # LoRA layers, as its check imports them), doing nothing.
-    imports = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy, mlx.core, mlx.nn;"
-               "import convert_peft_to_mlx as c\n"
+    imports = ("import numpy, mlx.core, mlx.nn;"
+               "import lora_style.mlx.convert as c\n"
                "with c._mlx_lm_without_its_init():\n"
                "    import mlx_lm.models.qwen2, mlx_lm.tuner.lora, mlx_lm.tuner.dora")
     interpreter = max(run(python("-c", imports, str(SCRIPTS))).peak_rss for _ in range(2))

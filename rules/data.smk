@@ -21,7 +21,7 @@ rule validate_dataset:
         # (cached; without the hub the report says why and keeps to character counts).
         tokenizer=lambda w, input: input.base or RUNS[w.run]["base_model"],
     shell:
-        "logged {log:q} python -m validate_dataset {input.data:q} --output {output.data:q}"
+        "logged {log:q} python -m lora_style.data.validate {input.data:q} --output {output.data:q}"
         " --report {output.report:q} --cutoff-len {params.cutoff_len}"
         " --template {params.template:q} --tokenizer {params.tokenizer:q}"
 
@@ -34,7 +34,7 @@ rule dataset_info:
     conda:
         LOCAL_ENV
     shell:
-        "logged {log:q} python -m dataset_info --run {wildcards.run} --output {output:q}"
+        "logged {log:q} python -m lora_style.data.dataset_info --run {wildcards.run} --output {output:q}"
 
 
 rule train_yaml:
@@ -47,4 +47,4 @@ rule train_yaml:
     params:
         args=lambda w: json.dumps(TRAIN_ARGS[w.run]),
     shell:
-        "logged {log:q} python -m train_yaml --args {params.args:q} --output {output:q}"
+        "logged {log:q} python -m lora_style.config.train_yaml --args {params.args:q} --output {output:q}"

@@ -22,10 +22,10 @@ rule mlx_adapter:
         outdir=lambda w, output: os.path.dirname(output.adapters),
         # A change to the converter's code reconverts (and never retrains); a comment does not.
         converter=code_version(
-            "convert_peft_to_mlx", "conversion_plan", "safetensors_io"
+            "mlx/convert.py", "mlx/conversion_plan.py", "safetensors_io.py"
         ),
     shell:
-        "logged {log:q} python -m convert_peft_to_mlx --input {input.peft:q} --output {params.outdir:q}"
+        "logged {log:q} python -m lora_style.mlx.convert --input {input.peft:q} --output {params.outdir:q}"
         " --base {input.base:q}"
 
 
@@ -48,7 +48,7 @@ rule metadata:
         lora_alpha=lambda w: TRAIN_ARGS[w.run]["lora_alpha"],
         template=lambda w: TRAIN_ARGS[w.run]["template"],
     shell:
-        "logged {log:q} python -m write_metadata --run {wildcards.run} --author {params.author:q}"
+        "logged {log:q} python -m lora_style.mlx.metadata --run {wildcards.run} --author {params.author:q}"
         " --base-model {params.base_model:q} --base-model-id {params.base_model_id:q}"
         " --lora-rank {params.lora_rank} --lora-alpha {params.lora_alpha}"
         " --template {params.template:q} --validation {input.validation:q}"
@@ -85,7 +85,7 @@ rule samples:
             "they show memorisation as much as style."
         ),
     shell:
-        "logged {log:q} python -m generate --model {input.base:q} --adapter-path {params.adapter_dir:q}"
+        "logged {log:q} python -m lora_style.mlx.generate --model {input.base:q} --adapter-path {params.adapter_dir:q}"
         " --template {params.template:q} --prompts-file {input.prompts:q}"
         " --samples-md {output:q} --title 'Samples: {wildcards.run}' --note {params.note:q}"
         " --count {params.how_many} --max-tokens {params.max_tokens} --temp {params.temperature}"

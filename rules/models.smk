@@ -16,9 +16,9 @@ rule tiny_base_model:
     params:
         # A short causal-LM pretraining on the corpus, so the demo's samples are its words.
         pretrain_steps=300,
-        code=code_version("make_tiny_model"),
+        code=code_version("tiny_model.py"),
     shell:
-        "logged {log:q} python -m make_tiny_model --corpus {input.corpus:q} --output {output:q}"
+        "logged {log:q} python -m lora_style.tiny_model --corpus {input.corpus:q} --output {output:q}"
         " --pretrain-steps {params.pretrain_steps}"
 
 
@@ -43,5 +43,5 @@ rule base_4bit:
         q_bits=4,
         q_group_size=64,
     shell:
-        "logged {log:q} python -m quantize_base --hf-path {params.source:q} --mlx-path {output:q}"
+        "logged {log:q} python -m lora_style.mlx.quantize_base --hf-path {params.source:q} --mlx-path {output:q}"
         " --q-bits {params.q_bits} --q-group-size {params.q_group_size}"

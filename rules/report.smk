@@ -22,7 +22,7 @@ rule loss_plot:
     conda:
         LOCAL_ENV
     shell:
-        "logged {log:q} python -m loss_plot {input.state:q} --summary {input.summary:q} --output {output:q}"
+        "logged {log:q} python -m lora_style.report.loss_plot {input.state:q} --summary {input.summary:q} --output {output:q}"
 
 
 rule report_pages:
@@ -76,7 +76,7 @@ rule report_pages:
     conda:
         LOCAL_ENV
     shell:
-        "logged {log:q} python -m report_pages --run {wildcards.run} --validation {input.validation:q}"
+        "logged {log:q} python -m lora_style.report.pages --run {wildcards.run} --validation {input.validation:q}"
         " --launch {input.launch:q} --finished {input.finished:q} --summary {input.summary:q}"
         " --metadata {input.metadata:q} --samples {input.samples:q}"
         " --validation-page {output.validation:q} --preflight-page {output.preflight:q}"

@@ -37,7 +37,7 @@ rule preflight:
     resources:
         pod=POD_SETTINGS,
     shell:
-        "logged {log:q} python -m remote_train preflight --run {wildcards.run} --pod-settings {resources.pod:q}"
+        "logged {log:q} python -m lora_style.training.remote_train preflight --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
         " --output {output:q}"
 
@@ -62,7 +62,7 @@ rule submit_training:
     message:
         "{resources.cost}"
     shell:
-        "logged {log:q} python -m remote_train submit --run {wildcards.run} --pod-settings {resources.pod:q}"
+        "logged {log:q} python -m lora_style.training.remote_train submit --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
         " --output {output:q} --estimate {resources.estimate:q}"
 
@@ -84,7 +84,7 @@ rule wait_training:
     resources:
         pod=POD_SETTINGS,
     shell:
-        "logged {log.wait:q} python -m remote_train wait --run {wildcards.run} --pod-settings {resources.pod:q}"
+        "logged {log.wait:q} python -m lora_style.training.remote_train wait --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --launch {input.launch:q} --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
         " --output {output:q} --remote-log {log.remote:q}"
 
@@ -105,6 +105,6 @@ rule best_checkpoint:
     resources:
         pod=POD_SETTINGS,
     shell:
-        "logged {log:q} python -m remote_train fetch --run {wildcards.run} --pod-settings {resources.pod:q}"
+        "logged {log:q} python -m lora_style.training.remote_train fetch --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --launch {input.launch:q} --finished {input.finished:q} --adapter-dir {output.adapter:q}"
         " --summary {output.summary:q} --trainer-state {output.state:q}"

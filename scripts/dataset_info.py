@@ -1,41 +1,8 @@
-"""Write LLaMA-Factory's dataset_info.json for one run (the guide's step 3, generated).
+"""`python scripts/dataset_info.py ...`: the command line of lora_style.data.dataset_info (`python -m lora_style.data.dataset_info`)."""
 
-    python scripts/dataset_info.py --run lovecraft --output dataset_info.json
-
-The dataset's name comes from the same function the training YAML uses, so the two can
-never disagree (the guide's "Dataset not found" row).
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 
-from fileio import write_json
-from train_yaml import dataset_name
-
-# The validated data's file name inside the run's dataset_dir on the pod.
-DATA_FILE = "train.jsonl"
-
-
-def dataset_info(run: str) -> dict:
-    return {
-        dataset_name(run): {
-            "file_name": DATA_FILE,
-            "formatting": "alpaca",
-            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
-        }
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="the run's name from config/config.yaml")
-    parser.add_argument("--output", required=True)
-    args = parser.parse_args(argv)
-    write_json(args.output, dataset_info(args.run))
-    return 0
-
+from lora_style.data.dataset_info import main
 
 if __name__ == "__main__":
     sys.exit(main())

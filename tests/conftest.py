@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-# The pipeline's modules, as Snakemake's jobs see them (scripts/ on the path).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+# The jobs of every snakemake a test starts run `python -m lora_style...` with the `python` on
+# PATH: this interpreter's (.venv, where the package is installed), as with an activated venv
+# or the Makefile.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 # No test reaches the Hugging Face hub, here or in a job it starts: a run whose base_model is a
 # hub id validates with character counts, as without network. Set before anything imports
@@ -55,7 +57,7 @@ def tripwire(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random Qwen2 with a BPE tokenizer trained on the sample data (no hub)."""
-    from make_tiny_model import make_tiny_model
+    from lora_style.tiny_model import make_tiny_model
 
     out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
     return make_tiny_model([str(SAMPLE_DATA)], str(out))

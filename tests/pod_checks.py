@@ -63,9 +63,8 @@ def load_dataset(run_dir: str) -> dict:
 
 def parse_profile(path: str) -> dict:
     """The parser's own unknown-key check on a profile (no GPU-dependent validation)."""
-    from transformers import HfArgumentParser
-
     from llamafactory.hparams.parser import _TRAIN_ARGS
+    from transformers import HfArgumentParser
 
     args = yaml.safe_load(open(path))
     # The per-run keys the pipeline adds (nothing is downloaded: parsing only), and use_cpu so

@@ -7,8 +7,9 @@ import subprocess
 import sys
 import xml.dom.minidom
 
-import best_checkpoint
 from helpers.workflow import REPO
+
+from lora_style.training import best_checkpoint
 
 # The guide's "Training Results" table: step -> (train loss, val loss).
 GUIDE_TABLE = {100: (1.013, 0.977), 200: (0.720, 0.703), 400: (0.293, 0.402),

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from helpers.workflow import REPO, SAMPLE_DATA, run_script, snakemake, write_config
 
-import train_yaml
-from dataset_info import dataset_info
+from lora_style.config import train_yaml
+from lora_style.config import errors as config_errors
+from lora_style.data.dataset_info import dataset_info
 
 GUIDE_YAML = Path(__file__).parent / "fixtures" / "guide_qwen25_32b_lora.yaml"
 DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -81,7 +82,6 @@ def test_every_pattern_in_the_schema_is_explained_in_words():
     in config_errors, and those words are what a violation prints."""
     import jsonschema
 
-    import config_errors
     schema = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
     found: set[str] = set()
 
@@ -133,7 +133,7 @@ def test_dry_run_on_the_default_config_lists_the_plan_and_touches_no_pod(tmp_pat
     """A fresh clone, the default config, a placeholder pod: `snakemake -n lovecraft_mlx` works."""
     clone = tmp_path / "clone"
     clone.mkdir()
-    for part in ("Snakefile", "rules", "scripts", "config", "data"):
+    for part in ("Snakefile", "rules", "src", "scripts", "config", "data"):
         src = REPO / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, clone / part)
     env, calls = tripwire
@@ -156,7 +156,7 @@ def test_a_real_run_on_the_placeholder_pod_stops_before_anything(tmp_path, tripw
     and says what to put where. No connection is attempted, nothing is written."""
     clone = tmp_path / "clone"
     clone.mkdir()
-    for part in ("Snakefile", "rules", "scripts", "config", "data", "environment.yml"):
+    for part in ("Snakefile", "rules", "src", "scripts", "config", "data", "environment.yml"):
         src = REPO / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, clone / part)
     env, calls = tripwire

@@ -13,15 +13,15 @@ import sys
 
 import numpy as np
 import pytest
-from helpers.workflow import SAMPLE_DATA, SCRIPTS
 from helpers.mlx import make_peft_adapter, mlx_logits, token_ids
+from helpers.workflow import SAMPLE_DATA, SCRIPTS
 
-import convert_peft_to_mlx as converter
+import lora_style.mlx.convert as converter
 
 
 @pytest.fixture(scope="module")
 def tiny_model_4layers(tmp_path_factory):
-    from make_tiny_model import make_tiny_model
+    from lora_style.tiny_model import make_tiny_model
 
     return make_tiny_model([str(SAMPLE_DATA)], str(tmp_path_factory.mktemp("m4") / "tiny-qwen2-4l"),
                            layers=4)
@@ -163,7 +163,7 @@ def test_memory_stays_near_one_tensor(tiny_model, tmp_path):
         {"peft_type": "LORA", "r": 256, "lora_alpha": 512, "base_model_name_or_path": ""}))
     # VmHWM is this process's own peak (ru_maxrss would include pytest's, inherited by fork).
     probe = (
-        "import re, sys; sys.path.insert(0, sys.argv[1]); import convert_peft_to_mlx as c;"
+        "import re, sys; import lora_style.mlx.convert as c;"
         "import mlx.core, numpy;"  # imported before the baseline, as in the run
         "c.verify = lambda *a: 'skipped';"  # only the streaming part is measured
         "kb = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read())[1]);"
@@ -185,12 +185,12 @@ def test_adapter_trained_by_llamafactory_gives_peft_logits_in_mlx(tiny_model, tm
     """The real producer: `llamafactory-cli train` (its peft version, its adapter_config.json),
     with rsLoRA, 3 steps on the CPU; then the same comparison as above."""
     import torch
+    from helpers.workflow import LLAMAFACTORY_CLI, run_script
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import train_yaml
-    from helpers.workflow import LLAMAFACTORY_CLI, run_script
-    from dataset_info import DATA_FILE
+    from lora_style.config import train_yaml
+    from lora_style.data.dataset_info import DATA_FILE
 
     data = tmp_path / train_yaml.DATASET_DIR
     data.mkdir()
@@ -226,7 +226,7 @@ def test_adapter_trained_by_llamafactory_gives_peft_logits_in_mlx(tiny_model, tm
 # ------------------------------------------- speed (make bench) without changing what is checked
 
 LIGHT_PROBE = (
-    "import json, sys; sys.path.insert(0, sys.argv[1]); import convert_peft_to_mlx as c;"
+    "import json, sys; import lora_style.mlx.convert as c;"
     "code = c.main(['--input', sys.argv[2], '--output', sys.argv[3], '--base', sys.argv[4]]);"
     "heavy = sorted(m for m in ('transformers', 'torch', 'mlx_lm') if m in sys.modules);"
     "import mlx_lm;"  # the real package loads afterwards, whole
@@ -265,7 +265,7 @@ def test_the_light_check_still_refuses_a_tensor_mlx_lm_would_not_load(tiny_model
     name = "model.layers.0.self_attn.q_proj.lora_a"
     tensors[name.replace("layers.0", "layers.7")] = tensors.pop(name)  # a block the model lacks
     save_file(tensors, weights, metadata={"format": "mlx"})
-    probe = ("import sys, json; sys.path.insert(0, sys.argv[1]); import convert_peft_to_mlx as c;"
+    probe = ("import sys, json; import lora_style.mlx.convert as c;"
              "from pathlib import Path;"
              "cfg = json.loads(Path(sys.argv[3], 'config.json').read_text());"
              "exec('try:\\n c.verify(Path(sys.argv[2]), cfg)\\nexcept c.ConversionError as e:\\n print(e)')")
@@ -279,7 +279,7 @@ def test_the_light_check_still_refuses_a_tensor_mlx_lm_would_not_load(tiny_model
                                    (256, 5000)])
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint16])
 def test_blocked_threaded_transpose_is_a_transpose(shape, dtype):
-    from safetensors_io import transpose_into
+    from lora_style.safetensors_io import transpose_into
 
     src = np.random.default_rng(0).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
     dst = np.empty(shape[::-1], dtype)

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from helpers.workflow import SCRIPTS
 from helpers.mlx import make_peft_adapter
+from helpers.workflow import SCRIPTS
 
-import convert_peft_to_mlx as converter
+import lora_style.mlx.convert as converter
 
 
 @pytest.fixture(scope="module")

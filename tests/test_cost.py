@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from helpers.workflow import REPO
-from pod import cost
+
+from lora_style.training import cost
 
 PROFILES = REPO / "config" / "profiles"
 A100 = {"name": "runpod", "executor": "ssh", "gpu_type": "NVIDIA A100-SXM4-80GB",
@@ -59,7 +59,7 @@ def test_budgets_in_seconds_of_training():
 
 
 def test_a_slurm_job_pays_for_its_gpus_on_every_node():
-    from pod import cost
+    from lora_style.training import cost
 
     pod = {"executor": "slurm", "gpus": 4, "nodes": 2, "gpu_hourly_usd": 2.0}
     assert cost.gpus_paid(pod) == 8 and cost.usd_per_hour(pod) == 16.0

@@ -15,9 +15,9 @@ import string
 
 import pytest
 import yaml
-
 from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
-from make_tiny_model import corpus_texts
+
+from lora_style.tiny_model import corpus_texts
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

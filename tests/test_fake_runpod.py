@@ -15,9 +15,14 @@ import time
 
 import pytest
 import requests
-
-from helpers.fake_runpod import (INSUFFICIENT_BALANCE, NO_FREE_GPUS, NO_INSTANCES, RATE_LIMITED,
-                                 FakeRunPod, pod_processes)
+from helpers.fake_runpod import (
+    INSUFFICIENT_BALANCE,
+    NO_FREE_GPUS,
+    NO_INSTANCES,
+    RATE_LIMITED,
+    FakeRunPod,
+    pod_processes,
+)
 from helpers.openapi import Spec, load_spec
 
 USER_KEY = "rpa_USERKEY0123456789"

@@ -23,11 +23,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers.sshd import Sshd, style_run_config
 from helpers.workflow import LLAMAFACTORY_CLI, snakemake
-from test_train_interrupts import (complete_checkpoints, logged_steps, output_of, run_dir_of,
-                                   start_snakemake, wait_until)
+from test_train_interrupts import (
+    complete_checkpoints,
+    logged_steps,
+    output_of,
+    run_dir_of,
+    start_snakemake,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

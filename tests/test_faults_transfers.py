@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers.workflow import REPO
 
-from pod.executor import make_executor
-from pod.launch import RunFiles
-from pod.run_state import read_state
+from lora_style.training.executor import make_executor
+from lora_style.training.launch import RunFiles
+from lora_style.training.run_state import read_state
 
 pytestmark = [pytest.mark.slow]
 
@@ -40,15 +39,15 @@ BIG = 48 * 2**20              # 12 s on it
 RUNNER = """
 import json, sys
 from pathlib import Path
-from pod import executor
+from lora_style.training import executor
 plain = executor.SSHExecutor.rsync_argv
 rate = int(sys.argv[1])
 executor.SSHExecutor.rsync_argv = (
     lambda self, source, dest, bwlimit_kib=None, *rest:
     plain(self, source, dest, bwlimit_kib or rate or None, *rest))
 if sys.argv[2] == "upload":
-    from pod.launch import RunFiles, upload
-    from pod.messages import PodError, Say
+    from lora_style.training.launch import RunFiles, upload
+    from lora_style.training.messages import PodError, Say
     settings, *paths, run_dir = sys.argv[3:]
     try:
         upload(executor.make_executor(json.loads(settings)), RunFiles.load("style", *paths),
@@ -58,7 +57,7 @@ if sys.argv[2] == "upload":
         sys.exit(1)
     print("uploaded", file=sys.stderr)
 else:
-    import remote_train
+    from lora_style.training import remote_train
     sys.exit(remote_train.main(sys.argv[2:]))
 """
 
@@ -68,7 +67,7 @@ def start(tmp: Path, rate: int, *args, cwd: Path | None = None) -> subprocess.Po
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(rate), *map(str, args)],
                             stdout=out, stderr=subprocess.STDOUT, cwd=cwd or tmp,
                             start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "scripts")})
+                            env=os.environ)
     proc.out = out
     return proc
 

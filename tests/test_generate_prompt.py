@@ -13,9 +13,9 @@ import json
 import pytest
 from helpers.workflow import run_pod_python
 
-import generate
-from dataset_info import dataset_info
-from prompt_format import load_template, render_prompt, split_guide_prompt
+from lora_style.data.dataset_info import dataset_info
+from lora_style.mlx import generate
+from lora_style.prompt_format import load_template, render_prompt, split_guide_prompt
 
 EXAMPLES = [
     # Both fields: the user turn is instruction + "\n" + input.

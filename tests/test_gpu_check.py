@@ -10,13 +10,13 @@ import sys
 import zipfile
 
 import pytest
+from helpers.workflow import REPO
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from helpers.workflow import REPO
-from pod import estimate
-from pod.preflight import run_packages
-from train_yaml import load_profile, train_args
+from lora_style.config.train_yaml import load_profile, train_args
+from lora_style.training import estimate
+from lora_style.training.preflight import run_packages
 
 GPU = REPO / "bench" / "gpu"
 

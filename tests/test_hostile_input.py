@@ -20,7 +20,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers.sshd import Sshd
 from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
 

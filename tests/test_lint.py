@@ -1,7 +1,7 @@
 """The workflow and its shell scripts pass their linters, and the two local-side pin lists agree.
 
 What CI's `snakemake --lint` and `snakefmt --check` do in the workflows this project follows, plus
-shellcheck for every shell script (scripts/logged.sh, the pod's scripts/pod/*.sh, bench/gpu/*.sh).
+shellcheck for every shell script (scripts/logged.sh, the pod's src/lora_style/training/*.sh, bench/gpu/*.sh).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import pytest
 import yaml
 from helpers.workflow import REPO
+
 
 def test_snakemake_lint(tmp_path):
     # In a scratch working directory, so the lint leaves nothing (.snakemake/) in the checkout.
@@ -32,8 +33,9 @@ def test_snakefmt_check():
 
 
 def test_shellcheck_every_shell_script():
-    scripts = sorted(str(p.relative_to(REPO)) for p in (REPO / "scripts").rglob("*.sh"))
-    assert "scripts/logged.sh" in scripts
+    scripts = sorted(str(p.relative_to(REPO)) for folder in ("scripts", "src")
+                     for p in (REPO / folder).rglob("*.sh"))
+    assert "scripts/logged.sh" in scripts and "src/lora_style/training/run.sh" in scripts
     if not shutil.which("shellcheck"):
         pytest.fail("shellcheck not found: install it (apt-get install shellcheck; "
                     "brew install shellcheck), .ci/run does")

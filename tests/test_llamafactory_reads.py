@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers.workflow import REPO, SAMPLE_DATA, run_pod_python, run_script
 
-import train_yaml
-from dataset_info import DATA_FILE
+from lora_style.config import train_yaml
+from lora_style.data.dataset_info import DATA_FILE
 
 pytestmark = pytest.mark.pod
 POD_CHECKS = Path(__file__).parent / "pod_checks.py"

@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 from helpers.workflow import REPO
-from pod.executor import SSHExecutor
+
+from lora_style.training.executor import SSHExecutor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openrsync_options.txt"
 
@@ -115,13 +116,13 @@ GNU_SHELL = re.compile(r"(^|[;&|(]\s*|\$\()\s*(setsid|sha256sum|flock|nproc|time
                        r"stat -c|date -d|sed -i|sort -V)\b")
 GNU_PYTHON = re.compile(r"""\[\s*["'](setsid|sha256sum|flock|nproc|timeout|readlink|stat|date|sed)["' ]""")
 # Pod-side scripts may use them, each behind a `command -v` check or on the pod only.
-POD_SIDE = "scripts/pod/"
+POD_SIDE = "src/lora_style/training/"
 
 
 def test_the_laptop_side_calls_no_gnu_only_tool():
     """What runs on the laptop: the Python (the commands it runs) and scripts/*.sh (logged.sh)."""
     found = []
-    for path in sorted((REPO / "scripts").rglob("*")):
+    for path in sorted([*(REPO / "scripts").rglob("*"), *(REPO / "src").rglob("*")]):
         rel = str(path.relative_to(REPO))
         if path.suffix == ".py":
             pattern = GNU_PYTHON
@@ -142,8 +143,8 @@ def test_pod_side_gnu_tools_have_a_fallback_where_they_may_run_on_a_mac():
     """The local executor runs the pod-side scripts on this machine, which may be a Mac: every
     GNU-only tool there is behind `command -v` with a portable fallback."""
     for name in ("launch.sh", "hashes.sh", "guard_start.sh"):
-        text = (REPO / "scripts/pod" / name).read_text()
+        text = (REPO / POD_SIDE / name).read_text()
         for tool in ("setsid", "sha256sum"):
             if re.search(rf"^\s*[^#]*\b{tool}\b", text, re.M):
                 assert f"command -v {tool}" in text, (name, tool)
-    assert "shasum -a 256" in (REPO / "scripts/pod/hashes.sh").read_text()
+    assert "shasum -a 256" in (REPO / POD_SIDE / "hashes.sh").read_text()

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from helpers.workflow import REPO, SAMPLE_DATA
 
-import write_metadata
-from prompt_format import load_template, render_prompt
-from train_yaml import train_args
-from validate_dataset import main as validate
+from lora_style.config.train_yaml import train_args
+from lora_style.mlx import metadata as write_metadata
+from lora_style.data.validate import main as validate
+from lora_style.prompt_format import load_template, render_prompt
 
 SUMMARY = {"run": "lovecraft", "run_id": "lovecraft-20260101-120000", "best_step": 600,
            "best_eval_loss": 0.358, "selected_by": "min_eval_loss", "total_steps": 1500,

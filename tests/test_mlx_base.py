@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers.workflow import SCRIPTS
 from helpers.mlx import make_peft_adapter, mlx_logits, token_ids
+from helpers.workflow import SCRIPTS
 
-import convert_peft_to_mlx as converter
-import quantize_base
+import lora_style.mlx.convert as converter
+from lora_style.mlx import quantize_base
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,7 @@ def test_adapter_runs_on_the_4bit_base(base_4bit, adapter, tiny_model):
 
 
 def test_generates_text_on_the_4bit_base(base_4bit, adapter):
-    import generate
-
+    from lora_style.mlx import generate
     adapter_dir, _, _ = adapter
     template = generate.load_template("qwen")
     model, tokenizer = generate.load_model(str(base_4bit), str(adapter_dir), template)
@@ -114,8 +113,7 @@ def test_generate_cli_logs_the_rendered_prompt(base_4bit, adapter):
 
 
 def test_generate_refuses_a_missing_model_instead_of_downloading(tmp_path, capsys):
-    import generate
-
+    from lora_style.mlx import generate
     assert generate.main(["--model", "Qwen/Qwen2.5-32B", "--instruction", "x"]) == 1
     assert "no local MLX model" in capsys.readouterr().err
 
@@ -125,8 +123,7 @@ def test_generate_takes_base_and_template_from_the_bundle_metadata(base_4bit, ad
     """`--adapter-path` alone is enough for a bundle: metadata.json names the base and the format."""
     import shutil
 
-    import generate
-
+    from lora_style.mlx import generate
     adapter_dir, _, _ = adapter
     bundle = tmp_path / "bundle"
     shutil.copytree(adapter_dir, bundle)

@@ -3,7 +3,7 @@
 Training is not run here (its own tests do that): a real PEFT adapter made with `peft` on the
 tiny model stands where training leaves one, and only this stage's rules (plus the data
 rules before them) may run, so the adapter folder is taken as given. The workflow runs from a
-copy of the repository's Snakefile, rules, scripts and config, so a test can edit a script.
+copy of the repository's Snakefile, rules, src, scripts and config, so a test can edit the code.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers.workflow import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, write_config
 from helpers.mlx import make_peft_adapter
+from helpers.workflow import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, write_config
 
 RULES = ["validate_dataset", "dataset_info", "train_yaml", "base_4bit", "mlx_adapter", "metadata",
          "samples", "loss_plot", "report_pages", "lovecraft_mlx"]
@@ -59,7 +59,7 @@ def built(tiny_model, tmp_path_factory):
     repo.mkdir()
     for part in ("Snakefile", "environment.yml"):
         shutil.copy2(REPO / part, repo / part)
-    for part in ("requirements", "rules", "scripts", "config"):
+    for part in ("requirements", "rules", "src", "scripts", "config"):
         shutil.copytree(REPO / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(tiny_model, work / "models" / "tiny-qwen2")
     peft = work / "lora_adapters" / "lovecraft_peft"
@@ -119,9 +119,9 @@ def test_author_change_rebuilds_only_metadata(built):
 
 
 def plan_after_appending(built, module: str, line: str):
-    """The dry run's plan with `line` appended to scripts/<module> (put back afterwards)."""
+    """The dry run's plan with `line` appended to <module> (put back afterwards)."""
     repo, work, cfg = built
-    script = repo / "scripts" / module
+    script = repo / module
     original = script.read_text()
     script.write_text(original + f"\n{line}\n")
     try:
@@ -132,14 +132,16 @@ def plan_after_appending(built, module: str, line: str):
 
 def test_converter_edit_reconverts_and_nothing_else(built):
     """The converter's code is a param of mlx_adapter only: an edit reconverts (and re-samples)."""
-    proc = plan_after_appending(built, "convert_peft_to_mlx.py", "CONVERTER_EDIT = 1")
+    proc = plan_after_appending(built, "src/lora_style/mlx/convert.py", "CONVERTER_EDIT = 1")
     assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "report_pages": 1,
                                   "lovecraft_mlx": 1}, proc.stdout
 
 
-@pytest.mark.parametrize("module", ["convert_peft_to_mlx.py", "conversion_plan.py",
-                                    "safetensors_io.py", "fileio.py", "remote_train.py",
-                                    "pod/launch.py", "pod/lib.sh"])
+@pytest.mark.parametrize("module", [
+    "src/lora_style/mlx/convert.py", "src/lora_style/mlx/conversion_plan.py",
+    "src/lora_style/safetensors_io.py", "src/lora_style/fileio.py",
+    "src/lora_style/training/remote_train.py", "src/lora_style/training/launch.py",
+    "src/lora_style/training/lib.sh", "scripts/convert_peft_to_mlx.py"])
 def test_a_comment_in_a_script_plans_nothing(built, module):
     """Code comments rebuild nothing, the converter's included."""
     proc = plan_after_appending(built, module, "# a comment")

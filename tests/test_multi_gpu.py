@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-import train_yaml
 from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
-from pod import cost, estimate, launch, preflight, processes
-from pod.executor import make_executor
+
+from lora_style.config import train_yaml
+from lora_style.training import cost, estimate, launch, preflight, processes
+from lora_style.training.executor import make_executor
 
 PROFILES = REPO / "config" / "profiles"
 ADAPTER = "lora_adapters/style_peft"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import yaml
-
 from helpers.workflow import REPO
-from pod import estimate
+
+from lora_style.training import estimate
 
 PROFILES = REPO / "config" / "profiles"
 

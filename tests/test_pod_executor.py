@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
 
 import pytest
-
 from helpers.workflow import REPO
-from pod.executor import LocalExecutor, SSHExecutor, make_executor
-from pod.messages import PodError
-from pod.settings import load_settings
+
+from lora_style.training.executor import SSHExecutor, make_executor
+from lora_style.training.messages import PodError
+from lora_style.training.settings import load_settings
 
 # ---------------------------------------------------------------------------- the executors
 
@@ -56,9 +55,9 @@ def test_no_ssh_or_rsync_here_is_a_clear_error_not_a_traceback(tmp_path, monkeyp
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     settings = json.dumps({"name": "runpod", "executor": "ssh", "host": "203.0.113.7"})
-    proc = subprocess.run([sys.executable, "-m", "pod.executor", "--pod-settings", settings, "true"],
+    proc = subprocess.run([sys.executable, "-m", "lora_style.training.executor", "--pod-settings", settings, "true"],
                           capture_output=True, text=True, cwd=tmp_path,
-                          env={"PATH": str(empty), "PYTHONPATH": str(REPO / "scripts")})
+                          env={"PATH": str(empty)})
     assert proc.returncode == 1
     assert proc.stderr == "error: ssh not found on this machine: install the OpenSSH client\n"
     monkeypatch.setenv("PATH", str(empty))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-import remote_train
-from pod import fetch, follow, launch, preflight
-from pod.executor import LocalExecutor
-from pod.messages import PodError, Say
+from lora_style.training import fetch, follow, launch, preflight, remote_train
+from lora_style.training.executor import LocalExecutor
+from lora_style.training.messages import PodError, Say
 
 # ---------------------------------------------------------------------------- fetch and stop
 

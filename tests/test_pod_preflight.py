@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 import yaml
-
 from helpers.workflow import LLAMAFACTORY_CLI, REPO
-from pod import preflight, shell
-from pod.executor import LocalExecutor
+
+from lora_style.training import preflight, shell
+from lora_style.training.executor import LocalExecutor
 
 PROFILES = REPO / "config" / "profiles"
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pod import launch, messages, run_state, shell
+from lora_style.training import launch, messages, run_state, shell
 
 # ------------------------------------------------------------------------ states and messages
 

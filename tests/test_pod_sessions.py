@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers.sshd import Sshd
 from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, write_config
-from pod import follow, launch
-from pod.executor import SSHExecutor
-from pod.messages import PodError, Unreachable
+
+from lora_style.training import follow, launch
+from lora_style.training.executor import SSHExecutor
+from lora_style.training.messages import PodError, Unreachable
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

@@ -22,9 +22,9 @@ from helpers.workflow import REPO
 from huggingface_hub.utils import tqdm as hf_tqdm
 from huggingface_hub.utils.tqdm import _create_progress_bar  # what snapshot_download calls
 
-import hub
-import quantize_base
-from pod.progress import PROGRESS_EVERY, QUIET_LIMIT, TransferProgress
+from lora_style import hub
+from lora_style.mlx import quantize_base
+from lora_style.training.progress import PROGRESS_EVERY, QUIET_LIMIT, TransferProgress
 
 # ---------------------------------------------------------------------------- rsync's progress
 
@@ -98,7 +98,7 @@ def test_a_long_download_shows_its_progress_while_it_runs(sshd, tmp_path):
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-c", fetch, json.dumps(pod), str(big),
                              str(tmp_path / "got")], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "scripts")})
+                            env=os.environ)
     seen = [(time.monotonic() - start, line.rstrip("\n")) for line in proc.stderr]
     assert proc.wait() == 0, seen
     ended = time.monotonic() - start
@@ -148,10 +148,10 @@ def test_converting_says_what_it_has_written_while_it_runs(tmp_path):
 
 
 def test_quantising_says_each_stage_through_a_pipe(tiny_model, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "quantize_base", "--hf-path", str(tiny_model),
+    proc = subprocess.run([sys.executable, "-m", "lora_style.mlx.quantize_base", "--hf-path", str(tiny_model),
                            "--mlx-path", str(tmp_path / "tiny-4bit")], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "scripts")})
+                          env=os.environ)
     assert proc.returncode == 0, proc.stdout
     stages = [line for line in proc.stdout.splitlines()
               if line.startswith(("[INFO]", "mlx_lm.convert", str(tmp_path)))]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers.fake_runpod import FakeRunPod
 from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
-from pod import runpod
+
+from lora_style.training import runpod
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers.fake_runpod import FakeRunPod
-from pod import runpod, runpod_account, shell
-from pod.executor import make_executor
-from pod.messages import PodError
-from pod.runpod_api import RunPodAPI, RunPodError
-from pod.settings import with_defaults
+
+from lora_style.training import runpod, runpod_account, shell
+from lora_style.training.executor import make_executor
+from lora_style.training.messages import PodError
+from lora_style.training.runpod_api import RunPodAPI, RunPodError
+from lora_style.training.settings import with_defaults
 
 KEY_ENV = "LORA_TEST_RUNPOD_KEY"
 USER_KEY = "rpa_TESTSECRET_0123456789abcdefghijklmnopqrstuv"
@@ -171,7 +171,7 @@ def test_a_gpu_out_of_stock_rents_nothing_and_names_what_is_in_stock(tmp_path, f
 
 
 def test_the_plan_prices_from_the_catalog_read_and_says_how_old(tmp_path, fake):
-    from pod import cost, runpod_catalog
+    from lora_style.training import cost, runpod_catalog
 
     runpod_catalog.refresh(RunPodAPI(settings_for(fake, tmp_path)), settings_for(fake, tmp_path),
                            tmp_path)
@@ -356,8 +356,7 @@ def test_the_guard_falls_back_to_runpodctl_and_never_gives_up_while_the_pod_is_u
 def test_ctrl_c_while_following_says_what_runpod_reports(tmp_path, fake, monkeypatch):
     import argparse
 
-    import remote_train
-
+    from lora_style.training import remote_train
     monkeypatch.chdir(tmp_path)
     settings = settings_for(fake, tmp_path)
     rented = runpod.rent(settings, "style", tmp_path, Said())

@@ -23,12 +23,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers.slurm import start_cluster
 from helpers.sshd import Sshd
 from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, wait_until, write_config
-from pod import run_state
-from pod.slurm import node_gpus, parse_time, sbatch_options
+
+from lora_style.training import run_state
+from lora_style.training.slurm import node_gpus, parse_time, sbatch_options
 
 ADAPTER = "lora_adapters/style_peft"
 
@@ -79,7 +79,7 @@ SINFO = {"tool": ["sbatch /usr/bin/sbatch", "squeue /usr/bin/squeue", "sinfo /us
      {"partition": "pods.c.partition is not set and the cluster has no default"}),
 ])
 def test_preflight_checks_of_a_slurm_cluster(facts, pod, args, failed):
-    from pod.slurm import slurm_checks
+    from lora_style.training.slurm import slurm_checks
 
     checks = slurm_checks(facts, {"name": "c", **pod}, args)
     assert {c.name: c.detail for c in checks if not c.ok}.keys() == failed.keys(), checks

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, snakemake, wait_until
 from helpers.sshd import style_run_config
+from helpers.workflow import LLAMAFACTORY_CLI, REPO, snakemake, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

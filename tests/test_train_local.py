@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]

@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from helpers.workflow import LLAMAFACTORY_CLI, snakemake
 from helpers.sshd import style_run_config
+from helpers.workflow import LLAMAFACTORY_CLI, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

@@ -173,8 +173,8 @@ def test_token_counts_and_cutoff_len_with_a_tokenizer(tmp_path, tiny_model):
 
 def test_token_counts_render_with_the_runs_template(tmp_path, tiny_model, monkeypatch):
     """The counts are of the text training sees: the run's chat template, not always qwen's."""
-    import prompt_format
-    from validate_dataset import token_lengths
+    from lora_style import prompt_format
+    from lora_style.data.validate import token_lengths
 
     qwen = json.loads((prompt_format.TEMPLATES_DIR / "qwen.json").read_text())
     long_system = {**qwen, "default_system": qwen["default_system"] + " Answer in the style asked." * 20}
@@ -255,7 +255,7 @@ def _jsonschema_messages(obj: dict) -> list[str]:
     plain type checks of dataset_checks.py): the reference the plain check must equal."""
     import jsonschema
 
-    from dataset_checks import EXAMPLE_SCHEMA, FIELDS, describe
+    from lora_style.data.checks import EXAMPLE_SCHEMA, FIELDS, describe
 
     messages = []
     validator = jsonschema.Draft202012Validator(EXAMPLE_SCHEMA)
@@ -279,7 +279,7 @@ def test_plain_type_checks_are_the_schemas_rule_with_its_messages():
     the JSON schema accepts and says what it said, in the same order."""
     import itertools
 
-    from dataset_checks import FIELDS, field_problems, line_problems
+    from lora_style.data.checks import FIELDS, field_problems, line_problems
 
     missing = object()
     checked = 0
@@ -320,7 +320,7 @@ def peak_rss_mib(args: list) -> float:
 
     from helpers.workflow import SCRIPTS
 
-    probe = ("import re, sys; sys.path.insert(0, sys.argv[1]); import validate_dataset as v;"
+    probe = ("import re, sys; import lora_style.data.validate as v;"
              "code = v.main(sys.argv[2:]);"
              "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024);"
              "sys.exit(code)")
@@ -368,8 +368,8 @@ def test_a_huge_line_is_counted_to_cutoff_len_not_tokenised_whole(tmp_path, tiny
 def test_counting_a_long_example_in_chunks_gives_the_whole_count(tiny_model, monkeypatch):
     """Chunks are cut between two words, where the tokenizer starts a new piece anyway: the
     chunks' counts add up to the count of the text tokenised whole."""
-    import token_counts
-    from token_counts import token_lengths
+    from lora_style.data import token_counts
+    from lora_style.data.token_counts import token_lengths
 
     examples = [{**GOOD, "output": "The eldritch cellar, 1928: nameless  things... " * 300},
                 {**GOOD, "output": "x" * 5000 + " y"}]  # a chunk with no gap between words

@@ -36,15 +36,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from best_checkpoint import select_checkpoint  # noqa: E402
-from dataset_info import dataset_info  # noqa: E402
-from make_tiny_model import corpus_texts  # noqa: E402
-from pod import launch, preflight  # noqa: E402
-from pod.estimate import GB, QWEN25, estimate_memory  # noqa: E402
-from pod.executor import LocalExecutor  # noqa: E402
-from train_yaml import train_args, write_yaml  # noqa: E402
+from lora_style.config.train_yaml import train_args, write_yaml  # noqa: E402
+from lora_style.data.dataset_info import dataset_info  # noqa: E402
+from lora_style.tiny_model import corpus_texts  # noqa: E402
+from lora_style.training import launch, preflight  # noqa: E402
+from lora_style.training.best_checkpoint import select_checkpoint  # noqa: E402
+from lora_style.training.estimate import GB, QWEN25, estimate_memory  # noqa: E402
+from lora_style.training.executor import LocalExecutor  # noqa: E402
 
 PROFILE = "qwen25_32b_a100"
 RUN = "gpucheck"

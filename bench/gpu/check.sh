@@ -22,6 +22,7 @@ rm -rf "$site"
 "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target "$site" "${wheels[@]}"
 echo "installed ${#wheels[@]} wheels into $site in $(($(date +%s) - start)) s"
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+# The project's package from its src/ (the machine is bare: no pip install of it), then the wheels.
+export PYTHONPATH="$PWD/src:$site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 "$py" bench/gpu/check.py --cli "$site/bin/llamafactory-cli" --out "$out" "$@" 2>&1 | tee "$out/check.log"

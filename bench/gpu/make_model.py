@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
 
 # Qwen2.5-32B's config.json, the keys that give its shapes (hub: Qwen/Qwen2.5-32B).
 QWEN25_32B = {
@@ -70,7 +69,7 @@ def make_model(blocks: int, output: str, device: str = "cuda", shrink: int = 1,
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from make_tiny_model import build_tokenizer, corpus_texts
+    from lora_style.tiny_model import build_tokenizer, corpus_texts
 
     start = time.monotonic()
     shape = model_config(blocks, shrink)

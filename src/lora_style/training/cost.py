@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import yaml
+
+from lora_style.paths import CONFIG
 
 from .estimate import planned_steps
 from .processes import world_size
 
-RATES = Path(__file__).resolve().parents[2] / "config" / "rates.yaml"
+RATES = CONFIG / "rates.yaml"
 
 
 @lru_cache(maxsize=None)

@@ -32,13 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import shell
-from .progress import TransferProgress, relay_progress, to_stderr
 from .messages import PodError, Unreachable
+from .progress import TransferProgress, relay_progress, to_stderr
 from .settings import load_settings, with_defaults
 from .ssh_errors import ssh_failure
 
 # scripts/, which Snakemake's jobs have on PYTHONPATH: kept out of a training started here.
-SCRIPTS = str(Path(__file__).resolve().parents[1])
 
 # ssh exits with 255 when the connection itself fails; rsync reports a broken transport
 # (12: protocol stream, 30/35: timeouts) or passes ssh's 255 on.
@@ -159,19 +158,12 @@ class LocalExecutor(Executor):
 
 
 def clean_environment() -> dict:
-    """This process's environment without what a Snakemake job adds (rules/common.smk): scripts/
-    on PYTHONPATH, and the local side's bin/ in front of PATH. A training on this machine must
-    not import the pipeline's modules (generic names: executor, generate), nor find the local
+    """This process's environment without the local side's bin/ in front of PATH (where the
+    Makefile and a venv's activation put it): a training on this machine must not find the local
     side's tools first (its torchrun, which LLaMA-Factory starts by name for several GPUs)."""
     env = dict(os.environ)
-    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-            if p and os.path.realpath(p) != os.path.realpath(SCRIPTS)]
-    if kept:
-        env["PYTHONPATH"] = os.pathsep.join(kept)
-    else:
-        env.pop("PYTHONPATH", None)
     path = env.get("PATH", "").split(os.pathsep)
-    if path and path[0] == os.path.dirname(sys.executable):
+    if path and os.path.realpath(path[0]) == os.path.realpath(os.path.dirname(sys.executable)):
         env["PATH"] = os.pathsep.join(path[1:])
     return env
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "config" / "templates"
+from lora_style.paths import CONFIG
+
+TEMPLATES_DIR = CONFIG / "templates"
 
 
 def load_template(name: str = "qwen", path: str | Path | None = None) -> dict:

@@ -10,8 +10,19 @@ from pathlib import Path
 from . import cost
 from .executor import Executor
 from .launch import RunFiles, launch_and_record
-from .messages import (PodError, Say, TrainingFailed, Unreachable, disk_full, disk_full_hint,
-                       format_progress, gone_message, hint_for, killed_again_hint, killed_twice)
+from .messages import (
+    PodError,
+    Say,
+    TrainingFailed,
+    Unreachable,
+    disk_full,
+    disk_full_hint,
+    format_progress,
+    gone_message,
+    hint_for,
+    killed_again_hint,
+    killed_twice,
+)
 from .run_state import RunState, now_iso, parse_attempts, parse_state, read_state
 from .settings import with_defaults
 from .shell import parse_markers

@@ -13,8 +13,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from fileio import UserError
-from safetensors_io import DTYPE_SIZES
+from lora_style.fileio import UserError
+from lora_style.safetensors_io import DTYPE_SIZES
 
 # base_model.model.<decoder path>.layers.N.<path inside the block>.<part>
 PEFT_KEY = re.compile(

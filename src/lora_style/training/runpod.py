@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from fileio import read_json_object, write_json
+from lora_style.fileio import read_json_object, write_json
 
 from . import runpod_account, runpod_catalog, shell
 from .messages import PodError, Say

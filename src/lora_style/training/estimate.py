@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from train_yaml import LLAMAFACTORY_DEFAULTS, deepspeed_file
+from lora_style.config.train_yaml import LLAMAFACTORY_DEFAULTS, deepspeed_file
 
 
 def setting(args: dict, key: str):

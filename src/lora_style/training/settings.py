@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from .messages import PodError
+from lora_style.paths import SCHEMA
 
-SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
+from .messages import PodError
 
 
 @lru_cache(maxsize=None)

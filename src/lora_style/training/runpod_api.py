@@ -27,10 +27,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
+from lora_style.config.checks import V1_GONE, retired_v1
+
 from .messages import PodError, Say
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
-V1_HOSTS = ("rest.runpod.io",)
 
 
 class RunPodError(PodError):
@@ -42,17 +43,6 @@ class RunPodError(PodError):
         self.status = status
         self.detail = detail
         self.errors = errors
-
-
-def retired_v1(url: str) -> bool:
-    """Whether an api_url still names RunPod's retired REST API v1."""
-    trimmed = url.rstrip("/")
-    return any(host in trimmed for host in V1_HOSTS) or trimmed.endswith("/v1")
-
-
-V1_GONE = ("names RunPod's REST API v1, which RunPod retired on 2026-11-15. Use v2: "
-           "https://api.runpod.io/v2 (the default: remove api_url). v2 creates pods with a nested "
-           "body, connects through ssh.direct and needs your SSH key registered with RunPod")
 
 
 class _Retry(Retry):

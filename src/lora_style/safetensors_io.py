@@ -14,7 +14,7 @@ import os
 import struct
 from pathlib import Path
 
-from fileio import UserError
+from lora_style.fileio import UserError
 
 # Bytes per element of the floating-point dtypes a tensor can be streamed in.
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}

@@ -22,8 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from fileio import UserError, read_json_object, write_atomic
-from prompt_format import load_template, render_prompt
+from lora_style.fileio import UserError, read_json_object, write_atomic
+from lora_style.prompt_format import load_template, render_prompt
 
 
 class MetadataError(UserError):

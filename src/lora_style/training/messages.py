@@ -7,7 +7,7 @@ import re
 import sys
 from contextlib import contextmanager
 
-from fileio import UserError
+from lora_style.fileio import UserError
 
 
 class PodError(UserError):

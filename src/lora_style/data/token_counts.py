@@ -16,7 +16,7 @@ import re
 from array import array
 from pathlib import Path
 
-from prompt_format import load_template, render_training_text
+from lora_style.prompt_format import load_template, render_training_text
 
 BATCH_CHARS = 4_000_000   # text per encode_batch call: ~200 MB of the tokenizer's encodings
 BATCH_EXAMPLES = 5_000

@@ -20,15 +20,21 @@ from pathlib import Path
 
 import yaml
 
-from fileio import count_lines, sha256_file
-
-from train_yaml import deepspeed_file
+from lora_style.config.train_yaml import deepspeed_file
+from lora_style.fileio import count_lines, sha256_file
 
 from . import cost, preflight, processes, shell
 from .executor import Executor
 from .messages import BEFORE_LAUNCH, LAUNCH_CUT, PodError, Say, Unreachable, stopped_as
-from .run_state import (RunState, holding, now_iso, read_remote_json, read_state, remote_hashes,
-                        write_remote_json)
+from .run_state import (
+    RunState,
+    holding,
+    now_iso,
+    read_remote_json,
+    read_state,
+    remote_hashes,
+    write_remote_json,
+)
 
 # Where each uploaded file goes in the run folder (the train.yaml paths are relative to it).
 UPLOAD_LAYOUT = {"train_yaml": "train.yaml", "data": "data/train.jsonl",

@@ -24,10 +24,21 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
-from fileio import UserError, read_json_object, write_atomic
-from pod.cost import Estimate
-from report_html import (code, duration, facts_table, fmt, grid, lines_list, note, page, value_html,
-                         when)
+from lora_style.fileio import UserError, read_json_object, write_atomic
+from lora_style.report.html_parts import (
+    code,
+    duration,
+    facts_table,
+    fmt,
+    grid,
+    lines_list,
+    note,
+    page,
+    value_html,
+    when,
+)
+from lora_style.training.cost import Estimate
+
 
 class ReportError(UserError):
     """A record the report reads is missing or unreadable; the message says which."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from fileio import read_json_object, write_json
+from lora_style.fileio import read_json_object, write_json
 
 from .cost import short_gpu, steps_per_hour
 from .messages import PodError, Say

@@ -26,11 +26,19 @@ from dataclasses import dataclass, field
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
-from .estimate import (GB, Memory, estimate_disk, estimate_memory, model_arch, needs_cuda,
-                       planned_steps, zero_config)
+from .estimate import (
+    GB,
+    Memory,
+    estimate_disk,
+    estimate_memory,
+    model_arch,
+    needs_cuda,
+    planned_steps,
+    zero_config,
+)
 from .executor import Executor
-from .processes import check_gpus, world_size
 from .messages import PodError, Say, Unreachable
+from .processes import check_gpus, world_size
 from .run_state import now_iso
 from .shell import first
 

@@ -1,0 +1,215 @@
+"""Build the LLaMA-Factory training YAML of a run: profile + overrides + the run's own keys.
+
+    python scripts/train_yaml.py --args '{"lora_rank": 64, ...}' --output train.yaml
+
+Snakemake computes the arguments with ``train_args()`` (so they are the rule's params and a
+change to any hyper-parameter reruns exactly what depends on it) and this CLI writes them.
+The run's own keys are derived, never typed: ``dataset`` is the name ``dataset_info.json``
+declares, ``dataset_dir``/``output_dir`` are relative to the run's folder on the pod (training
+starts there), and ``model_name_or_path`` is the run's ``base_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from lora_style.fileio import write_atomic
+from lora_style.paths import CONFIG
+
+PROFILES_DIR = CONFIG / "profiles"
+KEYS_FILE = CONFIG / "llamafactory_keys.txt"
+DEEPSPEED_DIR = CONFIG / "deepspeed"
+
+# Relative to the run's folder on the pod, where training is started.
+DATASET_DIR = "data"
+OUTPUT_DIR = "output"
+RUN_DEEPSPEED_DIR = "deepspeed"   # the run folder's copy of the profile's DeepSpeed config
+RUN_KEYS = ("model_name_or_path", "dataset", "dataset_dir", "output_dir")
+RUN_KEY_SOURCE = {
+    "model_name_or_path": "the run's base_model",
+    "dataset": "the run's name",
+    "dataset_dir": "the pipeline",
+    "output_dir": "the pipeline",
+}
+
+
+# LLaMA-Factory's own defaults (0.9.5, hparams/data_args.py and finetuning_args.py) for the keys
+# this pipeline reads besides LLaMA-Factory: validation counts examples over cutoff_len, the
+# metadata and the pod estimate use the rank. lora_alpha's default follows the rank (below).
+LLAMAFACTORY_DEFAULTS = {"cutoff_len": 2048, "lora_rank": 8}
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with the file and the fix in its message."""
+
+
+def dataset_name(run: str) -> str:
+    return f"{run}_sft"
+
+
+def known_keys(path: Path = KEYS_FILE) -> set[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def check_keys(args: dict, where: str, keys: set[str] | None = None) -> None:
+    keys = keys if keys is not None else known_keys()
+    for key in args:
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see LLaMA-Factory's hparams"
+            raise ConfigError(f"{where}: '{key}' is not a LLaMA-Factory training key; {hint}")
+
+
+def load_profile(name: str, profiles_dir: Path = PROFILES_DIR, where: str = "profile") -> dict:
+    path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in Path(profiles_dir).glob("*.yaml")))
+        raise ConfigError(f"{where}: profile '{name}' has no file {path}; known profiles: {known}")
+    profile = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(profile, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of LLaMA-Factory keys to values")
+    for key in RUN_KEYS:
+        if key in profile:
+            raise ConfigError(f"{path}: '{key}' is set per run from {RUN_KEY_SOURCE[key]}; "
+                              "delete it from the profile")
+    check_keys(profile, str(path))
+    return profile
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_local_model(base_model: str) -> bool:
+    """A local directory is written as a path (./, ../, / or ~); anything else is a hub id."""
+    return base_model.startswith(("/", "./", "../", "~"))
+
+
+def base_name(base_model: str) -> str:
+    """Qwen/Qwen2.5-32B -> Qwen2.5-32B; ./models/tiny-qwen2 -> tiny-qwen2."""
+    return Path(os.path.expanduser(base_model.rstrip("/"))).name
+
+
+def base_model_path(base_model: str, where: str = "base_model") -> str:
+    """A local directory becomes absolute (training starts in another folder); a hub id stays."""
+    if is_local_model(base_model):
+        return os.path.abspath(os.path.expanduser(base_model))
+    if not HUB_ID.match(base_model):
+        raise ConfigError(f"{where}: '{base_model}' is neither a hub id (org/name) nor a local "
+                          "directory; write a local directory as ./path or /path")
+    return base_model
+
+
+def with_llamafactory_defaults(args: dict) -> dict:
+    """The arguments with LLaMA-Factory's defaults filled in where they are left out.
+
+    A null counts as left out (an override can unset a profile's value); lora_alpha is filled
+    as LLaMA-Factory does it (``self.lora_alpha or self.lora_rank * 2``). Keys that are set
+    keep their place and value.
+    """
+    args = dict(args)
+    for key, value in LLAMAFACTORY_DEFAULTS.items():
+        if args.get(key) is None:
+            args[key] = value
+    if not args.get("lora_alpha"):
+        args["lora_alpha"] = 2 * args["lora_rank"]
+    return args
+
+
+DEEPSPEED_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def resolve_deepspeed(args: dict, where: str, deepspeed_dir: Path | None = None) -> dict:
+    """`deepspeed: ds_z3` (a name of config/deepspeed/) becomes the run folder's path of that
+    file, `deepspeed/ds_z3.json`: training starts in the run folder, and the file travels with the
+    run (scripts/pod/launch.py), so a rerun of the folder trains with the same config. A null
+    (an override unsetting the profile's) removes the key."""
+    deepspeed_dir = Path(deepspeed_dir or DEEPSPEED_DIR)
+    name = args.get("deepspeed")
+    if name is None:
+        return {key: value for key, value in args.items() if key != "deepspeed"}
+    known = ", ".join(sorted(p.stem for p in deepspeed_dir.glob("*.json"))) or "none"
+    if not isinstance(name, str) or not DEEPSPEED_NAME.match(name):
+        raise ConfigError(f"{where}: deepspeed: {name!r} is not the name of a DeepSpeed config; "
+                          f"write one of config/deepspeed/ without .json ({known})")
+    if not (deepspeed_dir / f"{name}.json").is_file():
+        raise ConfigError(f"{where}: deepspeed: '{name}' has no file {deepspeed_dir / name}.json; "
+                          f"known: {known} (or add your JSON there)")
+    return {**args, "deepspeed": f"{RUN_DEEPSPEED_DIR}/{name}.json"}  # keeps the key's place
+
+
+def deepspeed_file(args: dict, deepspeed_dir: Path | None = None) -> Path | None:
+    """The local file behind a train.yaml's `deepspeed: deepspeed/NAME.json`, or None."""
+    value = args.get("deepspeed")
+    if not value:
+        return None
+    return Path(deepspeed_dir or DEEPSPEED_DIR) / Path(str(value)).name
+
+
+def train_args(run: str, run_config: dict, profiles_dir: Path = PROFILES_DIR) -> dict:
+    """The complete training arguments of one run, in the guide's key order.
+
+    Every key another stage reads is there: LLaMA-Factory's defaults fill what the profile
+    and the overrides leave out (``with_llamafactory_defaults``), so no one else repeats them.
+    """
+    args = dict(load_profile(run_config["profile"], profiles_dir, f"config: runs.{run}.profile"))
+    overrides = run_config.get("overrides") or {}
+    where = f"config: runs.{run}.overrides"
+    for key in RUN_KEYS:
+        if key in overrides:
+            raise ConfigError(f"{where}: '{key}' is set from {RUN_KEY_SOURCE[key]}; "
+                              "remove it from overrides")
+    check_keys(overrides, where)
+    args.update(overrides)
+    args = with_llamafactory_defaults(args)
+    args = resolve_deepspeed(args, f"config: runs.{run} (profile {run_config['profile']} + overrides)")
+    return {
+        "model_name_or_path": base_model_path(run_config["base_model"],
+                                              f"config: runs.{run}.base_model"),
+        **args,
+        "dataset": dataset_name(run),
+        "dataset_dir": DATASET_DIR,
+        "output_dir": OUTPUT_DIR,
+    }
+
+
+def write_yaml(args: dict, output: str) -> None:
+    text = "# Generated by scripts/train_yaml.py from config/; edit the config, not this file.\n"
+    text += yaml.safe_dump(args, sort_keys=False, allow_unicode=True)
+    write_atomic(output, text.encode("utf-8"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--args", help="the complete arguments as JSON (what Snakemake passes)")
+    group.add_argument("--run", help="a run of --config, to build the arguments here")
+    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--output", required=True)
+    ns = parser.parse_args(argv)
+    try:
+        if ns.args:
+            args = json.loads(ns.args)
+            check_keys(args, "--args")
+        else:
+            config = yaml.safe_load(Path(ns.config).read_text(encoding="utf-8"))
+            if ns.run not in config.get("runs", {}):
+                raise ConfigError(f"{ns.config}: no run '{ns.run}' under runs:")
+            args = train_args(ns.run, config["runs"][ns.run])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    write_yaml(args, ns.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
