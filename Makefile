@@ -7,11 +7,12 @@ POD_VENV := .venv-pod
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 2
 
-.PHONY: demo test lint bench venvs clean-demo help gpu-wheels gpu-check-cpu
+.PHONY: demo test test-unit lint bench venvs clean-demo help gpu-wheels gpu-check-cpu
 
 help:
 	@echo "make demo   build the whole graph on the embedded sample (tiny model, local CPU) in demo/"
 	@echo "make test   run the test suite"
+	@echo "make test-unit  the in-process tier only (tests/unit: no subprocess, no .venv-pod; seconds)"
 	@echo "make lint   snakemake --lint, snakefmt --check, shellcheck, the conda pins (tests/test_lint.py)"
 	@echo "make bench  the graph's own work against its floors, one table of ratios in bench/results.md (~10 min)"
 	@echo "make gpu-wheels     the wheels the GPU check carries, in .whl/, and the size of one device call"
@@ -43,12 +44,16 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DEMO := $(SNAKEMAKE) --snakefile Snakefile --directory demo --configfile=config/demo.yaml
 
 demo: venvs
-	$(DEMO) --cores $(CORES) --printshellcmds lovecraft_mlx
+	$(DEMO) --cores $(CORES) lovecraft_mlx
 	$(DEMO) --report $(CURDIR)/demo/report.html lovecraft_mlx
 	@$(VENV)/bin/python -m lora_style.report.bundle_help --workdir demo --run lovecraft --report demo/report.html
 
 test: venvs
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+# The in-process tier: the checks, the plan, costs, estimates, the package's shape. Needs only .venv.
+test-unit: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/test_lint.py

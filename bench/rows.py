@@ -110,10 +110,8 @@ def conversion_rows(tmp: Path, repeat: int) -> list[Row]:
     # The interpreter: Python with what the converter imports (numpy, mlx, mlx-lm's Qwen2 and
     # LoRA layers, as its check imports them), doing nothing.
     imports = ("import numpy, mlx.core, mlx.nn;"
-               "import lora_style.mlx.convert as c\n"
-               "with c._mlx_lm_without_its_init():\n"
-               "    import mlx_lm.models.qwen2, mlx_lm.tuner.lora, mlx_lm.tuner.dora")
-    interpreter = max(run(python("-c", imports, str(SCRIPTS))).peak_rss for _ in range(2))
+               "import lora_style.mlx.convert, mlx_lm.utils, mlx_lm.tuner.utils")
+    interpreter = max(run(python("-c", imports)).peak_rss for _ in range(2))
     for model in ("14B", "32B"):
         folder = tmp / f"adapter-{model}"
         sizes = inputs.write_adapter(folder, model)

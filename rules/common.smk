@@ -143,13 +143,12 @@ def training_estimate(run):
     return plan.training_estimate(run, RUNS[run], TRAIN_ARGS[run], pod, Path.cwd())
 
 
-def _planned(run=None):
+def _planned(exclude_finished=True):
     """Snakemake's internals in one place (tested on the pinned Snakemake 9.27, test_cost.py):
-    the (rule, run) of each job the plan runs, worked out only once the DAG is built."""
+    the (rule, run) of each job the plan runs, known only once the DAG is built."""
     return [
         (job.rule.name, job.wildcards.get("run"))
-        for job in workflow.dag.needrun_jobs(exclude_finished=False)
-        if run is None or job.wildcards.get("run") == run
+        for job in workflow.dag.needrun_jobs(exclude_finished=exclude_finished)
     ]
 
 
@@ -160,7 +159,7 @@ class PlanNote(str):
 
     def __format__(self, spec):
         run = str.__str__(self)
-        rules_planned = {rule for rule, _ in _planned(run)}
+        rules_planned = {rule for rule, of in _planned(exclude_finished=False) if of == run}
         return plan.plan_line(run, rules_planned, lambda: training_estimate(run))
 
 
@@ -175,9 +174,6 @@ for _name in plan.placeholder_pods(RUNS, PODS):
 
 def refuse_placeholder_pods():
     """onstart (real runs only): stop before any job when one would contact a placeholder pod."""
-    planned = [
-        (job.rule.name, job.wildcards.get("run")) for job in workflow.dag.needrun_jobs()
-    ]
-    error = plan.refused_placeholder(RUNS, PODS, planned)
+    error = plan.refused_placeholder(RUNS, PODS, _planned())
     if error:
         raise WorkflowError(error)

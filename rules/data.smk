@@ -11,6 +11,8 @@ rule validate_dataset:
         report="results/{run}/data/validation.json",
     log:
         "logs/{run}/validate_dataset.log",
+    benchmark:
+        "benchmarks/{run}/validate_dataset.tsv"
     conda:
         LOCAL_ENV
     params:

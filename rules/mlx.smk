@@ -16,6 +16,8 @@ rule mlx_adapter:
         config="lora_adapters/{run}_mlx/adapter_config.json",
     log:
         "logs/{run}/mlx_adapter.log",
+    benchmark:
+        "benchmarks/{run}/mlx_adapter.tsv"
     conda:
         LOCAL_ENV
     params:
@@ -68,6 +70,8 @@ rule samples:
         "results/{run}/samples.md",
     log:
         "logs/{run}/samples.log",
+    benchmark:
+        "benchmarks/{run}/samples.tsv"
     conda:
         LOCAL_ENV
     params:

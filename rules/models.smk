@@ -33,6 +33,8 @@ rule base_4bit:
         directory("models/{base}-4bit-mlx"),
     log:
         "logs/models/{base}-4bit-mlx.log",
+    benchmark:
+        "benchmarks/models/{base}-4bit-mlx.tsv"
     wildcard_constraints:
         # Only the runs' base models; anything else has no rule.
         base="|".join(re.escape(name) for name in BASE_MODELS),

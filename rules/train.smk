@@ -53,6 +53,8 @@ rule submit_training:
         "results/{run}/train/launch.json",
     log:
         "logs/{run}/submit_training.log",
+    benchmark:
+        "benchmarks/{run}/submit_training.tsv"
     conda:
         LOCAL_ENV
     resources:
@@ -100,6 +102,8 @@ rule best_checkpoint:
         state="results/{run}/train/trainer_state.json",
     log:
         "logs/{run}/best_checkpoint.log",
+    benchmark:
+        "benchmarks/{run}/best_checkpoint.tsv"
     conda:
         LOCAL_ENV
     resources:

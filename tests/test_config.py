@@ -10,8 +10,8 @@ import pytest
 import yaml
 from helpers.workflow import REPO, SAMPLE_DATA, run_script, snakemake, write_config
 
-from lora_style.config import train_yaml
 from lora_style.config import errors as config_errors
+from lora_style.config import train_yaml
 from lora_style.data.dataset_info import dataset_info
 
 GUIDE_YAML = Path(__file__).parent / "fixtures" / "guide_qwen25_32b_lora.yaml"
@@ -210,7 +210,7 @@ def test_tiny_cpu_needs_no_gpu():
     assert tiny["eval_steps"] < tiny["max_steps"], "evaluates, so best-checkpoint logic runs"
 
 
-@pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "config/profiles").glob("*.yaml")))
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "config/hparams").glob("*.yaml")))
 def test_every_profile_key_is_a_llamafactory_key(profile):
     keys = train_yaml.known_keys()
     assert set(train_yaml.load_profile(profile)) <= keys

@@ -225,36 +225,27 @@ def test_adapter_trained_by_llamafactory_gives_peft_logits_in_mlx(tiny_model, tm
 
 # ------------------------------------------- speed (make bench) without changing what is checked
 
-LIGHT_PROBE = (
-    "import json, sys; import lora_style.mlx.convert as c;"
-    "code = c.main(['--input', sys.argv[2], '--output', sys.argv[3], '--base', sys.argv[4]]);"
-    "heavy = sorted(m for m in ('transformers', 'torch', 'mlx_lm') if m in sys.modules);"
-    "import mlx_lm;"  # the real package loads afterwards, whole
-    "print(json.dumps({'code': code, 'heavy': heavy, 'load': callable(mlx_lm.load)}))"
-)
-
-
 @pytest.mark.parametrize("case", ["layer_subset", "dora"])
-def test_the_command_checks_without_importing_transformers_and_writes_the_same(
-        case, tiny_model, tiny_model_4layers, tmp_path):
-    """The command line loads mlx-lm's model and LoRA layers without its package __init__ (which
-    imports transformers, and torch: seconds). It must write and check exactly what the full
-    mlx-lm path (in this process, where mlx_lm is imported) does, and leave mlx_lm importable."""
+def test_the_command_line_writes_what_the_function_writes(case, tiny_model, tiny_model_4layers,
+                                                           tmp_path):
+    """`python scripts/convert_peft_to_mlx.py` (a fresh process, as the rule runs it) writes and
+    checks exactly what convert() does in this process."""
     base = tiny_model_4layers if case == "layer_subset" else tiny_model
     make_peft_adapter(base, tmp_path / "peft", token_ids(base), **CASES[case])
     assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "full"),
                            "--base", str(base)]) == 0
-    proc = subprocess.run([sys.executable, "-c", LIGHT_PROBE, str(SCRIPTS), str(tmp_path / "peft"),
-                           str(tmp_path / "light"), str(base)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "convert_peft_to_mlx.py"), "--input",
+                           str(tmp_path / "peft"), "--output", str(tmp_path / "cli"), "--base",
+                           str(base)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    answer = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert answer == {"code": 0, "heavy": [], "load": True}
+    assert "matched to the LoRA layers mlx-lm builds" in proc.stderr + proc.stdout
     for name in ("adapters.safetensors", "adapter_config.json"):
-        assert (tmp_path / "light" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
 
 
-def test_the_light_check_still_refuses_a_tensor_mlx_lm_would_not_load(tiny_model, tmp_path):
-    """verify() without mlx-lm's __init__ matches tensors to the model mlx-lm builds, as before."""
+def test_the_check_refuses_a_tensor_mlx_lm_would_not_load(tiny_model, tmp_path):
+    """verify() loads the output with mlx-lm's own adapter loader on the model built from the
+    base's config: a tensor for a block the model lacks is refused, with its name."""
     from safetensors.numpy import load_file, save_file
 
     make_peft_adapter(tiny_model, tmp_path / "peft", token_ids(tiny_model), r=4, lora_alpha=16)
@@ -265,14 +256,9 @@ def test_the_light_check_still_refuses_a_tensor_mlx_lm_would_not_load(tiny_model
     name = "model.layers.0.self_attn.q_proj.lora_a"
     tensors[name.replace("layers.0", "layers.7")] = tensors.pop(name)  # a block the model lacks
     save_file(tensors, weights, metadata={"format": "mlx"})
-    probe = ("import sys, json; import lora_style.mlx.convert as c;"
-             "from pathlib import Path;"
-             "cfg = json.loads(Path(sys.argv[3], 'config.json').read_text());"
-             "exec('try:\\n c.verify(Path(sys.argv[2]), cfg)\\nexcept c.ConversionError as e:\\n print(e)')")
-    proc = subprocess.run([sys.executable, "-c", probe, str(SCRIPTS), str(tmp_path / "mlx"),
-                           str(tiny_model)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "model.layers.7.self_attn.q_proj.lora_a: not a LoRA parameter" in proc.stdout
+    base_config = json.loads((tiny_model / "config.json").read_text())
+    with pytest.raises(converter.ConversionError, match=r"model\.layers\.7\.self_attn\.q_proj\.lora_a"):
+        converter.verify(tmp_path / "mlx", base_config)
 
 
 @pytest.mark.parametrize("shape", [(64, 27648), (27648, 64), (8, 3), (3, 8), (16, 16), (17, 1),

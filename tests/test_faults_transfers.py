@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.workflow import REPO
 
-from lora_style.training.executor import make_executor
 from lora_style.training.launch import RunFiles
+from lora_style.training.machines import make_executor
 from lora_style.training.run_state import read_state
 
 pytestmark = [pytest.mark.slow]
@@ -39,7 +38,7 @@ BIG = 48 * 2**20              # 12 s on it
 RUNNER = """
 import json, sys
 from pathlib import Path
-from lora_style.training import executor
+from lora_style.training import executor, machines
 plain = executor.SSHExecutor.rsync_argv
 rate = int(sys.argv[1])
 executor.SSHExecutor.rsync_argv = (
@@ -50,7 +49,7 @@ if sys.argv[2] == "upload":
     from lora_style.training.messages import PodError, Say
     settings, *paths, run_dir = sys.argv[3:]
     try:
-        upload(executor.make_executor(json.loads(settings)), RunFiles.load("style", *paths),
+        upload(machines.make_executor(json.loads(settings)), RunFiles.load("style", *paths),
                run_dir, say=Say("style"))
     except PodError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -63,9 +63,9 @@ def test_llamafactory_loader_finds_the_dataset_through_dataset_info(run_dir, sam
     assert any(row["output"] in loaded["first_labels"] for row in sample_rows)
 
 
-@pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "config/profiles").glob("*.yaml")))
+@pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "config/hparams").glob("*.yaml")))
 def test_every_profile_key_is_known_to_llamafactorys_parser(profile):
-    parsed = pod_check("parse-profile", REPO / "config" / "profiles" / profile)
+    parsed = pod_check("parse-profile", REPO / "config" / "hparams" / profile)
     assert parsed["keys"]
 
 

@@ -24,9 +24,9 @@ from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, wri
 
 from lora_style.config import train_yaml
 from lora_style.training import cost, estimate, launch, preflight, processes
-from lora_style.training.executor import make_executor
+from lora_style.training.machines import make_executor
 
-PROFILES = REPO / "config" / "profiles"
+PROFILES = REPO / "config" / "hparams"
 ADAPTER = "lora_adapters/style_peft"
 
 

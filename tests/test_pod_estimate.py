@@ -10,7 +10,7 @@ from helpers.workflow import REPO
 
 from lora_style.training import estimate
 
-PROFILES = REPO / "config" / "profiles"
+PROFILES = REPO / "config" / "hparams"
 
 
 def test_memory_estimate_reproduces_the_guides_32b_figures():

@@ -10,7 +10,8 @@ import sys
 import pytest
 from helpers.workflow import REPO
 
-from lora_style.training.executor import SSHExecutor, make_executor
+from lora_style.training.executor import SSHExecutor
+from lora_style.training.machines import make_executor
 from lora_style.training.messages import PodError
 from lora_style.training.settings import load_settings
 
@@ -55,7 +56,7 @@ def test_no_ssh_or_rsync_here_is_a_clear_error_not_a_traceback(tmp_path, monkeyp
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     settings = json.dumps({"name": "runpod", "executor": "ssh", "host": "203.0.113.7"})
-    proc = subprocess.run([sys.executable, "-m", "lora_style.training.executor", "--pod-settings", settings, "true"],
+    proc = subprocess.run([sys.executable, "-m", "lora_style.training.machines", "--pod-settings", settings, "true"],
                           capture_output=True, text=True, cwd=tmp_path,
                           env={"PATH": str(empty)})
     assert proc.returncode == 1

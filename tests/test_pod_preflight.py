@@ -13,7 +13,7 @@ from helpers.workflow import LLAMAFACTORY_CLI, REPO
 from lora_style.training import preflight, shell
 from lora_style.training.executor import LocalExecutor
 
-PROFILES = REPO / "config" / "profiles"
+PROFILES = REPO / "config" / "hparams"
 
 # -------------------------------------------------------------------------- preflight checks
 

@@ -18,7 +18,6 @@ import sys
 import time
 
 import pytest
-from helpers.workflow import REPO
 from huggingface_hub.utils import tqdm as hf_tqdm
 from huggingface_hub.utils.tqdm import _create_progress_bar  # what snapshot_download calls
 
@@ -91,7 +90,7 @@ def test_a_long_download_shows_its_progress_while_it_runs(sshd, tmp_path):
     big = tmp_path / "adapter_model.safetensors"
     with open(big, "wb") as handle:
         handle.truncate(200 * 2**20)  # sparse here; rsync sends every byte
-    fetch = ("import json, sys\nfrom pathlib import Path\nfrom pod.executor import make_executor\n"
+    fetch = ("import json, sys\nfrom pathlib import Path\nfrom lora_style.training.machines import make_executor\n"
              "make_executor(json.loads(sys.argv[1])).get(sys.argv[2], Path(sys.argv[3]), "
              "bwlimit_kib=16384)\n")
     pod = sshd.pod(tmp_path, "/bin/true")

@@ -16,9 +16,9 @@ import xml.dom.minidom
 import zipfile
 
 import pytest
+from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, SAMPLE_HELDOUT, snakemake, write_config
 
 from lora_style.report import pages as report_pages
-from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, SAMPLE_HELDOUT, snakemake, write_config
 
 SECTIONS = ["1. Data", "2. Preflight", "3. Training", "4. MLX bundle", "5. Samples"]
 

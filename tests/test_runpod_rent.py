@@ -22,7 +22,7 @@ import pytest
 from helpers.fake_runpod import FakeRunPod
 
 from lora_style.training import runpod, runpod_account, shell
-from lora_style.training.executor import make_executor
+from lora_style.training.machines import make_executor
 from lora_style.training.messages import PodError
 from lora_style.training.runpod_api import RunPodAPI, RunPodError
 from lora_style.training.settings import with_defaults

@@ -31,7 +31,7 @@ def test_metadata_names_the_missing_training_summary(tmp_path):
     peft = tmp_path / "peft"
     peft.mkdir()
     out = tmp_path / "mlx" / "metadata.json"
-    proc = run_script("write_metadata.py", "--run", "r", "--base-model", "models/b-4bit-mlx",
+    proc = run_script("lora_style.mlx.metadata", "--run", "r", "--base-model", "models/b-4bit-mlx",
                       "--base-model-id", "org/b", "--lora-rank", "8", "--lora-alpha", "32",
                       "--template", "qwen", "--validation", tmp_path / "validation.json",
                       "--peft", peft, "--output", out)

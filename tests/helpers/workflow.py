@@ -25,8 +25,10 @@ POD_PYTHON = POD_VENV / "bin" / "python"
 LLAMAFACTORY_CLI = POD_VENV / "bin" / "llamafactory-cli"
 
 def run_script(name: str, *args, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
-    """Run scripts/<name> with the local interpreter, as the rules do."""
-    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)],
+    """Run a command line with the local interpreter: scripts/<name>.py as a user types it, or a
+    module (`lora_style.mlx.metadata`) as the rules run it."""
+    command = [str(SCRIPTS / name)] if name.endswith(".py") else ["-m", name]
+    return subprocess.run([sys.executable, *command, *map(str, args)],
                           capture_output=True, text=True, check=check, **kwargs)
 
 

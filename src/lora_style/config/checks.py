@@ -15,7 +15,6 @@ from pathlib import Path
 from lora_style.config import train_yaml
 from lora_style.config.train_yaml import ConfigError
 
-
 V1_HOSTS = ("rest.runpod.io",)
 V1_GONE = ("names RunPod's REST API v1, which RunPod retired on 2026-11-15. Use v2: "
            "https://api.runpod.io/v2 (the default: remove api_url). v2 creates pods with a nested "

@@ -24,7 +24,7 @@ import yaml
 from lora_style.fileio import write_atomic
 from lora_style.paths import CONFIG
 
-PROFILES_DIR = CONFIG / "profiles"
+PROFILES_DIR = CONFIG / "hparams"
 KEYS_FILE = CONFIG / "llamafactory_keys.txt"
 DEEPSPEED_DIR = CONFIG / "deepspeed"
 

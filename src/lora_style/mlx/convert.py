@@ -31,12 +31,13 @@ about twice the largest single tensor (its bytes plus the transposed copy): ~14 
 guide's Qwen2.5-32B rank-64 adapter (~2 GB in all), whatever the adapter's total size.
 
 Adapters an mlx-lm LoRA adapter cannot represent are refused, with the reason and what to do,
-a non-zero exit and nothing written. After writing, the output is checked the way mlx-lm reads
-it (every tensor matched to a LoRA layer of the model, every shape right), because mlx-lm
-before 0.32 silently ignores tensors it does not know.
+a non-zero exit and nothing written. After writing, the output is loaded with mlx-lm's own
+adapter loader onto the base model built from its config.json, and every tensor is matched to a
+LoRA parameter of that model with its shape, because mlx-lm before 0.32 silently ignores tensors
+it does not know.
 
-What is decided (refusals, rank, scale, num_layers) lives in scripts/conversion_plan.py, the
-streaming in scripts/safetensors_io.py; this file finds the inputs, writes, checks and lands.
+What is decided (refusals, rank, scale, num_layers) lives in conversion_plan.py, the
+streaming in lora_style/safetensors_io.py; this file finds the inputs, writes, checks and lands.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import argparse
 import json
 import re
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from lora_style.config.train_yaml import HUB_ID
@@ -145,14 +145,13 @@ def verify(out_dir: Path, base_config: dict | None) -> str:
     errors = []
     if base_config is not None:
         from mlx.utils import tree_flatten
+        from mlx_lm.tuner.utils import load_adapters
 
-        with _mlx_lm_without_its_init() as light:
-            try:
-                model_class, args_class = _model_classes(base_config, light)
-            except ValueError as exc:
-                raise ConversionError(f"the base model cannot be built by this mlx-lm: {exc}") from None
-            model = model_class(args_class.from_dict(base_config))  # lazy: no weights in memory
-            _lora_layers(model, cfg["num_layers"], params, cfg["fine_tune_type"] == "dora", light)
+        model = _model_from_config(base_config)      # lazy: no weights in memory
+        try:
+            load_adapters(model, str(out_dir))         # mlx-lm's own loader wraps the layers
+        except ValueError as exc:
+            raise ConversionError(f"mlx-lm refuses the written adapter: {exc}") from None
         allowed = {name: tuple(p.shape) for name, p in tree_flatten(model.parameters())
                    if name.rsplit(".", 1)[-1] in leaves}
         how = f"matched to the LoRA layers mlx-lm builds on the base model ({len(allowed)} parameters)"
@@ -184,109 +183,34 @@ def verify(out_dir: Path, base_config: dict | None) -> str:
     return f"{len(weights)} tensors {how}"
 
 
-# --- mlx-lm's model and LoRA layers, without its tokenizer --------------------------------------
-# `import mlx_lm.<anything>` first runs mlx_lm/__init__.py, which imports its generate and load
-# functions and through them transformers (and torch, where installed): 2 s here on an idle
-# machine, 14 s under load (python -X importtime), more than the rest of a 2 GB conversion, for
-# nothing the check uses. The check needs only mlx_lm.models.<type> and mlx_lm.tuner.lora/dora,
-# which import mlx alone: they are loaded under empty stand-ins for the two packages, taken away
-# afterwards so that a later `import mlx_lm` in the same process loads the real package. Where
-# mlx_lm is imported already (a test, a notebook), its own functions are used.
+# --- mlx-lm's model, from the base's config.json ------------------------------------------------
+# mlx-lm's public pieces: its per-architecture modules (mlx_lm.models.<type>: Model, ModelArgs),
+# its MODEL_REMAPPING, and its adapter loader (mlx_lm.tuner.utils.load_adapters, which wraps the
+# last num_layers blocks as it does at inference). Built from the config alone, so nothing of
+# the base's weights is read, which a 32B base would make slow.
 
-@contextmanager
-def _mlx_lm_without_its_init():
-    import importlib.util
-    import types
-
-    if "mlx_lm" in sys.modules or importlib.util.find_spec("mlx_lm") is None:
-        yield False
-        return
-    root = Path(importlib.util.find_spec("mlx_lm").origin).parent
-    before = set(sys.modules)
-    for name, folder in (("mlx_lm", root), ("mlx_lm.tuner", root / "tuner")):
-        package = types.ModuleType(name)
-        package.__path__ = [str(folder)]
-        package.__spec__ = importlib.util.spec_from_loader(name, loader=None, is_package=True)
-        package.__spec__.submodule_search_locations = [str(folder)]
-        sys.modules[name] = package
-    try:
-        yield True
-    finally:
-        for name in set(sys.modules) - before:
-            if name == "mlx_lm" or name.startswith("mlx_lm."):
-                del sys.modules[name]
-
-
-def _remappings(utils_file: Path) -> tuple[dict, dict]:
-    """mlx-lm's MODEL_REMAPPING and MODEL_ARCHITECTURE_REMAPPING, read from its utils.py as
-    literals (importing that module is what costs the seconds)."""
-    import ast
-
-    found = {}
-    for node in ast.parse(utils_file.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in ("MODEL_REMAPPING", "MODEL_ARCHITECTURE_REMAPPING"):
-                found[node.targets[0].id] = ast.literal_eval(node.value)
-    return found["MODEL_REMAPPING"], found["MODEL_ARCHITECTURE_REMAPPING"]
-
-
-def _model_classes(config: dict, light: bool):
-    """mlx_lm.utils._get_classes, the same steps."""
+def _model_from_config(config: dict):
     import importlib
 
-    if not light:
-        from mlx_lm.utils import _get_classes
+    from mlx_lm import utils
 
-        return _get_classes(config)
-    remap, arch_remap = _remappings(Path(sys.modules["mlx_lm"].__path__[0]) / "utils.py")
-    model_type = config["model_type"]
+    model_type = config.get("model_type", "")
     architectures = config.get("architectures") or ()
     if isinstance(architectures, str):
         architectures = (architectures,)
+    by_architecture = getattr(utils, "MODEL_ARCHITECTURE_REMAPPING", {})  # not in every version
     for architecture in architectures:
-        if (model_type, architecture) in arch_remap:
-            model_type = arch_remap[(model_type, architecture)]
+        if (model_type, architecture) in by_architecture:
+            model_type = by_architecture[(model_type, architecture)]
             break
     else:
-        model_type = remap.get(model_type, model_type)
+        model_type = getattr(utils, "MODEL_REMAPPING", {}).get(model_type, model_type)
     try:
-        arch = importlib.import_module(f"mlx_lm.models.{model_type}")
-    except ImportError as exc:
-        raise ValueError(f"Model type {model_type} not supported.") from exc
-    return arch.Model, arch.ModelArgs
-
-
-def _lora_layers(model, num_layers: int, params: dict, dora: bool, light: bool) -> None:
-    """mlx_lm.tuner.utils.linear_to_lora_layers for the case the converter writes (explicit
-    keys, linear layers): the last num_layers blocks' modules named by keys wrapped by
-    LoRALinear (DoRALinear) from_base, as mlx-lm's loader wraps them."""
-    if not light:
-        from mlx_lm.tuner.utils import linear_to_lora_layers
-
-        linear_to_lora_layers(model, num_layers, params, use_dora=dora)
-        return
-    import mlx.nn as nn
-    from mlx.utils import tree_unflatten
-    from mlx_lm.tuner.dora import DoRALinear
-    from mlx_lm.tuner.lora import LoRALinear
-
-    kind = DoRALinear if dora else LoRALinear
-    keys = set(params["keys"])
-    for block in model.layers[-max(num_layers, 0):]:
-        wrapped = []
-        for name, module in block.named_modules():
-            if name not in keys:
-                continue
-            if not dora and hasattr(module, "to_lora"):
-                wrapped.append((name, module.to_lora(r=params["rank"], scale=params["scale"],
-                                                     dropout=params["dropout"])))
-            elif isinstance(module, (nn.Linear, nn.QuantizedLinear)):
-                wrapped.append((name, kind.from_base(module, r=params["rank"],
-                                                     scale=params["scale"], dropout=params["dropout"])))
-            else:
-                raise ValueError(f"Can't convert layer of type {type(module).__name__} to LoRA")
-        if wrapped:
-            block.update_modules(tree_unflatten(wrapped))
+        module = importlib.import_module(f"mlx_lm.models.{model_type}")
+    except ImportError:
+        raise ConversionError(f"the base model cannot be built by this mlx-lm: model type "
+                              f"'{model_type}' is not one it knows (upgrade mlx-lm)") from None
+    return module.Model(module.ModelArgs.from_dict(config))
 
 
 # --- the command -----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ terminal and log) while a long upload or download runs (progress.py).
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import os
 import re
@@ -34,10 +33,8 @@ from pathlib import Path
 from . import shell
 from .messages import PodError, Unreachable
 from .progress import TransferProgress, relay_progress, to_stderr
-from .settings import load_settings, with_defaults
+from .settings import with_defaults
 from .ssh_errors import ssh_failure
-
-# scripts/, which Snakemake's jobs have on PYTHONPATH: kept out of a training started here.
 
 # ssh exits with 255 when the connection itself fails; rsync reports a broken transport
 # (12: protocol stream, 30/35: timeouts) or passes ssh's 255 on.
@@ -131,7 +128,7 @@ class LocalExecutor(Executor):
     def sh(self, script: str, timeout: float | None = 600, args: tuple = (),
            stdin: bytes = b"") -> Result:
         # A session of its own: a training started from here survives Ctrl-C of Snakemake. The
-        # environment is the user's, without the scripts/ folder the job put on PYTHONPATH.
+        # environment is the user's, without the local side's bin/ first on PATH.
         try:
             proc = subprocess.run(["sh", "-c", script, "sh", *args], cwd=self.workdir,
                                   capture_output=True, timeout=timeout, start_new_session=True,
@@ -329,37 +326,3 @@ class SSHExecutor(Executor):
     def where(self) -> str:
         port = self.settings.get("port")
         return f"pod '{self.name}' ({self.destination()}{f' port {port}' if port else ''})"
-
-
-EXECUTORS = {"ssh": SSHExecutor, "local": LocalExecutor}
-
-
-def make_executor(settings: dict, workdir: str | os.PathLike = ".") -> Executor:
-    kind = settings.get("executor")
-    if kind == "slurm":  # imported here: slurm.py builds on the two executors of this module
-        from .slurm import SlurmExecutor
-        return SlurmExecutor(settings, workdir)
-    if kind not in EXECUTORS:
-        raise PodError(f"pods.{settings.get('name', '?')}.executor: '{kind}' is not one of "
-                       f"{', '.join(EXECUTORS)}, slurm")
-    return EXECUTORS[kind](settings, workdir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pod-settings", required=True,
-                        help="a pods: entry (with its name) as JSON, or a file holding it")
-    parser.add_argument("script", help="shell script to run there")
-    args = parser.parse_args(argv)
-    try:
-        result = make_executor(load_settings(args.pod_settings)).sh(args.script)
-    except PodError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    sys.stdout.buffer.write(result.out)
-    sys.stderr.write(result.err)
-    return result.rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,8 @@ from lora_style.fileio import land, sha256_file, staged_dir, write_atomic
 from lora_style.training import best_checkpoint
 
 from .executor import Executor
-from .follow import with_reconnect
 from .messages import PodError, Say, stopped_after_landing, stopped_as
+from .reconnect import with_reconnect
 from .run_state import holding, list_checkpoints, read_state, remote_hashes
 from .settings import with_defaults
 

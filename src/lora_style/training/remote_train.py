@@ -41,7 +41,7 @@ from lora_style.training import (
     runpod_account,
     runpod_catalog,
 )
-from lora_style.training.executor import make_executor
+from lora_style.training.machines import make_executor
 from lora_style.training.messages import STOPPED, PodError, Say, Stopped, TrainingFailed, Unreachable
 from lora_style.training.runpod_api import RunPodAPI
 from lora_style.training.settings import load_settings, with_defaults

@@ -10,8 +10,8 @@ import yaml
 from helpers.workflow import REPO, SAMPLE_DATA
 
 from lora_style.config.train_yaml import train_args
-from lora_style.mlx import metadata as write_metadata
 from lora_style.data.validate import main as validate
+from lora_style.mlx import metadata as write_metadata
 from lora_style.prompt_format import load_template, render_prompt
 
 SUMMARY = {"run": "lovecraft", "run_id": "lovecraft-20260101-120000", "best_step": 600,

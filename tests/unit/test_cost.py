@@ -8,7 +8,7 @@ from helpers.workflow import REPO
 
 from lora_style.training import cost
 
-PROFILES = REPO / "config" / "profiles"
+PROFILES = REPO / "config" / "hparams"
 A100 = {"name": "runpod", "executor": "ssh", "gpu_type": "NVIDIA A100-SXM4-80GB",
         "gpu_hourly_usd": 1.89}
 
