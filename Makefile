@@ -58,7 +58,7 @@ test-unit: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/test_lint.py
 
-# Reports, gates nothing (not part of `make test`): see bench/run.py and README "Performance".
+# Reports, gates nothing (not part of `make test`): see bench/run.py and docs/performance.md.
 bench: venvs
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
