@@ -1,6 +1,6 @@
 """The SSH rows of `make bench`: one short training through the graph against a real sshd on
 127.0.0.1 (tests/helpers/sshd.py) with real LLaMA-Factory on the tiny model, and what it cost in
-connections and bytes. Measured from outside scripts/pod/, so it holds whatever that does:
+connections and bytes. Measured from outside src/lora_style/training/, so it holds whatever that does:
 
 - SSH handshakes: the server's own log ("Accepted publickey", sshd at LogLevel VERBOSE), per step;
 - bytes on the wire: a counting TCP relay between the client and sshd (everything, SSH included);

@@ -69,7 +69,7 @@ except WorkflowError:
 RUNS = config["runs"]
 PODS = config["pods"]
 # Runs that may train again from step 0 when their folder is gone from the pod: asked for on the
-# command line (--config relaunch=RUN[,RUN...]), for that call only (scripts/pod/follow.py).
+# command line (--config relaunch=RUN[,RUN...]), for that call only (lora_style/training/follow.py).
 RELAUNCH = set(filter(None, str(config.get("relaunch", "")).split(",")))
 for _run in sorted(RELAUNCH - set(RUNS)):
     raise WorkflowError(
@@ -159,7 +159,9 @@ class PlanNote(str):
 
     def __format__(self, spec):
         run = str.__str__(self)
-        rules_planned = {rule for rule, of in _planned(exclude_finished=False) if of == run}
+        rules_planned = {
+            rule for rule, of in _planned(exclude_finished=False) if of == run
+        }
         return plan.plan_line(run, rules_planned, lambda: training_estimate(run))
 
 

@@ -1,4 +1,4 @@
-# The guide's steps 1, 2, 5 and 6 on the run's pod: submit -> wait -> fetch (scripts/remote_train.py).
+# The guide's steps 1, 2, 5 and 6 on the run's pod: submit -> wait -> fetch (lora_style/training/remote_train.py).
 # The expensive node. What keeps it cheap to get right:
 #  - preflight checks the pod against the profile before anything is uploaded or launched;
 #  - the pod's folder for a run is keyed by a hash of its inputs, so a rerun re-attaches to the

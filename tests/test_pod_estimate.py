@@ -1,4 +1,4 @@
-"""What a run needs (scripts/pod/estimate.py): memory against the guide's figures, steps, disk."""
+"""What a run needs (lora_style/training/estimate.py): memory against the guide's figures, steps, disk."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The executors (scripts/pod/executor.py) and pod settings (scripts/pod/settings.py)."""
+"""The executors (lora_style/training/executor.py) and pod settings (settings.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Preflight's checks on recorded pod facts, the real probe here, and the opt-in setup (scripts/pod/preflight.py)."""
+"""Preflight's checks on recorded pod facts, the real probe here, and the opt-in setup (lora_style/training/preflight.py)."""
 
 from __future__ import annotations
 

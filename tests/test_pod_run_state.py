@@ -1,4 +1,4 @@
-"""A run folder's state, run.sh, launch.sh and the messages, run for real with sh (scripts/pod/*.sh)."""
+"""A run folder's state, run.sh, launch.sh and the messages, run for real with sh (lora_style/training/*.sh)."""
 
 from __future__ import annotations
 

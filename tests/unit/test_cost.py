@@ -1,4 +1,4 @@
-"""What a training costs (scripts/pod/cost.py): the plan's estimate, the GPU time used, budgets."""
+"""What a training costs (lora_style/training/cost.py): the plan's estimate, the GPU time used, budgets."""
 
 from __future__ import annotations
 

@@ -130,7 +130,7 @@ DEEPSPEED_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 def resolve_deepspeed(args: dict, where: str, deepspeed_dir: Path | None = None) -> dict:
     """`deepspeed: ds_z3` (a name of config/deepspeed/) becomes the run folder's path of that
     file, `deepspeed/ds_z3.json`: training starts in the run folder, and the file travels with the
-    run (scripts/pod/launch.py), so a rerun of the folder trains with the same config. A null
+    run (training/launch.py), so a rerun of the folder trains with the same config. A null
     (an override unsetting the profile's) removes the key."""
     deepspeed_dir = Path(deepspeed_dir or DEEPSPEED_DIR)
     name = args.get("deepspeed")

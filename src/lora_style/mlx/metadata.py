@@ -1,6 +1,6 @@
 """Write the MLX bundle's metadata.json: the guide's fields plus where the adapter came from.
 
-    python scripts/write_metadata.py --run lovecraft --author "H.P. Lovecraft" \
+    python -m lora_style.mlx.metadata --run lovecraft --author "H.P. Lovecraft" \
         --base-model models/Qwen2.5-32B-4bit-mlx --base-model-id Qwen/Qwen2.5-32B \
         --lora-rank 64 --lora-alpha 256 --template qwen \
         --validation results/lovecraft/data/validation.json --peft lora_adapters/lovecraft_peft \

@@ -1,6 +1,6 @@
 """A run's facts as readable HTML pages for `snakemake --report` (rules/report.smk).
 
-    python scripts/report_pages.py --run lovecraft \
+    python -m lora_style.report.pages --run lovecraft \
         --validation results/lovecraft/data/validation.json \
         --launch results/lovecraft/train/launch.json --finished results/lovecraft/train/finished.json \
         --summary results/lovecraft/train/training_summary.json \

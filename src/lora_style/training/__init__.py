@@ -15,5 +15,5 @@
     runpod_account.py  the account's SSH keys before renting, the pod's bill after
     runpod_catalog.py  GPU stock before renting, list prices for the plan
 
-scripts/remote_train.py is the command line the rules call.
+remote_train.py is the command line the rules call (`python -m lora_style.training.remote_train`).
 """

@@ -78,7 +78,7 @@ class Executor(ABC):
         Raises Unreachable when the machine does not answer; any other failure is in the result."""
 
     def run(self, name: str, *args, timeout: float | None = 600, stdin: bytes = b"") -> Result:
-        """Run one of the pod-side scripts (scripts/pod/<name>) with its arguments."""
+        """Run one of the pod-side scripts (<name> beside this module) with its arguments."""
         return self.sh(shell.script(name), timeout, tuple(map(str, args)), stdin)
 
     def close(self) -> None:

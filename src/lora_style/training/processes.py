@@ -31,7 +31,7 @@ def train_env(settings: dict, args: dict) -> str:
 
     NPROC_PER_NODE is always written: without it, a single-process run on a pod with two GPUs
     would be turned into a two-process one by LLaMA-Factory's launcher."""
-    lines = ["# How this run trains (scripts/pod/processes.py wrote it; run.sh exports it).",
+    lines = ["# How this run trains (processes.py wrote it; run.sh exports it).",
              f"NPROC_PER_NODE={world_size(settings)}"]
     if needs_torchrun(settings, args):
         lines.append("FORCE_TORCHRUN=1")

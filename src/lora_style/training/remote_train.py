@@ -1,17 +1,17 @@
 """Remote training: the guide's steps 1, 2, 5 and 6 (setup, upload, train in tmux, download).
 
-    python -m remote_train preflight --run R --pod-settings JSON --train-yaml Y --data D \
+    python -m lora_style.training.remote_train preflight --run R --pod-settings JSON --train-yaml Y --data D \
         --dataset-info I [--output preflight.json]          (the checks of submit; nothing launched)
-    python -m remote_train submit ... --output launch.json
-    python -m remote_train wait ... --launch launch.json --output finished.json --remote-log L
-    python -m remote_train fetch --run R --pod-settings JSON --launch launch.json \
+    python -m lora_style.training.remote_train submit ... --output launch.json
+    python -m lora_style.training.remote_train wait ... --launch launch.json --output finished.json --remote-log L
+    python -m lora_style.training.remote_train fetch --run R --pod-settings JSON --launch launch.json \
         --finished finished.json --adapter-dir lora_adapters/R_peft --summary S --trainer-state T
 
 For a pod the graph rents from RunPod (provider: runpod), two more, by hand:
 
-    python -m remote_train prices --config config/config.yaml --pod NAME
+    python -m lora_style.training.remote_train prices --config config/config.yaml --pod NAME
         (RunPod's GPU catalog into .state/runpod/catalog.json: the plan's cost line prices from it)
-    python -m remote_train bill --config config/config.yaml --pod NAME --run R
+    python -m lora_style.training.remote_train bill --config config/config.yaml --pod NAME --run R
         (what RunPod billed for the pod, read again into the run's training_summary.json)
 
 ``--pod-settings`` is the run's ``pods:`` entry as JSON plus its ``name`` (rules/train.smk passes it
@@ -182,7 +182,7 @@ def _record_bill(settings: dict, record: dict, summaries: list[Path], say: Say) 
         bill = runpod_account.bill(settings, record, say)
     except PodError as exc:
         say(f"could not read RunPod's bill for the pod yet ({str(exc).splitlines()[0]}); read it "
-            "later: python -m remote_train bill (README: RunPod)")
+            "later: python -m lora_style.training.remote_train bill (docs/runpod.md)")
         return
     for path in summaries:
         if path.exists():

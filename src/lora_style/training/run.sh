@@ -1,6 +1,6 @@
 #!/bin/sh
 # One training attempt of a run folder: sh run.sh [LLAMAFACTORY_CLI]
-# Uploaded by scripts/pod/launch.py with lib.sh's functions in front of this part. It resumes
+# Uploaded by launch.py with lib.sh's functions in front of this part. It resumes
 # from the newest complete checkpoint in output/, so a second start never goes back to step 0;
 # overwrite_output_dir=false then keeps output/trainer_log.jsonl.
 cli=${1:-llamafactory-cli}

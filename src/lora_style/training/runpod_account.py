@@ -74,7 +74,7 @@ def ensure_ssh_key(api: RunPodAPI, settings: dict, say: Say) -> None:
 def bill(settings: dict, record: dict, say: Say | None = None) -> dict:
     """What RunPod billed for the project's pod(s) from its creation on: GPU, CPU, disk and
     total in USD, summed over RunPod's hourly buckets, with when it was read. Billing lags by
-    minutes to hours: a later `python -m remote_train bill` reads it again."""
+    minutes to hours: a later `python -m lora_style.training.remote_train bill` reads it again."""
     api = RunPodAPI(settings, say)
     totals = {"gpu_usd": 0.0, "cpu_usd": 0.0, "disk_usd": 0.0, "total_usd": 0.0}
     for pod_id in record.get("pods") or [record["id"]]:
@@ -85,8 +85,8 @@ def bill(settings: dict, record: dict, say: Say | None = None) -> dict:
             totals[ours] += float(got.get(theirs) or 0)
     return {**{k: round(v, 4) for k, v in totals.items()}, "pods": record.get("pods") or
             [record["id"]], "from": record["created_at"], "read_at": now_iso(),
-            "note": "RunPod's billing can lag by up to a few hours; `python -m remote_train bill "
-                    "...` (README: RunPod) reads it again"}
+            "note": "RunPod's billing can lag by up to a few hours; `python -m "
+                    "lora_style.training.remote_train bill ...` (docs/runpod.md) reads it again"}
 
 
 def _hour(iso: str) -> str:

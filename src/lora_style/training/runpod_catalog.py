@@ -5,7 +5,7 @@ Before a pod is created, the catalog (with ``include=AVAILABILITY&product=POD``)
 shown the GPU types in stock with enough memory for the run (preflight's estimate), their list
 price and the run's estimated cost on each. Every read is kept in ``.state/runpod/catalog.json``,
 which the plan's cost line (a dry run, which opens no connection) prices from, saying how old it
-is; ``python -m remote_train prices`` refreshes it.
+is; ``python -m lora_style.training.remote_train prices`` refreshes it.
 """
 
 from __future__ import annotations
@@ -114,6 +114,6 @@ def check_stock(api, settings: dict, need: dict | None, workdir: Path, say: Say)
 
 
 def refresh(api, settings: dict, workdir: Path) -> Path:
-    """`python -m remote_train prices`: read the catalog now, for the plan's cost line."""
+    """`python -m lora_style.training.remote_train prices`: read the catalog now, for the plan's cost line."""
     return save_catalog(workdir, settings["cloud_type"], int(settings["gpu_count"]),
                         api.gpu_catalog(settings["cloud_type"], int(settings["gpu_count"])))

@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 @lru_cache(maxsize=None)
 def script(name: str) -> str:
-    """The text of scripts/pod/<name> with lib.sh's functions in front (after a #! line)."""
+    """The text of <name> beside this module with lib.sh's functions in front (after a #! line)."""
     body = (HERE / name).read_text(encoding="utf-8")
     lib = (HERE / "lib.sh").read_text(encoding="utf-8")
     shebang = ""
