@@ -159,10 +159,8 @@ class PlanNote(str):
 
     def __format__(self, spec):
         run = str.__str__(self)
-        rules_planned = {
-            rule for rule, of in _planned(exclude_finished=False) if of == run
-        }
-        return plan.plan_line(run, rules_planned, lambda: training_estimate(run))
+        planned = {name for name, of in _planned(exclude_finished=False) if of == run}
+        return plan.plan_line(run, planned, lambda: training_estimate(run))
 
 
 # The shipped config's pod address is a placeholder: a dry run still shows the plan (with a
