@@ -24,18 +24,39 @@ SAMPLE = REPO / "data" / "training" / "lovecraft" / "train_sft.jsonl"
 
 # Qwen2's pre-tokenizer (tokenizer.json of Qwen/Qwen2.5-*: Split with this pattern, then
 # ByteLevel without its own regex).
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
-               r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 QWEN25 = {  # config.json of the hub models, the keys the shapes need
-    "14B": dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40,
-                num_key_value_heads=8, num_hidden_layers=48, vocab_size=152064),
-    "32B": dict(hidden_size=5120, intermediate_size=27648, num_attention_heads=40,
-                num_key_value_heads=8, num_hidden_layers=64, vocab_size=152064),
+    "14B": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        num_hidden_layers=48,
+        vocab_size=152064,
+    ),
+    "32B": dict(
+        hidden_size=5120,
+        intermediate_size=27648,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        num_hidden_layers=64,
+        vocab_size=152064,
+    ),
 }
-TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+TARGETS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 
 
 class TextMaker:
@@ -76,14 +97,18 @@ def write_jsonl(path: Path, lines: int, seed: int = 0, long_every: int = 100) ->
     with open(path, "w", encoding="utf-8") as out:
         for start in range(0, lines, 5000):
             count = min(5000, lines - start)
-            ins, inp, outp = (maker.texts(count, 60), maker.texts(count, 220),
-                              maker.texts(count, 320))
+            ins, inp, outp = (maker.texts(count, 60), maker.texts(count, 220), maker.texts(count, 320))
             for i in range(count):
                 output = outp[i]
                 if (start + i) % long_every == long_every - 1:
                     output = maker.text(16_000)
-                out.write(json.dumps({"instruction": ins[i], "input": inp[i] if i % 7 else "",
-                                      "output": output}, ensure_ascii=False) + "\n")
+                out.write(
+                    json.dumps(
+                        {"instruction": ins[i], "input": inp[i] if i % 7 else "", "output": output},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
     return path.stat().st_size
 
 
@@ -93,26 +118,34 @@ def write_long_line(path: Path, megabytes: int = 50, seed: int = 1) -> int:
     chunks = [maker.text(1_000_000) for _ in range(megabytes)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as out:
-        out.write(json.dumps({"instruction": "Rewrite the following passage.", "input": "",
-                              "output": " ".join(chunks)}) + "\n")
+        out.write(
+            json.dumps(
+                {"instruction": "Rewrite the following passage.", "input": "", "output": " ".join(chunks)}
+            )
+            + "\n"
+        )
     return path.stat().st_size
 
 
-def build_tokenizer(corpus: Path, out: Path, vocab_size: int = 32_000,
-                    max_lines: int = 20_000) -> Path:
+def build_tokenizer(corpus: Path, out: Path, vocab_size: int = 32_000, max_lines: int = 20_000) -> Path:
     """A Qwen2-style tokenizer.json (and tokenizer_config.json) trained on `corpus`."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
 
     def texts():
         with open(corpus, encoding="utf-8") as handle:
@@ -124,9 +157,15 @@ def build_tokenizer(corpus: Path, out: Path, vocab_size: int = 32_000,
     tok.train_from_iterator(texts(), trainer=trainer)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-        "tokenizer_class": "PreTrainedTokenizerFast"}))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }
+        )
+    )
     return out
 
 
@@ -134,9 +173,15 @@ def module_shapes(cfg: dict) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) of each LoRA target in one block."""
     h, i = cfg["hidden_size"], cfg["intermediate_size"]
     kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
-    return {"self_attn.q_proj": (h, h), "self_attn.k_proj": (h, kv), "self_attn.v_proj": (h, kv),
-            "self_attn.o_proj": (h, h), "mlp.gate_proj": (h, i), "mlp.up_proj": (h, i),
-            "mlp.down_proj": (i, h)}
+    return {
+        "self_attn.q_proj": (h, h),
+        "self_attn.k_proj": (h, kv),
+        "self_attn.v_proj": (h, kv),
+        "self_attn.o_proj": (h, h),
+        "mlp.gate_proj": (h, i),
+        "mlp.up_proj": (h, i),
+        "mlp.down_proj": (i, h),
+    }
 
 
 def write_adapter(out: Path, model: str, rank: int = 64, layers: int | None = None) -> dict:
@@ -148,8 +193,9 @@ def write_adapter(out: Path, model: str, rank: int = 64, layers: int | None = No
     if layers is not None:
         cfg["num_hidden_layers"] = layers
     shapes = module_shapes(cfg)
-    noise = np.random.default_rng(0).integers(0, 2**32, max(max(s) for s in shapes.values()) * rank,
-                                              dtype=np.uint32)
+    noise = np.random.default_rng(0).integers(
+        0, 2**32, max(max(s) for s in shapes.values()) * rank, dtype=np.uint32
+    )
     tensors, largest = [], 0
     for layer in range(cfg["num_hidden_layers"]):
         for path, (fan_in, fan_out) in shapes.items():
@@ -157,20 +203,46 @@ def write_adapter(out: Path, model: str, rank: int = 64, layers: int | None = No
             for part, shape in (("lora_A", (rank, fan_in)), ("lora_B", (fan_out, rank))):
                 size = shape[0] * shape[1]
                 largest = max(largest, 4 * size)
-                tensors.append((f"{key}.{part}.weight", {"dtype": "F32", "shape": list(shape)},
-                                lambda size=size, shape=shape: noise[:size].reshape(shape)))
+                tensors.append(
+                    (
+                        f"{key}.{part}.weight",
+                        {"dtype": "F32", "shape": list(shape)},
+                        lambda size=size, shape=shape: noise[:size].reshape(shape),
+                    )
+                )
     peft = out / "peft"
     peft.mkdir(parents=True)
     write_safetensors(peft / "adapter_model.safetensors", tensors, {"format": "pt"})
-    (peft / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
-        "lora_dropout": 0.05, "target_modules": [p.split(".")[-1] for p in TARGETS],
-        "bias": "none", "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,
-        "modules_to_save": None, "base_model_name_or_path": f"Qwen/Qwen2.5-{model}",
-    }))
+    (peft / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": rank,
+                "lora_alpha": 2 * rank,
+                "lora_dropout": 0.05,
+                "target_modules": [p.split(".")[-1] for p in TARGETS],
+                "bias": "none",
+                "use_rslora": False,
+                "use_dora": False,
+                "fan_in_fan_out": False,
+                "modules_to_save": None,
+                "base_model_name_or_path": f"Qwen/Qwen2.5-{model}",
+            }
+        )
+    )
     (out / "base").mkdir()
-    (out / "base" / "config.json").write_text(json.dumps({
-        **cfg, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "max_position_embeddings": 32768, "tie_word_embeddings": False,
-    }))
+    (out / "base" / "config.json").write_text(
+        json.dumps(
+            {
+                **cfg,
+                "model_type": "qwen2",
+                "architectures": ["Qwen2ForCausalLM"],
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 1000000.0,
+                "max_position_embeddings": 32768,
+                "tie_word_embeddings": False,
+            }
+        )
+    )
     return {"bytes": (peft / "adapter_model.safetensors").stat().st_size, "largest": largest}

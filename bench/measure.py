@@ -36,8 +36,13 @@ _WRAPPER = (
 
 def run(cmd: list[str], *, env: dict | None = None, cwd=None, check: bool = True) -> Sample:
     """Run `cmd` once: its wall seconds, peak RSS and CPU seconds (its own, and its children's)."""
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, "devnull", *map(str, cmd)], env=env,
-                          cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, "devnull", *map(str, cmd)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     err = proc.stderr.decode(errors="replace")
     head, _, answer = err.rpartition("@@")
     if (check and proc.returncode != 0) or not answer:

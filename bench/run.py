@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(Row(f"{name}: failed", str(exc).splitlines()[0][:200], "-", None, "-"))
     minutes = (time.monotonic() - started) / 60
     cpu = f"{platform.machine()}, {__import__('os').cpu_count()} cores"
-    text = (f"# make bench\n\n{time.strftime('%Y-%m-%d %H:%M')} on {cpu}, {minutes:.1f} min; "
-            f"medians of {args.repeat} runs (start-up: {args.repeat + 2}), each against its floor "
-            "timed in the same run. Code measured: "
-            f"{REPO}.\n\n{table(rows)}\n")
+    text = (
+        f"# make bench\n\n{time.strftime('%Y-%m-%d %H:%M')} on {cpu}, {minutes:.1f} min; "
+        f"medians of {args.repeat} runs (start-up: {args.repeat + 2}), each against its floor "
+        "timed in the same run. Code measured: "
+        f"{REPO}.\n\n{table(rows)}\n"
+    )
     print(text)
     Path(args.output).write_text(text)
     say(f"written to {args.output}")

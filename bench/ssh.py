@@ -80,14 +80,20 @@ class Counters:
     def read(self) -> dict:
         rsync = self.rsync_log.read_text(errors="replace") if self.rsync_log.exists() else ""
         # rsync's closing line; with --stats its numbers carry thousands separators.
-        totals = [(int(re.sub(r"\D", "", sent)), int(re.sub(r"\D", "", received)))
-                  for sent, received in re.findall(r"sent ([\d,.]+) bytes\s+received ([\d,.]+) bytes",
-                                                   rsync)]
+        totals = [
+            (int(re.sub(r"\D", "", sent)), int(re.sub(r"\D", "", received)))
+            for sent, received in re.findall(r"sent ([\d,.]+) bytes\s+received ([\d,.]+) bytes", rsync)
+        ]
         conns, up, down = self.relay.snapshot()
-        return {"handshakes": self.sshd.accepted(), "tcp": conns, "up": up,
-                "down": down, "rsyncs": len(totals),
-                "rsync_sent": sum(s for s, _ in totals),
-                "rsync_received": sum(r for _, r in totals)}
+        return {
+            "handshakes": self.sshd.accepted(),
+            "tcp": conns,
+            "up": up,
+            "down": down,
+            "rsyncs": len(totals),
+            "rsync_sent": sum(s for s, _ in totals),
+            "rsync_received": sum(r for _, r in totals),
+        }
 
     @staticmethod
     def delta(before: dict, after: dict) -> dict:
@@ -110,10 +116,23 @@ def _config(tmp: Path, pod: dict, data: Path, tiny: Path, **overrides) -> Path:
 
     path = tmp / "config.yaml"
     tmp.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({
-        "runs": {"style": {"data": str(data), "base_model": str(tiny), "profile": "tiny_cpu",
-                           "pod": "testpod", "overrides": overrides}},
-        "pods": {"testpod": pod}}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "runs": {
+                    "style": {
+                        "data": str(data),
+                        "base_model": str(tiny),
+                        "profile": "tiny_cpu",
+                        "pod": "testpod",
+                        "overrides": overrides,
+                    }
+                },
+                "pods": {"testpod": pod},
+            },
+            sort_keys=False,
+        )
+    )
     return path
 
 
@@ -153,15 +172,33 @@ def ssh_rows(tmp: Path) -> list[Row]:
     try:
         say("ssh: building the tiny model (no hub)")
         tiny = tmp / "tiny-qwen2"
-        subprocess.run(python(str(REPO / "scripts" / "make_tiny_model.py"), "--corpus",
-                              str(inputs.SAMPLE), "--output", str(tiny)), check=True,
-                       capture_output=True)
+        subprocess.run(
+            python(
+                str(REPO / "scripts" / "make_tiny_model.py"),
+                "--corpus",
+                str(inputs.SAMPLE),
+                "--output",
+                str(tiny),
+            ),
+            check=True,
+            capture_output=True,
+        )
         pod = {**sshd.pod(tmp, POD_CLI), "port": relay.port}
 
         def step(work: Path, config: Path, *targets: str) -> dict:
             before = counters.read()
-            cmd = python("-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                         str(work), "--cores", "2", f"--configfile={config}", *targets)
+            cmd = python(
+                "-m",
+                "snakemake",
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--directory",
+                str(work),
+                "--cores",
+                "2",
+                f"--configfile={config}",
+                *targets,
+            )
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 raise RuntimeError(f"snakemake {' '.join(targets)} failed:\n{proc.stderr[-4000:]}")
@@ -179,8 +216,9 @@ def ssh_rows(tmp: Path) -> list[Row]:
         adapter = work / "lora_adapters" / "style_peft"
         # What fetch must bring: the chosen checkpoint's adapter files plus the logs (the summary
         # is written here).
-        payload = sum(p.stat().st_size for p in adapter.iterdir()
-                      if p.is_file() and p.name != "training_summary.json")
+        payload = sum(
+            p.stat().st_size for p in adapter.iterdir() if p.is_file() and p.name != "training_summary.json"
+        )
 
         # An upload after one line of a 10 MB data file changed.
         say("ssh: upload of a 10 MB data file, then again after one line changed")
@@ -212,18 +250,37 @@ def ssh_rows(tmp: Path) -> list[Row]:
 
     total = submit["handshakes"] + wait["handshakes"] + fetch["handshakes"]
     return [
-        Row("SSH handshakes: submit (preflight, upload, launch) / wait / fetch",
-            f"{hs(submit)} / {hs(wait)} / {hs(fetch)}; {total} in all", "1 per step", None,
-            "1 per submit, 1 per fetch", met=submit["handshakes"] <= 1 and fetch["handshakes"] <= 1),
-        Row("connections opened by a dry run of the trained graph", f"{dry['handshakes']}", "0",
-            None, "none", met=dry["handshakes"] == 0),
-        Row("bytes downloaded by fetch", f"{_human(fetch['rsync_received'])} by rsync; "
-            f"{_human(fetch['down'])} on the wire (SSH included)",
-            f"adapter files + logs {_human(payload)}", fetch["rsync_received"] / payload,
-            "<= 1.05x", met=fetch["rsync_received"] <= 1.05 * payload),
-        Row("bytes uploaded after one line of a 10 MB data file changed",
+        Row(
+            "SSH handshakes: submit (preflight, upload, launch) / wait / fetch",
+            f"{hs(submit)} / {hs(wait)} / {hs(fetch)}; {total} in all",
+            "1 per step",
+            None,
+            "1 per submit, 1 per fetch",
+            met=submit["handshakes"] <= 1 and fetch["handshakes"] <= 1,
+        ),
+        Row(
+            "connections opened by a dry run of the trained graph",
+            f"{dry['handshakes']}",
+            "0",
+            None,
+            "none",
+            met=dry["handshakes"] == 0,
+        ),
+        Row(
+            "bytes downloaded by fetch",
+            f"{_human(fetch['rsync_received'])} by rsync; {_human(fetch['down'])} on the wire (SSH included)",
+            f"adapter files + logs {_human(payload)}",
+            fetch["rsync_received"] / payload,
+            "<= 1.05x",
+            met=fetch["rsync_received"] <= 1.05 * payload,
+        ),
+        Row(
+            "bytes uploaded after one line of a 10 MB data file changed",
             f"{_human(second['rsync_sent'])} by rsync; {_human(second['up'])} on the wire "
             f"(first upload: {_human(first['rsync_sent'])})",
-            f"the file {_human(size)}", second["rsync_sent"] / size,
-            "rsync's delta, not the whole file", met=second["rsync_sent"] < 0.2 * size),
+            f"the file {_human(size)}",
+            second["rsync_sent"] / size,
+            "rsync's delta, not the whole file",
+            met=second["rsync_sent"] < 0.2 * size,
+        ),
     ]

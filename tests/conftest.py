@@ -71,9 +71,11 @@ def sample_rows() -> list[dict]:
 @pytest.fixture
 def copy_sample(tmp_path):
     """Copy the sample data into tmp_path/<rel> and return the path."""
+
     def _copy(rel: str = "data/train_sft.jsonl") -> Path:
         dest = tmp_path / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(SAMPLE_DATA, dest)
         return dest
+
     return _copy

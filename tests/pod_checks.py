@@ -21,8 +21,7 @@ def parse_yaml(path: str) -> dict:
     """get_train_args on the generated YAML, in the run folder (as the executor starts it)."""
     from llamafactory.hparams import get_train_args
 
-    model_args, data_args, training_args, finetuning_args, _ = get_train_args(
-        yaml.safe_load(open(path)))
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(yaml.safe_load(open(path)))
     return {
         "model": model_args.model_name_or_path,
         "dataset": data_args.dataset,
@@ -44,13 +43,11 @@ def load_dataset(run_dir: str) -> dict:
     from llamafactory.model import load_tokenizer
 
     os.chdir(run_dir)
-    model_args, data_args, training_args, _, _ = get_train_args(
-        yaml.safe_load(open("train.yaml")))
+    model_args, data_args, training_args, _, _ = get_train_args(yaml.safe_load(open("train.yaml")))
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    module = get_dataset(template, model_args, data_args, training_args, stage="sft",
-                         **tokenizer_module)
+    module = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
     train, evaluation = module["train_dataset"], module.get("eval_dataset")
     first = train[0]
     return {
@@ -69,8 +66,13 @@ def parse_profile(path: str) -> dict:
     args = yaml.safe_load(open(path))
     # The per-run keys the pipeline adds (nothing is downloaded: parsing only), and use_cpu so
     # transformers' hardware check (bf16 needs a GPU) does not stop a parse on this machine.
-    run_keys = {"model_name_or_path": "Qwen/Qwen2.5-32B", "dataset": "x_sft",
-                "dataset_dir": "data", "output_dir": "output", "use_cpu": True}
+    run_keys = {
+        "model_name_or_path": "Qwen/Qwen2.5-32B",
+        "dataset": "x_sft",
+        "dataset_dir": "data",
+        "output_dir": "output",
+        "use_cpu": True,
+    }
     # `deepspeed` makes transformers import DeepSpeed while parsing, and DeepSpeed needs CUDA to
     # install: here it is checked as a name the parser knows, then left out of the parse.
     fields = {f.name for cls in _TRAIN_ARGS for f in dataclasses.fields(cls)}
@@ -84,6 +86,7 @@ def parse_profile(path: str) -> dict:
 
 if __name__ == "__main__":
     command, arg = sys.argv[1], sys.argv[2]
-    result = {"parse-yaml": parse_yaml, "load-dataset": load_dataset,
-              "parse-profile": parse_profile}[command](arg)
+    result = {"parse-yaml": parse_yaml, "load-dataset": load_dataset, "parse-profile": parse_profile}[
+        command
+    ](arg)
     print("RESULT " + json.dumps(result))

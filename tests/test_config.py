@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.workflow import REPO, SAMPLE_DATA, run_script, snakemake, write_config
 
 from lora_style.config import errors as config_errors
 from lora_style.config import train_yaml
 from lora_style.data.dataset_info import dataset_info
+
+from helpers.workflow import REPO, SAMPLE_DATA, run_script, snakemake, write_config
 
 GUIDE_YAML = Path(__file__).parent / "fixtures" / "guide_qwen25_32b_lora.yaml"
 DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -36,41 +37,101 @@ def first_error(proc) -> str:
 
 # --- the schema, checked when the workflow starts ------------------------------------------
 
-@pytest.mark.parametrize("overlay,needle", [
-    ({"runs": {"lovecraft": {"learning_rate": 1e-4}}},
-     "config: runs.lovecraft: unknown key 'learning_rate'"),
-    ({"typo_top_level": 1}, "config: unknown key 'typo_top_level'"),
-    ({"pods": {"runpod": {"hots": "1.2.3.4"}}}, "config: pods.runpod: unknown key 'hots'"),
-    ({"pods": {"runpod": {"port": "twenty-two"}}},
-     "config: pods.runpod.port: 'twenty-two' is a string, expected integer"),
-    ({"pods": {"runpod": {"port": 70000}}}, "config: pods.runpod.port: 70000"),
-    ({"runs": {"lovecraft": {"author": 42}}},
-     "config: runs.lovecraft.author: 42 is a number, expected string"),
-    ({"pods": {"runpod": {"executor": "kubernetes"}}},
-     "config: pods.runpod.executor: 'kubernetes' is not one of ssh, local, slurm"),
-    ({"runs": {"bad name!": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu",
-                             "pod": "runpod"}}},
-     "config: runs: name 'bad name!' may only use letters, digits, '_' and '-'"),
-    ({"runs": {"../escape": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu",
-                             "pod": "runpod"}}},
-     "config: runs: name '../escape' may only use"),
-    ({"runs": {"second": {"data": "x", "base_model": "a/b", "pod": "runpod"}}},
-     "config: runs.second: 'profile' is missing"),
-    ({"pods": {"other": {"executor": "ssh"}}}, "config: pods.other: 'host' is missing"),
-    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "image": "x"}}},
-     "config: pods.rented: 'gpu_type' is missing"),
-    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40"}}},
-     "config: pods.rented: set exactly one of image, template_id"),
-    ({"pods": {"rented": {"executor": "local", "provider": "runpod", "gpu_type": "NVIDIA A40",
-                          "image": "x"}}},
-     "config: pods.rented.executor: must be 'ssh' here, not 'local'"),
-    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40",
-                          "image": "x", "on_finish": "pause"}}},
-     "config: pods.rented.on_finish: 'pause' is not one of stop, terminate, keep"),
-    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40",
-                          "image": "x", "idle_stop_minutes": 0.001}}},
-     "config: pods.rented.idle_stop_minutes: 0.001 is less than the minimum of 0.1"),
-])
+
+@pytest.mark.parametrize(
+    "overlay,needle",
+    [
+        (
+            {"runs": {"lovecraft": {"learning_rate": 1e-4}}},
+            "config: runs.lovecraft: unknown key 'learning_rate'",
+        ),
+        ({"typo_top_level": 1}, "config: unknown key 'typo_top_level'"),
+        ({"pods": {"runpod": {"hots": "1.2.3.4"}}}, "config: pods.runpod: unknown key 'hots'"),
+        (
+            {"pods": {"runpod": {"port": "twenty-two"}}},
+            "config: pods.runpod.port: 'twenty-two' is a string, expected integer",
+        ),
+        ({"pods": {"runpod": {"port": 70000}}}, "config: pods.runpod.port: 70000"),
+        (
+            {"runs": {"lovecraft": {"author": 42}}},
+            "config: runs.lovecraft.author: 42 is a number, expected string",
+        ),
+        (
+            {"pods": {"runpod": {"executor": "kubernetes"}}},
+            "config: pods.runpod.executor: 'kubernetes' is not one of ssh, local, slurm",
+        ),
+        (
+            {
+                "runs": {
+                    "bad name!": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu", "pod": "runpod"}
+                }
+            },
+            "config: runs: name 'bad name!' may only use letters, digits, '_' and '-'",
+        ),
+        (
+            {
+                "runs": {
+                    "../escape": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu", "pod": "runpod"}
+                }
+            },
+            "config: runs: name '../escape' may only use",
+        ),
+        (
+            {"runs": {"second": {"data": "x", "base_model": "a/b", "pod": "runpod"}}},
+            "config: runs.second: 'profile' is missing",
+        ),
+        ({"pods": {"other": {"executor": "ssh"}}}, "config: pods.other: 'host' is missing"),
+        (
+            {"pods": {"rented": {"executor": "ssh", "provider": "runpod", "image": "x"}}},
+            "config: pods.rented: 'gpu_type' is missing",
+        ),
+        (
+            {"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40"}}},
+            "config: pods.rented: set exactly one of image, template_id",
+        ),
+        (
+            {
+                "pods": {
+                    "rented": {
+                        "executor": "local",
+                        "provider": "runpod",
+                        "gpu_type": "NVIDIA A40",
+                        "image": "x",
+                    }
+                }
+            },
+            "config: pods.rented.executor: must be 'ssh' here, not 'local'",
+        ),
+        (
+            {
+                "pods": {
+                    "rented": {
+                        "executor": "ssh",
+                        "provider": "runpod",
+                        "gpu_type": "NVIDIA A40",
+                        "image": "x",
+                        "on_finish": "pause",
+                    }
+                }
+            },
+            "config: pods.rented.on_finish: 'pause' is not one of stop, terminate, keep",
+        ),
+        (
+            {
+                "pods": {
+                    "rented": {
+                        "executor": "ssh",
+                        "provider": "runpod",
+                        "gpu_type": "NVIDIA A40",
+                        "image": "x",
+                        "idle_stop_minutes": 0.001,
+                    }
+                }
+            },
+            "config: pods.rented.idle_stop_minutes: 0.001 is less than the minimum of 0.1",
+        ),
+    ],
+)
 def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, needle):
     proc = dry_run(tmp_path, overlay)
     assert needle in first_error(proc), output(proc)
@@ -93,37 +154,75 @@ def test_every_pattern_in_the_schema_is_explained_in_words():
         elif isinstance(node, list):
             for value in node:
                 walk(value)
+
     walk(schema)
     assert found and found == set(config_errors._PATTERNS)
     # And each is used: a value its pattern refuses is explained in those words, not the regex.
     for pattern, says in config_errors._PATTERNS.items():
-        error = next(jsonschema.Draft202012Validator({"pattern": pattern}).iter_errors("-\n\"%"))
+        error = next(jsonschema.Draft202012Validator({"pattern": pattern}).iter_errors('-\n"%'))
         line = config_errors._line(error)
         assert says in line and pattern not in line, line
 
 
-@pytest.mark.parametrize("overlay,needle", [
-    ({"runs": {"lovecraft": {"overrides": {"lora_rnak": 8}}}},
-     "runs.lovecraft.overrides: 'lora_rnak' is not a LLaMA-Factory training key; "
-     "did you mean 'lora_rank'?"),
-    ({"runs": {"lovecraft": {"overrides": {"output_dir": "x"}}}},
-     "'output_dir' is set from the pipeline"),
-    ({"runs": {"lovecraft": {"profile": "qwen25_70b"}}}, "config: runs.lovecraft.profile: profile 'qwen25_70b' has no file"),
-    ({"runs": {"lovecraft": {"pod": "nowhere"}}}, "runs.lovecraft.pod: no pod 'nowhere'"),
-    ({"runs": {"lovecraft": {"overrides": {"template": None}}}},
-     "runs.lovecraft: the training arguments have no 'template'"),
-    ({"runs": {"lovecraft": {"base_model": "not a hub id"}}},
-     "runs.lovecraft.base_model: 'not a hub id' is neither a hub id"),
-    ({"pods": {"here": {"executor": "local", "max_usd": 40}}},
-     "config: pods.here.max_usd needs pods.here.gpu_hourly_usd"),
-    ({"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40",
-                          "image": "x", "api_url": "https://rest.runpod.io/v1"}}},
-     "config: pods.rented.api_url https://rest.runpod.io/v1 names RunPod's REST API v1, which "
-     "RunPod retired on 2026-11-15. Use v2: https://api.runpod.io/v2"),
-    ({"runs": {"second": {"data": "x", "base_model": "./other/Qwen2.5-32B", "profile": "tiny_cpu",
-                          "pod": "runpod"}}},
-     "would share models/Qwen2.5-32B-4bit-mlx; rename one of the local model directories"),
-])
+@pytest.mark.parametrize(
+    "overlay,needle",
+    [
+        (
+            {"runs": {"lovecraft": {"overrides": {"lora_rnak": 8}}}},
+            "runs.lovecraft.overrides: 'lora_rnak' is not a LLaMA-Factory training key; "
+            "did you mean 'lora_rank'?",
+        ),
+        (
+            {"runs": {"lovecraft": {"overrides": {"output_dir": "x"}}}},
+            "'output_dir' is set from the pipeline",
+        ),
+        (
+            {"runs": {"lovecraft": {"profile": "qwen25_70b"}}},
+            "config: runs.lovecraft.profile: profile 'qwen25_70b' has no file",
+        ),
+        ({"runs": {"lovecraft": {"pod": "nowhere"}}}, "runs.lovecraft.pod: no pod 'nowhere'"),
+        (
+            {"runs": {"lovecraft": {"overrides": {"template": None}}}},
+            "runs.lovecraft: the training arguments have no 'template'",
+        ),
+        (
+            {"runs": {"lovecraft": {"base_model": "not a hub id"}}},
+            "runs.lovecraft.base_model: 'not a hub id' is neither a hub id",
+        ),
+        (
+            {"pods": {"here": {"executor": "local", "max_usd": 40}}},
+            "config: pods.here.max_usd needs pods.here.gpu_hourly_usd",
+        ),
+        (
+            {
+                "pods": {
+                    "rented": {
+                        "executor": "ssh",
+                        "provider": "runpod",
+                        "gpu_type": "NVIDIA A40",
+                        "image": "x",
+                        "api_url": "https://rest.runpod.io/v1",
+                    }
+                }
+            },
+            "config: pods.rented.api_url https://rest.runpod.io/v1 names RunPod's REST API v1, which "
+            "RunPod retired on 2026-11-15. Use v2: https://api.runpod.io/v2",
+        ),
+        (
+            {
+                "runs": {
+                    "second": {
+                        "data": "x",
+                        "base_model": "./other/Qwen2.5-32B",
+                        "profile": "tiny_cpu",
+                        "pod": "runpod",
+                    }
+                }
+            },
+            "would share models/Qwen2.5-32B-4bit-mlx; rename one of the local model directories",
+        ),
+    ],
+)
 def test_cross_checks_fail_on_the_laptop_in_seconds(tmp_path, overlay, needle):
     proc = dry_run(tmp_path, overlay)
     assert needle in first_error(proc)
@@ -162,25 +261,36 @@ def test_a_real_run_on_the_placeholder_pod_stops_before_anything(tmp_path, tripw
     env, calls = tripwire
     proc = snakemake(clone, "lovecraft_mlx", snakefile=clone / "Snakefile", env=env, check=False)
     assert proc.returncode != 0
-    assert ("config: pods.runpod.host is the placeholder POD_IP: replace it with your pod's "
-            "address") in proc.stderr
+    assert (
+        "config: pods.runpod.host is the placeholder POD_IP: replace it with your pod's address"
+    ) in proc.stderr
     assert "Nothing was run." in proc.stderr
     assert not (clone / "results").exists() and not (clone / "logs").exists()
     assert not calls.exists(), f"a refused run called {calls.read_text()}"
     # A target that needs no pod still builds (the validation report, say).
-    proc = snakemake(clone, "results/lovecraft/data/train.jsonl", snakefile=clone / "Snakefile",
-                     env=env, check=False)
+    proc = snakemake(
+        clone, "results/lovecraft/data/train.jsonl", snakefile=clone / "Snakefile", env=env, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_defaults_from_the_schema_are_applied(tmp_path):
-    overlay = {"runs": {"bare": {"data": "d.jsonl", "base_model": "Qwen/Qwen2.5-14B",
-                                 "profile": "qwen25_14b", "pod": "runpod"}}}
+    overlay = {
+        "runs": {
+            "bare": {
+                "data": "d.jsonl",
+                "base_model": "Qwen/Qwen2.5-14B",
+                "profile": "qwen25_14b",
+                "pod": "runpod",
+            }
+        }
+    }
     proc = dry_run(tmp_path, overlay, "results/bare/llamafactory/train.yaml")
     assert proc.returncode == 0, proc.stderr
 
 
 # --- the profiles --------------------------------------------------------------------------
+
 
 def test_qwen25_32b_a100_is_exactly_the_guides_yaml():
     """The default run's generated YAML is the guide's, with only the pod-side paths changed."""
@@ -199,8 +309,9 @@ def test_qwen25_14b_follows_the_guides_advice_for_smaller_gpus():
     small = train_yaml.load_profile("qwen25_14b")
     assert small["lora_rank"] == 32
     assert small["lora_alpha"] / small["lora_rank"] == big["lora_alpha"] / big["lora_rank"] == 4
-    assert {k: v for k, v in small.items() if k not in ("lora_rank", "lora_alpha")} == \
-        {k: v for k, v in big.items() if k not in ("lora_rank", "lora_alpha")}
+    assert {k: v for k, v in small.items() if k not in ("lora_rank", "lora_alpha")} == {
+        k: v for k, v in big.items() if k not in ("lora_rank", "lora_alpha")
+    }
 
 
 def test_tiny_cpu_needs_no_gpu():
@@ -218,7 +329,9 @@ def test_every_profile_key_is_a_llamafactory_key(profile):
 
 def test_a_profile_with_a_typo_names_the_file_and_the_fix(tmp_path):
     (tmp_path / "p.yaml").write_text("lora_rank: 8\nlearnig_rate: 1.0e-4\n")
-    with pytest.raises(train_yaml.ConfigError, match=r"p\.yaml: 'learnig_rate' .* did you mean 'learning_rate'"):
+    with pytest.raises(
+        train_yaml.ConfigError, match=r"p\.yaml: 'learnig_rate' .* did you mean 'learning_rate'"
+    ):
         train_yaml.load_profile("p", tmp_path)
 
 
@@ -248,24 +361,39 @@ def test_local_base_model_becomes_absolute(tmp_path, monkeypatch):
 
 # --- the generated files agree with each other ---------------------------------------------
 
+
 def test_dataset_info_declares_the_dataset_the_yaml_trains_on():
     args = train_yaml.train_args("lovecraft", DEFAULT_CONFIG["runs"]["lovecraft"])
     info = dataset_info("lovecraft")
     assert list(info) == [args["dataset"]]
-    assert info[args["dataset"]]["columns"] == {"prompt": "instruction", "query": "input",
-                                                "response": "output"}
+    assert info[args["dataset"]]["columns"] == {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+    }
 
 
 def test_data_stage_end_to_end_through_snakemake(tmp_path):
     data = tmp_path / "data" / "my_run.jsonl"
     data.parent.mkdir()
     shutil.copy(SAMPLE_DATA, data)
-    overlay = {"runs": {"my-run": {"data": "data/my_run.jsonl", "base_model": "Qwen/Qwen2.5-14B",
-                                   "profile": "qwen25_14b", "pod": "runpod",
-                                   "overrides": {"max_steps": 300}}}}
+    overlay = {
+        "runs": {
+            "my-run": {
+                "data": "data/my_run.jsonl",
+                "base_model": "Qwen/Qwen2.5-14B",
+                "profile": "qwen25_14b",
+                "pod": "runpod",
+                "overrides": {"max_steps": 300},
+            }
+        }
+    }
     over = write_config(tmp_path / "overlay.yaml", overlay)
-    targets = ["results/my-run/data/validation.json", "results/my-run/llamafactory/train.yaml",
-               "results/my-run/llamafactory/dataset_info.json"]
+    targets = [
+        "results/my-run/data/validation.json",
+        "results/my-run/llamafactory/train.yaml",
+        "results/my-run/llamafactory/dataset_info.json",
+    ]
     snakemake(tmp_path, *targets, configfile=over)
     out = yaml.safe_load((tmp_path / targets[1]).read_text())
     assert out["max_steps"] == 300 and out["dataset"] == "my-run_sft"
@@ -288,8 +416,9 @@ def test_data_stage_end_to_end_through_snakemake(tmp_path):
 
 def test_train_yaml_cli_builds_from_a_config(tmp_path):
     out = tmp_path / "train.yaml"
-    proc = run_script("train_yaml.py", "--run", "lovecraft", "--config",
-                      REPO / "config" / "config.yaml", "--output", out)
+    proc = run_script(
+        "train_yaml.py", "--run", "lovecraft", "--config", REPO / "config" / "config.yaml", "--output", out
+    )
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load(out.read_text())["lora_rank"] == 64
     proc = run_script("train_yaml.py", "--args", '{"lora_rnak": 1}', "--output", out)

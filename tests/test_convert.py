@@ -13,18 +13,18 @@ import sys
 
 import numpy as np
 import pytest
-from helpers.mlx import make_peft_adapter, mlx_logits, token_ids
-from helpers.workflow import SAMPLE_DATA, SCRIPTS
 
 import lora_style.mlx.convert as converter
+
+from helpers.mlx import make_peft_adapter, mlx_logits, token_ids
+from helpers.workflow import SAMPLE_DATA, SCRIPTS
 
 
 @pytest.fixture(scope="module")
 def tiny_model_4layers(tmp_path_factory):
     from lora_style.tiny_model import make_tiny_model
 
-    return make_tiny_model([str(SAMPLE_DATA)], str(tmp_path_factory.mktemp("m4") / "tiny-qwen2-4l"),
-                           layers=4)
+    return make_tiny_model([str(SAMPLE_DATA)], str(tmp_path_factory.mktemp("m4") / "tiny-qwen2-4l"), layers=4)
 
 
 CASES = {
@@ -32,8 +32,9 @@ CASES = {
     "guide_ratio": dict(r=8, lora_alpha=32),
     "rslora": dict(r=8, lora_alpha=16, use_rslora=True),
     # Blocks 1 and 3 of 4, three modules: num_layers 3, block 2 wrapped but untrained.
-    "layer_subset": dict(r=4, lora_alpha=16, layers_to_transform=[1, 3],
-                         target_modules=["q_proj", "v_proj", "down_proj"]),
+    "layer_subset": dict(
+        r=4, lora_alpha=16, layers_to_transform=[1, 3], target_modules=["q_proj", "v_proj", "down_proj"]
+    ),
     "dora": dict(r=4, lora_alpha=16, use_dora=True),
 }
 
@@ -44,15 +45,21 @@ def test_converted_adapter_gives_peft_logits_in_mlx(case, tiny_model, tiny_model
     ids = token_ids(base)
     before, peft_after = make_peft_adapter(base, tmp_path / "peft", ids, **CASES[case])
 
-    assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"),
-                           "--base", str(base)]) == 0
+    assert (
+        converter.main(
+            ["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"), "--base", str(base)]
+        )
+        == 0
+    )
     mlx_after = mlx_logits(base, tmp_path / "mlx", ids)
     mlx_before = mlx_logits(base, None, ids)
 
     diff = np.abs(mlx_after - peft_after).max()
     effect = np.abs(peft_after - before).max()
-    print(f"{case}: max |mlx - peft| = {diff:.2e}, adapter effect = {effect:.3f}, "
-          f"ratio {effect / max(diff, 1e-12):.0f}")
+    print(
+        f"{case}: max |mlx - peft| = {diff:.2e}, adapter effect = {effect:.3f}, "
+        f"ratio {effect / max(diff, 1e-12):.0f}"
+    )
     assert np.abs(mlx_before - before).max() < 1e-3  # the same base on both sides
     assert diff < 1e-3
     assert effect > 100 * diff
@@ -65,9 +72,12 @@ def test_converted_adapter_gives_peft_logits_in_mlx(case, tiny_model, tiny_model
     assert params["rank"] == lora["r"]
     assert cfg["fine_tune_type"] == ("dora" if lora.get("use_dora") else "lora")
     assert cfg["num_layers"] == (3 if case == "layer_subset" else 2)
-    expected_keys = {f"{'mlp' if t in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{t}"
-                     for t in lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                          "gate_proj", "up_proj", "down_proj"])}
+    expected_keys = {
+        f"{'mlp' if t in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{t}"
+        for t in lora.get(
+            "target_modules", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        )
+    }
     assert set(params["keys"]) == expected_keys
 
 
@@ -79,10 +89,12 @@ def test_layout_is_transposed_and_renamed(tiny_model, tmp_path):
     peft = load_file(tmp_path / "peft" / "adapter_model.safetensors")
     mlx = load_file(tmp_path / "mlx" / "adapters.safetensors")
     prefix = "base_model.model.model.layers.1.self_attn.q_proj"
-    np.testing.assert_array_equal(mlx["model.layers.1.self_attn.q_proj.lora_a"],
-                                  peft[f"{prefix}.lora_A.weight"].T)  # [in, r]
-    np.testing.assert_array_equal(mlx["model.layers.1.self_attn.q_proj.lora_b"],
-                                  peft[f"{prefix}.lora_B.weight"].T)  # [r, out]
+    np.testing.assert_array_equal(
+        mlx["model.layers.1.self_attn.q_proj.lora_a"], peft[f"{prefix}.lora_A.weight"].T
+    )  # [in, r]
+    np.testing.assert_array_equal(
+        mlx["model.layers.1.self_attn.q_proj.lora_b"], peft[f"{prefix}.lora_B.weight"].T
+    )  # [r, out]
     assert mlx["model.layers.1.self_attn.q_proj.lora_a"].shape == (64, 4)
     assert len(mlx) == len(peft) == 2 * 7 * 2
 
@@ -102,8 +114,7 @@ def test_all_blocks_need_no_base_config(tiny_model, tmp_path):
 
 
 def test_layer_subset_without_base_asks_for_it(tiny_model_4layers, tmp_path, capsys):
-    make_peft_adapter(tiny_model_4layers, tmp_path / "peft", r=4, lora_alpha=16,
-                      layers_to_transform=[2, 3])
+    make_peft_adapter(tiny_model_4layers, tmp_path / "peft", r=4, lora_alpha=16, layers_to_transform=[2, 3])
     config_path = tmp_path / "peft" / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = "/workspace/models/Qwen2.5-32B"  # a pod's path
@@ -114,16 +125,37 @@ def test_layer_subset_without_base_asks_for_it(tiny_model_4layers, tmp_path, cap
     assert "LAST num_layers blocks" in err and "--base" in err
     assert not (tmp_path / "mlx").exists()
     # With the base it converts: 4 blocks, lowest trained block 2.
-    assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"),
-                           "--base", str(tiny_model_4layers)]) == 0
+    assert (
+        converter.main(
+            [
+                "--input",
+                str(tmp_path / "peft"),
+                "--output",
+                str(tmp_path / "mlx"),
+                "--base",
+                str(tiny_model_4layers),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "mlx" / "adapter_config.json").read_text())["num_layers"] == 2
 
 
 def test_rank_pattern_that_changes_nothing_is_accepted(tiny_model, tmp_path):
-    make_peft_adapter(tiny_model, tmp_path / "peft", r=4, lora_alpha=16,
-                      rank_pattern={"q_proj": 4}, alpha_pattern={"down_proj": 16})
-    assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"),
-                           "--base", str(tiny_model)]) == 0
+    make_peft_adapter(
+        tiny_model,
+        tmp_path / "peft",
+        r=4,
+        lora_alpha=16,
+        rank_pattern={"q_proj": 4},
+        alpha_pattern={"down_proj": 16},
+    )
+    assert (
+        converter.main(
+            ["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"), "--base", str(tiny_model)]
+        )
+        == 0
+    )
 
 
 def test_bf16_adapter_keeps_its_dtype(tiny_model, tmp_path):
@@ -135,8 +167,12 @@ def test_bf16_adapter_keeps_its_dtype(tiny_model, tmp_path):
     weights = tmp_path / "peft" / "adapter_model.safetensors"
     tensors = load_file(weights)
     save_file({k: v.bfloat16() for k, v in tensors.items()}, weights)
-    assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"),
-                           "--base", str(tiny_model)]) == 0
+    assert (
+        converter.main(
+            ["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"), "--base", str(tiny_model)]
+        )
+        == 0
+    )
     out = mx.load(str(tmp_path / "mlx" / "adapters.safetensors"))
     name = "model.layers.0.mlp.down_proj.lora_b"
     assert out[name].dtype == mx.bfloat16
@@ -159,8 +195,9 @@ def test_memory_stays_near_one_tensor(tiny_model, tmp_path):
         tensors[f"{prefix}.lora_B.weight"] = rng.standard_normal((1024, 256), dtype=np.float32)
     save_file(tensors, peft / "adapter_model.safetensors")
     del tensors
-    (peft / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 256, "lora_alpha": 512, "base_model_name_or_path": ""}))
+    (peft / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 256, "lora_alpha": 512, "base_model_name_or_path": ""})
+    )
     # VmHWM is this process's own peak (ru_maxrss would include pytest's, inherited by fork).
     probe = (
         "import re, sys; import lora_style.mlx.convert as c;"
@@ -171,8 +208,12 @@ def test_memory_stays_near_one_tensor(tiny_model, tmp_path):
         "c.convert(sys.argv[2], sys.argv[3], log=lambda *_: None);"
         "print((kb('VmHWM') - base) / 1024)"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, str(SCRIPTS), str(peft), str(tmp_path / "mlx")],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(SCRIPTS), str(peft), str(tmp_path / "mlx")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     growth_mb = float(proc.stdout.strip())
     print(f"peak memory growth {growth_mb:.1f} MB for a 128 MB adapter (largest tensor 8 MB)")
     assert growth_mb < 24  # two 8 MB buffers (bytes read + transposed copy) and some slack
@@ -185,26 +226,51 @@ def test_adapter_trained_by_llamafactory_gives_peft_logits_in_mlx(tiny_model, tm
     """The real producer: `llamafactory-cli train` (its peft version, its adapter_config.json),
     with rsLoRA, 3 steps on the CPU; then the same comparison as above."""
     import torch
-    from helpers.workflow import LLAMAFACTORY_CLI, run_script
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from lora_style.config import train_yaml
     from lora_style.data.dataset_info import DATA_FILE
 
+    from helpers.workflow import LLAMAFACTORY_CLI, run_script
+
     data = tmp_path / train_yaml.DATASET_DIR
     data.mkdir()
-    assert run_script("validate_dataset.py", SAMPLE_DATA, "--output", data / DATA_FILE,
-                      "--report", tmp_path / "validation.json").returncode == 0
-    assert run_script("dataset_info.py", "--run", "t", "--output",
-                      data / "dataset_info.json").returncode == 0
-    args = train_yaml.train_args("t", {"profile": "tiny_cpu", "base_model": str(tiny_model),
-                                       "overrides": {"max_steps": 3, "save_steps": 3, "val_size": 0.0,
-                                                     "eval_strategy": "no", "plot_loss": False,
-                                                     "use_rslora": True}})
+    assert (
+        run_script(
+            "validate_dataset.py",
+            SAMPLE_DATA,
+            "--output",
+            data / DATA_FILE,
+            "--report",
+            tmp_path / "validation.json",
+        ).returncode
+        == 0
+    )
+    assert run_script("dataset_info.py", "--run", "t", "--output", data / "dataset_info.json").returncode == 0
+    args = train_yaml.train_args(
+        "t",
+        {
+            "profile": "tiny_cpu",
+            "base_model": str(tiny_model),
+            "overrides": {
+                "max_steps": 3,
+                "save_steps": 3,
+                "val_size": 0.0,
+                "eval_strategy": "no",
+                "plot_loss": False,
+                "use_rslora": True,
+            },
+        },
+    )
     train_yaml.write_yaml(args, str(tmp_path / "train.yaml"))
-    proc = subprocess.run([str(LLAMAFACTORY_CLI), "train", "train.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(LLAMAFACTORY_CLI), "train", "train.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     checkpoint = tmp_path / train_yaml.OUTPUT_DIR / "checkpoint-3"
 
@@ -212,11 +278,12 @@ def test_adapter_trained_by_llamafactory_gives_peft_logits_in_mlx(tiny_model, tm
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     with torch.no_grad():
         before = model(torch.tensor([ids])).logits[0].numpy()
-        peft_after = PeftModel.from_pretrained(model, checkpoint).eval()(
-            torch.tensor([ids])).logits[0].numpy()
+        peft_after = (
+            PeftModel.from_pretrained(model, checkpoint).eval()(torch.tensor([ids])).logits[0].numpy()
+        )
     assert converter.main(["--input", str(checkpoint), "--output", str(tmp_path / "mlx")]) == 0
     cfg = json.loads((tmp_path / "mlx" / "adapter_config.json").read_text())
-    assert cfg["lora_parameters"]["scale"] == pytest.approx(32 / 8 ** 0.5)
+    assert cfg["lora_parameters"]["scale"] == pytest.approx(32 / 8**0.5)
     diff = np.abs(mlx_logits(tiny_model, tmp_path / "mlx", ids) - peft_after).max()
     effect = np.abs(peft_after - before).max()
     print(f"llamafactory rsLoRA: max |mlx - peft| = {diff:.2e}, adapter effect = {effect:.3f}")
@@ -225,18 +292,33 @@ def test_adapter_trained_by_llamafactory_gives_peft_logits_in_mlx(tiny_model, tm
 
 # ------------------------------------------- speed (make bench) without changing what is checked
 
+
 @pytest.mark.parametrize("case", ["layer_subset", "dora"])
-def test_the_command_line_writes_what_the_function_writes(case, tiny_model, tiny_model_4layers,
-                                                           tmp_path):
+def test_the_command_line_writes_what_the_function_writes(case, tiny_model, tiny_model_4layers, tmp_path):
     """`python scripts/convert_peft_to_mlx.py` (a fresh process, as the rule runs it) writes and
     checks exactly what convert() does in this process."""
     base = tiny_model_4layers if case == "layer_subset" else tiny_model
     make_peft_adapter(base, tmp_path / "peft", token_ids(base), **CASES[case])
-    assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "full"),
-                           "--base", str(base)]) == 0
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "convert_peft_to_mlx.py"), "--input",
-                           str(tmp_path / "peft"), "--output", str(tmp_path / "cli"), "--base",
-                           str(base)], capture_output=True, text=True)
+    assert (
+        converter.main(
+            ["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "full"), "--base", str(base)]
+        )
+        == 0
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "convert_peft_to_mlx.py"),
+            "--input",
+            str(tmp_path / "peft"),
+            "--output",
+            str(tmp_path / "cli"),
+            "--base",
+            str(base),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "matched to the LoRA layers mlx-lm builds" in proc.stderr + proc.stdout
     for name in ("adapters.safetensors", "adapter_config.json"):
@@ -249,8 +331,12 @@ def test_the_check_refuses_a_tensor_mlx_lm_would_not_load(tiny_model, tmp_path):
     from safetensors.numpy import load_file, save_file
 
     make_peft_adapter(tiny_model, tmp_path / "peft", token_ids(tiny_model), r=4, lora_alpha=16)
-    assert converter.main(["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"),
-                           "--base", str(tiny_model)]) == 0
+    assert (
+        converter.main(
+            ["--input", str(tmp_path / "peft"), "--output", str(tmp_path / "mlx"), "--base", str(tiny_model)]
+        )
+        == 0
+    )
     weights = tmp_path / "mlx" / "adapters.safetensors"
     tensors = load_file(weights)
     name = "model.layers.0.self_attn.q_proj.lora_a"
@@ -261,8 +347,7 @@ def test_the_check_refuses_a_tensor_mlx_lm_would_not_load(tiny_model, tmp_path):
         converter.verify(tmp_path / "mlx", base_config)
 
 
-@pytest.mark.parametrize("shape", [(64, 27648), (27648, 64), (8, 3), (3, 8), (16, 16), (17, 1),
-                                   (256, 5000)])
+@pytest.mark.parametrize("shape", [(64, 27648), (27648, 64), (8, 3), (3, 8), (16, 16), (17, 1), (256, 5000)])
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint16])
 def test_blocked_threaded_transpose_is_a_transpose(shape, dtype):
     from lora_style.safetensors_io import transpose_into

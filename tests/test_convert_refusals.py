@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers.mlx import make_peft_adapter
-from helpers.workflow import SCRIPTS
 
 import lora_style.mlx.convert as converter
+
+from helpers.mlx import make_peft_adapter
+from helpers.workflow import SCRIPTS
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,10 @@ PEFT_MADE = {
     "bias_all": (dict(bias="all"), ["bias is 'all'", "bias vectors"]),
     "rank_pattern": (dict(rank_pattern={"q_proj": 2}), ["rank_pattern", "r=2", "one rank"]),
     "alpha_pattern": (dict(alpha_pattern={"down_proj": 64}), ["alpha=64", "one scale"]),
-    "lora_on_lm_head": (dict(target_modules=["q_proj", "lm_head"]),
-                        ["not LoRA factors of a decoder block", "lm_head"]),
+    "lora_on_lm_head": (
+        dict(target_modules=["q_proj", "lm_head"]),
+        ["not LoRA factors of a decoder block", "lm_head"],
+    ),
 }
 
 
@@ -61,8 +64,14 @@ PEFT_MADE = {
 def test_refuses_what_peft_made(case, tiny_model, tmp_path, capsys):
     lora, expected = PEFT_MADE[case]
     make_peft_adapter(tiny_model, tmp_path / "peft", r=4, lora_alpha=16, **lora)
-    refused(tmp_path / "peft", tmp_path / "mlx", capsys, "cannot be converted" if case not in (
-        "rank_pattern", "alpha_pattern", "lora_on_lm_head") else "", *expected, base=tiny_model)
+    refused(
+        tmp_path / "peft",
+        tmp_path / "mlx",
+        capsys,
+        "cannot be converted" if case not in ("rank_pattern", "alpha_pattern", "lora_on_lm_head") else "",
+        *expected,
+        base=tiny_model,
+    )
     assert not (tmp_path / "mlx").exists()
 
 
@@ -72,8 +81,9 @@ def test_refuses_non_lora_peft_type(tiny_model, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    get_peft_model(model, IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
-                                    feedforward_modules=["down_proj"])).save_pretrained(tmp_path / "peft")
+    get_peft_model(
+        model, IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
+    ).save_pretrained(tmp_path / "peft")
     refused(tmp_path / "peft", tmp_path / "mlx", capsys, "peft_type is IA3", "LoRA and DoRA")
 
 
@@ -94,8 +104,13 @@ def test_refuses_config_it_cannot_honour(case, plain_adapter, tmp_path, capsys):
 
 
 def test_every_reason_at_once(plain_adapter, tmp_path, capsys):
-    err = refused(edited(plain_adapter, tmp_path, fan_in_fan_out=True, bias="lora_only",
-                         modules_to_save=["embed_tokens"]), tmp_path / "mlx", capsys)
+    err = refused(
+        edited(
+            plain_adapter, tmp_path, fan_in_fan_out=True, bias="lora_only", modules_to_save=["embed_tokens"]
+        ),
+        tmp_path / "mlx",
+        capsys,
+    )
     assert err.count("\n  - ") == 3
 
 
@@ -106,8 +121,14 @@ def test_wrong_base_is_refused(plain_adapter, tiny_model, tmp_path, capsys):
     config = json.loads((tiny_model / "config.json").read_text())
     config.update(hidden_size=128, intermediate_size=256)
     (base / "config.json").write_text(json.dumps(config))
-    err = refused(plain_adapter, tmp_path / "mlx", capsys, "does not fit the model mlx-lm builds",
-                  "shape (64, 4), the model's parameter is (128, 4)", base=base)
+    err = refused(
+        plain_adapter,
+        tmp_path / "mlx",
+        capsys,
+        "does not fit the model mlx-lm builds",
+        "shape (64, 4), the model's parameter is (128, 4)",
+        base=base,
+    )
     assert "nothing written" in err
     assert not (tmp_path / "mlx").exists()
 
@@ -144,8 +165,18 @@ def test_unreadable_inputs(plain_adapter, tmp_path, capsys):
 
 def test_cli_exit_code_and_message_without_traceback(plain_adapter, tmp_path):
     peft = edited(plain_adapter, tmp_path, modules_to_save=["embed_tokens", "lm_head"])
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "convert_peft_to_mlx.py"), "--input",
-                           str(peft), "--output", str(tmp_path / "mlx")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "convert_peft_to_mlx.py"),
+            "--input",
+            str(peft),
+            "--output",
+            str(tmp_path / "mlx"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert "modules_to_save ['embed_tokens', 'lm_head']" in proc.stderr
     assert "llamafactory-cli export" in proc.stderr

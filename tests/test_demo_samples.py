@@ -15,9 +15,10 @@ import string
 
 import pytest
 import yaml
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
 
 from lora_style.tiny_model import corpus_texts
+
+from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 

@@ -71,8 +71,11 @@ def prose_lines(path: Path) -> list[str]:
 
 
 def headings(path: Path) -> list[str]:
-    return [re.sub(r"\s+#+\s*$", "", m.group(1)).strip()
-            for line in prose_lines(path) if (m := re.match(r"#{1,6}\s+(.*)", line))]
+    return [
+        re.sub(r"\s+#+\s*$", "", m.group(1)).strip()
+        for line in prose_lines(path)
+        if (m := re.match(r"#{1,6}\s+(.*)", line))
+    ]
 
 
 def anchors(path: Path) -> set[str]:
@@ -91,7 +94,8 @@ def test_the_config_reference_is_generated_from_the_current_schema():
     committed = (DOCS / "config-reference.md").read_text(encoding="utf-8")
     assert reference.render(schema) == committed, (
         "docs/config-reference.md is not what the schema gives: regenerate it with "
-        "`python scripts/config_reference.py` (in .venv) and commit it")
+        "`python scripts/config_reference.py` (in .venv) and commit it"
+    )
 
 
 def test_every_schema_key_has_a_description():
@@ -160,10 +164,11 @@ def test_imports_go_down_the_stages_as_architecture_md_says():
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
-                                    + ([node.module] if node.module else []))
-                targets = [f"{base}.{alias.name}" if base == "lora_style" else base
-                           for alias in node.names]
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1]
+                        + ([node.module] if node.module else [])
+                    )
+                targets = [f"{base}.{alias.name}" if base == "lora_style" else base for alias in node.names]
             elif isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -171,5 +176,6 @@ def test_imports_go_down_the_stages_as_architecture_md_says():
             for target in targets:
                 if target.split(".")[0] == "lora_style" and layer(target) > layer(module):
                     wrong.append(f"{module} imports {target}")
-    assert not wrong, ("imports against the dependency direction in docs/architecture.md:\n"
-                       + "\n".join(sorted(set(wrong))))
+    assert not wrong, "imports against the dependency direction in docs/architecture.md:\n" + "\n".join(
+        sorted(set(wrong))
+    )

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.sshd import Sshd, style_run_config
-from helpers.workflow import LLAMAFACTORY_CLI, snakemake
 from test_train_interrupts import (
     complete_checkpoints,
     logged_steps,
@@ -33,6 +31,9 @@ from test_train_interrupts import (
     start_snakemake,
     wait_until,
 )
+
+from helpers.sshd import Sshd, style_run_config
+from helpers.workflow import LLAMAFACTORY_CLI, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -79,6 +80,7 @@ def attempt_starts(run_dir: Path) -> int:
 
 # ------------------------------------------- the OOM killer, twice; and a second snakemake
 
+
 @pytest.fixture(scope="module")
 def oom(tmp_path_factory, sshd, tiny_model):
     """Start a training, kill its trainer with SIGKILL, run again (it resumes), kill it again,
@@ -87,24 +89,32 @@ def oom(tmp_path_factory, sshd, tiny_model):
     work = tmp / "work"
     work.mkdir()
     # No checkpoint before the kills (save_steps beyond them): both attempts start at step 0.
-    config = style_run_config(tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, max_steps=3000,
-                              save_steps=2000, eval_steps=2000)
+    config = style_run_config(
+        tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, max_steps=3000, save_steps=2000, eval_steps=2000
+    )
     seen: dict = {}
     first = start_snakemake(work, config, "first")
-    run_dir = wait_until(lambda: (d := run_dir_of(tmp)) and len(logged_steps(d)) >= 3 and d, 240,
-                         "the training to log a few steps", first)
+    run_dir = wait_until(
+        lambda: (d := run_dir_of(tmp)) and len(logged_steps(d)) >= 3 and d,
+        240,
+        "the training to log a few steps",
+        first,
+    )
     # A second snakemake on the same project, same target, while the first one runs.
     seen["second_call"] = snakemake(work, ADAPTER, configfile=config, check=False, timeout=120)
-    seen["dry_run_beside"] = snakemake(work, "-n", ADAPTER, configfile=config, check=False,
-                                       timeout=120)
+    seen["dry_run_beside"] = snakemake(work, "-n", ADAPTER, configfile=config, check=False, timeout=120)
     seen["attempts_beside"] = attempt_starts(run_dir)
-    os.kill(trainer_of(run_dir), signal.SIGKILL)           # the OOM killer's way
+    os.kill(trainer_of(run_dir), signal.SIGKILL)  # the OOM killer's way
     first.wait(timeout=120)
     seen["first"] = (first.returncode, output_of(work, "first"))
 
     second = start_snakemake(work, config, "second")
-    wait_until(lambda: trainings_started(run_dir) >= 2 and trainer_of(run_dir), 240,
-               "the resumed training to run", second)
+    wait_until(
+        lambda: trainings_started(run_dir) >= 2 and trainer_of(run_dir),
+        240,
+        "the resumed training to run",
+        second,
+    )
     os.kill(trainer_of(run_dir), signal.SIGKILL)
     second.wait(timeout=120)
     seen["second"] = (second.returncode, output_of(work, "second"))
@@ -141,21 +151,31 @@ def test_a_trainer_killed_once_is_resumed_by_the_next_call(oom):
 def test_killed_twice_from_the_same_point_is_not_resumed_again_and_names_memory(oom):
     rc, out = oom["seen"]["second"]
     assert rc != 0
-    for said in ("killed (SIGKILL) twice", "OOM killer", "per_device_train_batch_size",
-                 "cutoff_len", "gradient_checkpointing", "not resumed automatically",
-                 "snakemake --forcerun submit_training style_mlx"):
+    for said in (
+        "killed (SIGKILL) twice",
+        "OOM killer",
+        "per_device_train_batch_size",
+        "cutoff_len",
+        "gradient_checkpointing",
+        "not resumed automatically",
+        "snakemake --forcerun submit_training style_mlx",
+    ):
         assert said in out, (said, out[-3000:])
     third = oom["seen"]["third"]
     assert third.returncode != 0
     assert "not resumed" in third.stderr and "killed (SIGKILL) twice" in third.stderr
     # Nothing more was launched: two attempts, both killed (exit 137).
-    ends = [line.split()[-1] for line in (oom["run_dir"] / "attempts.log").read_text().splitlines()
-            if line.startswith("end ")]
+    ends = [
+        line.split()[-1]
+        for line in (oom["run_dir"] / "attempts.log").read_text().splitlines()
+        if line.startswith("end ")
+    ]
     assert ends == ["137", "137"]
     assert not (oom["work"] / ADAPTER).exists()
 
 
 # ------------------------------------------------------------- the pod's disk fills up
+
 
 @pytest.fixture
 def small_disk(tmp_path):
@@ -188,17 +208,19 @@ def fill(path: Path) -> None:
             pass
 
 
-def test_a_full_disk_during_training_says_so_and_resumes_once_freed(tmp_path, sshd, tiny_model,
-                                                                      small_disk):
+def test_a_full_disk_during_training_says_so_and_resumes_once_freed(tmp_path, sshd, tiny_model, small_disk):
     work = tmp_path / "work"
     work.mkdir()
     pod = sshd.pod(tmp_path, LLAMAFACTORY_CLI, remote_dir=str(small_disk / "lora-runs"))
-    config = style_run_config(tmp_path, pod, tiny_model, max_steps=100, save_steps=20,
-                              eval_steps=20)
+    config = style_run_config(tmp_path, pod, tiny_model, max_steps=100, save_steps=20, eval_steps=20)
     first = start_snakemake(work, config, "first")
     runs = small_disk / "lora-runs"
-    run_dir = wait_until(lambda: runs.exists() and (d := next(runs.glob("style-*"), None))
-                         and complete_checkpoints(d) and d, 240, "a first checkpoint", first)
+    run_dir = wait_until(
+        lambda: runs.exists() and (d := next(runs.glob("style-*"), None)) and complete_checkpoints(d) and d,
+        240,
+        "a first checkpoint",
+        first,
+    )
     filler = small_disk / "someone-elses-files"
     fill(filler)
     first.wait(timeout=300)
@@ -216,18 +238,22 @@ def test_a_full_disk_during_training_says_so_and_resumes_once_freed(tmp_path, ss
     assert again.returncode != 0 and "the pod's disk is full" in again.stderr
     assert attempt_starts(run_dir) == 1
 
-    filler.unlink()                                  # the user frees space, as told
+    filler.unlink()  # the user frees space, as told
     proc = snakemake(work, ADAPTER, "--forcerun", "submit_training", configfile=config)
     # (errors="replace": the full disk cut the log mid-character)
     log = (run_dir / "train.log").read_text(errors="replace")
     assert f"resuming from output/checkpoint-{last}" in log
-    starts = [line.split() for line in (run_dir / "attempts.log").read_text().splitlines()
-              if line.startswith("start ")]
+    starts = [
+        line.split()
+        for line in (run_dir / "attempts.log").read_text().splitlines()
+        if line.startswith("start ")
+    ]
     assert len(starts) == 2 and int(starts[1][2]) == last
     assert (work / ADAPTER / "adapter_model.safetensors").is_file(), proc.stderr[-2000:]
 
 
 # ------------------------------------- the pod replaced: a new host key and an empty disk
+
 
 def test_a_replaced_pod_stops_at_once_and_relaunches_only_when_asked(tmp_path, tiny_model):
     work = tmp_path / "work"
@@ -263,11 +289,13 @@ def test_a_replaced_pod_stops_at_once_and_relaunches_only_when_asked(tmp_path, t
         assert proc.returncode != 0
         said = proc.stderr
         assert "has no folder style-" in said and "a new pod, or its volume was wiped" in said
-        assert re.search(r"costs 10 steps, ~[\d.e-]+ GPU-hours, ~\$\d+\.\d\d \(the plan's estimate\)",
-                         said), said[-3000:]
+        assert re.search(
+            r"costs 10 steps, ~[\d.e-]+ GPU-hours, ~\$\d+\.\d\d \(the plan's estimate\)", said
+        ), said[-3000:]
         assert "`snakemake --config relaunch=style style_mlx`" in said
-        assert not (tmp_path / "pod").exists() or not list((tmp_path / "pod").glob("style-*")), \
+        assert not (tmp_path / "pod").exists() or not list((tmp_path / "pod").glob("style-*")), (
             "nothing may be launched without the user asking"
+        )
 
         proc = snakemake(work, ADAPTER, "--config", "relaunch=style", configfile=config)
         assert "training it again from step 0, as asked" in proc.stderr
@@ -280,7 +308,8 @@ def test_a_replaced_pod_stops_at_once_and_relaunches_only_when_asked(tmp_path, t
 
 def test_relaunch_names_a_run_of_the_config(tmp_path, tiny_model, sshd):
     config = style_run_config(tmp_path, sshd.pod(tmp_path, LLAMAFACTORY_CLI), tiny_model)
-    proc = snakemake(tmp_path / "work", "-n", ADAPTER, "--config", "relaunch=stlye",
-                     configfile=config, check=False)
+    proc = snakemake(
+        tmp_path / "work", "-n", ADAPTER, "--config", "relaunch=stlye", configfile=config, check=False
+    )
     assert proc.returncode != 0
     assert "config: relaunch: no run 'stlye' under runs: (known: style" in proc.stdout + proc.stderr

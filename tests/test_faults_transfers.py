@@ -29,8 +29,8 @@ from lora_style.training.run_state import read_state
 
 pytestmark = [pytest.mark.slow]
 
-RATE_KIB = 4096               # the slow link: 4 MiB/s
-BIG = 48 * 2**20              # 12 s on it
+RATE_KIB = 4096  # the slow link: 4 MiB/s
+BIG = 48 * 2**20  # 12 s on it
 
 
 # The pipeline's code, as a job runs it, with rsync rate-limited: argv[1] the rate in KiB/s,
@@ -63,10 +63,14 @@ else:
 
 def start(tmp: Path, rate: int, *args, cwd: Path | None = None) -> subprocess.Popen:
     out = open(tmp / f"runner-{time.monotonic_ns()}.out", "w+")
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(rate), *map(str, args)],
-                            stdout=out, stderr=subprocess.STDOUT, cwd=cwd or tmp,
-                            start_new_session=True,
-                            env=os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(rate), *map(str, args)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=cwd or tmp,
+        start_new_session=True,
+        env=os.environ,
+    )
     proc.out = out
     return proc
 
@@ -81,8 +85,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def wait_for_partial(pattern_root: Path, glob: str, proc: subprocess.Popen,
-                     at_least: int = 4 * 2**20) -> Path:
+def wait_for_partial(
+    pattern_root: Path, glob: str, proc: subprocess.Popen, at_least: int = 4 * 2**20
+) -> Path:
     """rsync's temporary file for a transfer under way, once it holds `at_least` bytes."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -93,13 +98,15 @@ def wait_for_partial(pattern_root: Path, glob: str, proc: subprocess.Popen,
             except FileNotFoundError:
                 continue
         if proc.poll() is not None:
-            pytest.fail(f"the transfer ended ({proc.returncode}) before it could be cut:\n"
-                        f"{finish(proc)[1][-3000:]}")
+            pytest.fail(
+                f"the transfer ended ({proc.returncode}) before it could be cut:\n{finish(proc)[1][-3000:]}"
+            )
         time.sleep(0.05)
     pytest.fail(f"no partial {glob} under {pattern_root}")
 
 
 # ------------------------------------------------------------------------------ upload
+
 
 def big_run_inputs(tmp: Path) -> list[Path]:
     """A run's three inputs, the data big enough to cut (its content is not read here)."""
@@ -121,7 +128,7 @@ def test_an_upload_cut_off_leaves_a_run_not_started_and_the_next_finishes_it(tmp
 
     proc = start(tmp_path, RATE_KIB, "upload", json.dumps(settings), *paths, run_dir)
     wait_for_partial(run_dir / "data", ".train.jsonl.*", proc)
-    sshd.stop()                                      # the connection drops mid-file
+    sshd.stop()  # the connection drops mid-file
     rc, said = finish(proc)
     sshd.start()
     assert rc == 1, said
@@ -144,6 +151,7 @@ def test_an_upload_cut_off_leaves_a_run_not_started_and_the_next_finishes_it(tmp
 
 # ---------------------------------------------------------------------------- download
 
+
 def finished_run_on_pod(pod_dir: Path, run_id: str, adapter: bytes) -> Path:
     """A run folder as a finished training leaves it: one checkpoint, the logs, exit code 0."""
     run_dir = pod_dir / run_id
@@ -163,11 +171,23 @@ def finished_run_on_pod(pod_dir: Path, run_id: str, adapter: bytes) -> Path:
 def fetch_args(tmp: Path, settings: dict, run_id: str) -> list[str]:
     (tmp / "launch.json").write_text(json.dumps({"run": "style", "run_id": run_id}))
     (tmp / "finished.json").write_text(json.dumps({"status": "finished"}))
-    return ["fetch", "--run", "style", "--pod-settings", json.dumps(settings),
-            "--launch", "launch.json", "--finished", "finished.json",
-            "--adapter-dir", "lora_adapters/style_peft",
-            "--summary", "results/style/train/training_summary.json",
-            "--trainer-state", "results/style/train/trainer_state.json"]
+    return [
+        "fetch",
+        "--run",
+        "style",
+        "--pod-settings",
+        json.dumps(settings),
+        "--launch",
+        "launch.json",
+        "--finished",
+        "finished.json",
+        "--adapter-dir",
+        "lora_adapters/style_peft",
+        "--summary",
+        "results/style/train/training_summary.json",
+        "--trainer-state",
+        "results/style/train/trainer_state.json",
+    ]
 
 
 @pytest.fixture
@@ -177,8 +197,11 @@ def big_fetch(tmp_path, sshd):
     run_id = "style-0123456789ab"
     adapter = os.urandom(BIG)
     run_dir = finished_run_on_pod(tmp_path / "pod", run_id, adapter)
-    return {"args": fetch_args(tmp_path, settings, run_id), "run_dir": run_dir,
-            "sha256": hashlib.sha256(adapter).hexdigest()}
+    return {
+        "args": fetch_args(tmp_path, settings, run_id),
+        "run_dir": run_dir,
+        "sha256": hashlib.sha256(adapter).hexdigest(),
+    }
 
 
 def landed(tmp: Path) -> Path:
@@ -191,9 +214,8 @@ def leftovers(tmp: Path) -> list[Path]:
 
 def test_a_download_killed_mid_file_lands_nothing_and_the_next_fetch_finishes(tmp_path, big_fetch):
     proc = start(tmp_path, RATE_KIB, *big_fetch["args"])
-    wait_for_partial(tmp_path / "lora_adapters", ".style_peft.*.partial/style_peft/.adapter_model*",
-                     proc)
-    os.killpg(proc.pid, signal.SIGKILL)              # the laptop dies: no clean-up at all
+    wait_for_partial(tmp_path / "lora_adapters", ".style_peft.*.partial/style_peft/.adapter_model*", proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the laptop dies: no clean-up at all
     finish(proc)
     # Only a hidden staging folder: no adapter folder, no summary, nothing to convert.
     assert not landed(tmp_path).exists()
@@ -211,8 +233,7 @@ def test_a_download_killed_mid_file_lands_nothing_and_the_next_fetch_finishes(tm
 
 def test_a_connection_lost_mid_download_is_ridden_out_and_verified(tmp_path, sshd, big_fetch):
     proc = start(tmp_path, RATE_KIB, *big_fetch["args"])
-    wait_for_partial(tmp_path / "lora_adapters", ".style_peft.*.partial/style_peft/.adapter_model*",
-                     proc)
+    wait_for_partial(tmp_path / "lora_adapters", ".style_peft.*.partial/style_peft/.adapter_model*", proc)
     sshd.stop()
     time.sleep(3)
     assert not landed(tmp_path).exists() or not any(landed(tmp_path).iterdir())

@@ -11,19 +11,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.workflow import run_pod_python
 
 from lora_style.data.dataset_info import dataset_info
 from lora_style.mlx import generate
 from lora_style.prompt_format import load_template, render_prompt, split_guide_prompt
 
+from helpers.workflow import run_pod_python
+
 EXAMPLES = [
     # Both fields: the user turn is instruction + "\n" + input.
-    {"instruction": "Rewrite the following passage in the style of H. P. Lovecraft.",
-     "input": "The bus broke down on a country road and we had to walk to the nearest farmhouse."},
+    {
+        "instruction": "Rewrite the following passage in the style of H. P. Lovecraft.",
+        "input": "The bus broke down on a country road and we had to walk to the nearest farmhouse.",
+    },
     # An empty input: the instruction alone, no trailing newline.
-    {"instruction": "Write a short paragraph about an old lighthouse, in Lovecraft's voice.",
-     "input": ""},
+    {"instruction": "Write a short paragraph about an old lighthouse, in Lovecraft's voice.", "input": ""},
     # Only an input, line breaks and non-ASCII inside.
     {"instruction": "", "input": "Line one.\nLine two — with «quotes» and R'lyeh."},
 ]
@@ -74,8 +76,9 @@ def test_prompt_matches_llamafactory_token_for_token(index, llamafactory_prompt_
     rendered = render_prompt(example["instruction"], example["input"], load_template("qwen"))
     ours = generate.encode_prompt(mlx_tokenizer, rendered)
     theirs = llamafactory_prompt_ids[index]
-    assert ours == theirs, (f"\nours:   {mlx_tokenizer.decode(ours)!r}"
-                            f"\ntheirs: {mlx_tokenizer.decode(theirs)!r}")
+    assert ours == theirs, (
+        f"\nours:   {mlx_tokenizer.decode(ours)!r}\ntheirs: {mlx_tokenizer.decode(theirs)!r}"
+    )
     # Not the guide's format: the instruction is in the user turn, after the default system prompt.
     assert rendered.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
 
@@ -97,8 +100,17 @@ def test_read_prompts_reports_file_and_line(tmp_path):
 
 
 def test_samples_markdown_keeps_generated_text_verbatim():
-    text = generate.samples_markdown("Samples: x", "intro", [
-        {"instruction": "Write.", "input": "", "output": "# not a heading\n```code```",
-         "rendered": "<|im_start|>..."}])
+    text = generate.samples_markdown(
+        "Samples: x",
+        "intro",
+        [
+            {
+                "instruction": "Write.",
+                "input": "",
+                "output": "# not a heading\n```code```",
+                "rendered": "<|im_start|>...",
+            }
+        ],
+    )
     assert "````text\n# not a heading\n```code```\n````" in text
     assert "## 1. Write." in text

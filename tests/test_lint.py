@@ -13,34 +13,57 @@ import sys
 
 import pytest
 import yaml
+
 from helpers.workflow import REPO
 
 
 def test_snakemake_lint(tmp_path):
     # In a scratch working directory, so the lint leaves nothing (.snakemake/) in the checkout.
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", REPO / "Snakefile",
-                           "--directory", tmp_path, "--lint"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            REPO / "Snakefile",
+            "--directory",
+            tmp_path,
+            "--lint",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Lints for" not in out, out
 
 
 def test_snakefmt_check():
-    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, (
-        f"{proc.stdout}{proc.stderr}\nformat them: .venv/bin/snakefmt Snakefile rules")
+        f"{proc.stdout}{proc.stderr}\nformat them: .venv/bin/snakefmt Snakefile rules"
+    )
 
 
 def test_shellcheck_every_shell_script():
-    scripts = sorted(str(p.relative_to(REPO)) for folder in ("scripts", "src")
-                     for p in (REPO / folder).rglob("*.sh"))
+    scripts = sorted(
+        str(p.relative_to(REPO)) for folder in ("scripts", "src") for p in (REPO / folder).rglob("*.sh")
+    )
     assert "scripts/logged.sh" in scripts and "src/lora_style/training/run.sh" in scripts
     if not shutil.which("shellcheck"):
-        pytest.fail("shellcheck not found: install it (apt-get install shellcheck; "
-                    "brew install shellcheck), .ci/run does")
-    proc = subprocess.run(["shellcheck", "-s", "sh", *scripts], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+        pytest.fail(
+            "shellcheck not found: install it (apt-get install shellcheck; "
+            "brew install shellcheck), .ci/run does"
+        )
+    proc = subprocess.run(
+        ["shellcheck", "-s", "sh", *scripts], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -50,10 +73,11 @@ def test_shellcheck_bench_scripts():
     scripts = sorted(str(p.relative_to(REPO)) for p in (REPO / "bench").rglob("*.sh"))
     assert "bench/gpu/check.sh" in scripts
     if not shutil.which("shellcheck"):
-        pytest.fail("shellcheck not found: install it (apt-get install shellcheck; "
-                    "brew install shellcheck), .ci/run does")
-    proc = subprocess.run(["shellcheck", *scripts], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+        pytest.fail(
+            "shellcheck not found: install it (apt-get install shellcheck; "
+            "brew install shellcheck), .ci/run does"
+        )
+    proc = subprocess.run(["shellcheck", *scripts], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -70,3 +94,18 @@ def test_environment_yml_pins_are_requirements_local():
     local = requirement_lines((REPO / "requirements" / "local.txt").read_text())
     assert not any(line.startswith("-") for line in local), "local.txt must stay a plain list"
     assert pip == local, "make environment.yml's pip: list equal to requirements/local.txt"
+
+
+def test_ruff_check_and_format():
+    """The Python lints clean and is formatted as ruff formats it (pyproject.toml's settings)."""
+    for args, fix in ((["check"], "ruff check --fix"), (["format", "--check"], "ruff format")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, "src", "scripts", "tests", "bench"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (
+            f"{proc.stdout}{proc.stderr}\nfix: .venv/bin/{fix} src scripts tests bench"
+        )

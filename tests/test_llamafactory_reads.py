@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.workflow import REPO, SAMPLE_DATA, run_pod_python, run_script
 
 from lora_style.config import train_yaml
 from lora_style.data.dataset_info import DATA_FILE
+
+from helpers.workflow import REPO, SAMPLE_DATA, run_pod_python, run_script
 
 pytestmark = pytest.mark.pod
 POD_CHECKS = Path(__file__).parent / "pod_checks.py"
@@ -22,7 +23,7 @@ POD_CHECKS = Path(__file__).parent / "pod_checks.py"
 def pod_check(command: str, arg) -> dict:
     proc = run_pod_python(POD_CHECKS, command, arg)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,15 @@ def run_dir(tmp_path_factory, tiny_model) -> Path:
     run = tmp_path_factory.mktemp("pod") / "lovecraft"
     data = run / train_yaml.DATASET_DIR
     data.mkdir(parents=True)
-    proc = run_script("validate_dataset.py", SAMPLE_DATA, "--output", data / DATA_FILE,
-                      "--report", run / "validation.json")
+    proc = run_script(
+        "validate_dataset.py", SAMPLE_DATA, "--output", data / DATA_FILE, "--report", run / "validation.json"
+    )
     assert proc.returncode == 0, proc.stderr
-    assert run_script("dataset_info.py", "--run", "lovecraft", "--output",
-                      data / "dataset_info.json").returncode == 0
-    args = train_yaml.train_args("lovecraft", {"profile": "tiny_cpu",
-                                               "base_model": str(tiny_model)})
+    assert (
+        run_script("dataset_info.py", "--run", "lovecraft", "--output", data / "dataset_info.json").returncode
+        == 0
+    )
+    args = train_yaml.train_args("lovecraft", {"profile": "tiny_cpu", "base_model": str(tiny_model)})
     train_yaml.write_yaml(args, str(run / "train.yaml"))
     return run
 
@@ -83,11 +86,13 @@ def test_shipped_key_list_matches_the_installed_llamafactory(tmp_path):
     run_pod_python(REPO / "scripts" / "llamafactory_facts.py", "keys", "--output", out)
     assert out.read_text() == (REPO / "config" / "llamafactory_keys.txt").read_text(), (
         "regenerate: .venv-pod/bin/python scripts/llamafactory_facts.py keys "
-        "--output config/llamafactory_keys.txt")
+        "--output config/llamafactory_keys.txt"
+    )
 
 
 def test_shipped_template_matches_the_installed_llamafactory(tmp_path):
     out = tmp_path / "qwen.json"
     run_pod_python(REPO / "scripts" / "llamafactory_facts.py", "template", "qwen", "--output", out)
     assert json.loads(out.read_text()) == json.loads(
-        (REPO / "config" / "templates" / "qwen.json").read_text())
+        (REPO / "config" / "templates" / "qwen.json").read_text()
+    )

@@ -13,9 +13,9 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from helpers.workflow import REPO
-
 from lora_style.training.executor import SSHExecutor
+
+from helpers.workflow import REPO
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openrsync_options.txt"
 
@@ -50,36 +50,53 @@ def unsupported(argv: list[str]) -> list[str]:
 
 
 def executor(tmp_path) -> SSHExecutor:
-    return SSHExecutor({"name": "runpod", "executor": "ssh", "host": "203.0.113.7", "port": 22022,
-                        "user": "root", "identity_file": "~/.ssh/id_ed25519",
-                        "known_hosts": ".state/known_hosts"}, tmp_path)
+    return SSHExecutor(
+        {
+            "name": "runpod",
+            "executor": "ssh",
+            "host": "203.0.113.7",
+            "port": 22022,
+            "user": "root",
+            "identity_file": "~/.ssh/id_ed25519",
+            "known_hosts": ".state/known_hosts",
+        },
+        tmp_path,
+    )
 
 
 def test_the_fixture_is_openrsyncs_table_without_the_gnu_only_options():
     flags, valued, longs = openrsync_options()
-    assert {"archive", "partial", "progress", "stats", "bwlimit", "copy-dest", "rsh",
-            "ignore-times"} <= longs
+    assert {"archive", "partial", "progress", "stats", "bwlimit", "copy-dest", "rsh", "ignore-times"} <= longs
     assert not {"info", "mkpath", "append-verify"} & longs
     assert {"a", "e"} <= flags and "e" in valued
 
 
 def test_rsync_options_are_pinned_and_openrsync_knows_every_one(tmp_path):
     ex = executor(tmp_path)
-    for argv in (ex.rsync_argv("stage/", "root@203.0.113.7:/workspace/run/"),
-                 ex.rsync_argv("stage/", "root@203.0.113.7:/workspace/run/", bwlimit_kib=512,
-                               basis="/workspace/lora-runs/style-0123456789ab",
-                               ignore_times=True),
-                 ex.rsync_argv("root@203.0.113.7:/workspace/run/output/x", str(tmp_path / "x"))):
+    for argv in (
+        ex.rsync_argv("stage/", "root@203.0.113.7:/workspace/run/"),
+        ex.rsync_argv(
+            "stage/",
+            "root@203.0.113.7:/workspace/run/",
+            bwlimit_kib=512,
+            basis="/workspace/lora-runs/style-0123456789ab",
+            ignore_times=True,
+        ),
+        ex.rsync_argv("root@203.0.113.7:/workspace/run/output/x", str(tmp_path / "x")),
+    ):
         assert unsupported(argv) == [], argv
-    argv = ex.rsync_argv("stage/", "root@203.0.113.7:/w/", bwlimit_kib=512, basis="/w/old",
-                         ignore_times=True)
+    argv = ex.rsync_argv("stage/", "root@203.0.113.7:/w/", bwlimit_kib=512, basis="/w/old", ignore_times=True)
     ssh_command = argv[argv.index("-e") + 1]
-    assert argv[:argv.index("-e")] == ["rsync", "-a", "--partial", "--progress", "--stats"]
-    assert argv[argv.index("-e") + 2:] == ["--ignore-times", "--bwlimit=512", "--copy-dest=/w/old",
-                                           "stage/", "root@203.0.113.7:/w/"]
+    assert argv[: argv.index("-e")] == ["rsync", "-a", "--partial", "--progress", "--stats"]
+    assert argv[argv.index("-e") + 2 :] == [
+        "--ignore-times",
+        "--bwlimit=512",
+        "--copy-dest=/w/old",
+        "stage/",
+        "root@203.0.113.7:/w/",
+    ]
     # The checker itself refuses what openrsync lacks.
-    assert unsupported(["rsync", "--info=progress2", "--mkpath", "-a"]) == ["--info=progress2",
-                                                                              "--mkpath"]
+    assert unsupported(["rsync", "--info=progress2", "--mkpath", "-a"]) == ["--info=progress2", "--mkpath"]
     assert shlex.split(ssh_command) == ["ssh", *ex.ssh_options()]
 
 
@@ -88,17 +105,30 @@ def test_ssh_options_are_pinned(tmp_path):
     opts = ex.ssh_options()
     control = ex.control_path()
     assert opts == [
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=accept-new",
-        "-o", f"UserKnownHostsFile={tmp_path}/.state/known_hosts",
-        "-o", "ConnectTimeout=20",
-        "-o", "ServerAliveInterval=15",
-        "-o", "ServerAliveCountMax=4",
-        "-o", "ControlMaster=auto",
-        "-o", f"ControlPath={control}",
-        "-o", "ControlPersist=120",
-        "-p", "22022",
-        "-i", str(Path("~/.ssh/id_ed25519").expanduser()), "-o", "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"UserKnownHostsFile={tmp_path}/.state/known_hosts",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        f"ControlPath={control}",
+        "-o",
+        "ControlPersist=120",
+        "-p",
+        "22022",
+        "-i",
+        str(Path("~/.ssh/id_ed25519").expanduser()),
+        "-o",
+        "IdentitiesOnly=yes",
     ]
     # A unix socket's path is at most 104 bytes on macOS, and ssh adds 17 while creating it.
     assert len(control) + 17 < 104
@@ -112,8 +142,10 @@ def test_ssh_options_are_pinned(tmp_path):
 
 # GNU-only tools (or their GNU-only options), which a Mac does not have as such: in shell, and as
 # the first word of an argv list in a Python file.
-GNU_SHELL = re.compile(r"(^|[;&|(]\s*|\$\()\s*(setsid|sha256sum|flock|nproc|timeout|readlink -f|"
-                       r"stat -c|date -d|sed -i|sort -V)\b")
+GNU_SHELL = re.compile(
+    r"(^|[;&|(]\s*|\$\()\s*(setsid|sha256sum|flock|nproc|timeout|readlink -f|"
+    r"stat -c|date -d|sed -i|sort -V)\b"
+)
 GNU_PYTHON = re.compile(r"""\[\s*["'](setsid|sha256sum|flock|nproc|timeout|readlink|stat|date|sed)["' ]""")
 # Pod-side scripts may use them, each behind a `command -v` check or on the pod only.
 POD_SIDE = "src/lora_style/training/"

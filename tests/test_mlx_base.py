@@ -8,11 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from helpers.mlx import make_peft_adapter, mlx_logits, token_ids
-from helpers.workflow import SCRIPTS
 
 import lora_style.mlx.convert as converter
 from lora_style.mlx import quantize_base
+
+from helpers.mlx import make_peft_adapter, mlx_logits, token_ids
+from helpers.workflow import SCRIPTS
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,12 @@ def adapter(tiny_model, base_4bit, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapter")
     ids = token_ids(tiny_model)
     _, peft_logits = make_peft_adapter(tiny_model, root / "peft", ids, r=8, lora_alpha=32)
-    assert converter.main(["--input", str(root / "peft"), "--output", str(root / "mlx"),
-                           "--base", str(base_4bit)]) == 0
+    assert (
+        converter.main(
+            ["--input", str(root / "peft"), "--output", str(root / "mlx"), "--base", str(base_4bit)]
+        )
+        == 0
+    )
     return root / "mlx", ids, peft_logits
 
 
@@ -53,8 +58,11 @@ def test_unquantised_conversion_is_caught(tiny_model, tmp_path):
     convert(str(tiny_model), str(tmp_path / "fp"))
     with pytest.raises(quantize_base.QuantizeError, match="without -q"):
         quantize_base.check_quantized(tmp_path / "fp")
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "quantize_base.py"), "--check",
-                           str(tmp_path / "fp")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "quantize_base.py"), "--check", str(tmp_path / "fp")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "~61 GB instead of ~18 GB" in proc.stderr
 
 
@@ -66,8 +74,7 @@ def test_existing_mlx_path_is_refused(tiny_model, base_4bit, capsys):
 
 
 def test_missing_local_base_is_not_taken_for_a_hub_id(tmp_path, capsys):
-    assert quantize_base.main(["--hf-path", "./models/nowhere", "--mlx-path",
-                               str(tmp_path / "out")]) == 1
+    assert quantize_base.main(["--hf-path", "./models/nowhere", "--mlx-path", str(tmp_path / "out")]) == 1
     assert "no such directory" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -80,8 +87,10 @@ def test_adapter_runs_on_the_4bit_base(base_4bit, adapter, tiny_model):
     effect = np.abs(with_adapter - without).max()
     quant_error = np.abs(without - fp32_base).max()
     towards_peft = np.abs(with_adapter - peft_logits).max()
-    print(f"4-bit: adapter effect {effect:.3f}, quantisation error {quant_error:.3f}, "
-          f"|4-bit+adapter - PEFT fp32| {towards_peft:.3f}")
+    print(
+        f"4-bit: adapter effect {effect:.3f}, quantisation error {quant_error:.3f}, "
+        f"|4-bit+adapter - PEFT fp32| {towards_peft:.3f}"
+    )
     assert effect > 0.1
     # The adapter moves the 4-bit model towards PEFT's fp32 result, not somewhere else.
     assert towards_peft < np.abs(without - peft_logits).max()
@@ -89,6 +98,7 @@ def test_adapter_runs_on_the_4bit_base(base_4bit, adapter, tiny_model):
 
 def test_generates_text_on_the_4bit_base(base_4bit, adapter):
     from lora_style.mlx import generate
+
     adapter_dir, _, _ = adapter
     template = generate.load_template("qwen")
     model, tokenizer = generate.load_model(str(base_4bit), str(adapter_dir), template)
@@ -103,33 +113,61 @@ def test_generates_text_on_the_4bit_base(base_4bit, adapter):
 def test_generate_cli_logs_the_rendered_prompt(base_4bit, adapter):
     adapter_dir, _, _ = adapter
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "generate.py"), "--model", str(base_4bit), "--adapter-path",
-         str(adapter_dir), "--prompt", "Rewrite in the old style. ### The bus broke down.",
-         "--max-tokens", "8"], capture_output=True, text=True)
+        [
+            sys.executable,
+            str(SCRIPTS / "generate.py"),
+            "--model",
+            str(base_4bit),
+            "--adapter-path",
+            str(adapter_dir),
+            "--prompt",
+            "Rewrite in the old style. ### The bus broke down.",
+            "--max-tokens",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert ("<|im_start|>user\nRewrite in the old style.\nThe bus broke down.<|im_end|>\n"
-            "<|im_start|>assistant\n") in proc.stderr
+    assert (
+        "<|im_start|>user\nRewrite in the old style.\nThe bus broke down.<|im_end|>\n<|im_start|>assistant\n"
+    ) in proc.stderr
     assert "rendered prompt (template qwen" in proc.stderr
 
 
 def test_generate_refuses_a_missing_model_instead_of_downloading(tmp_path, capsys):
     from lora_style.mlx import generate
+
     assert generate.main(["--model", "Qwen/Qwen2.5-32B", "--instruction", "x"]) == 1
     assert "no local MLX model" in capsys.readouterr().err
 
 
-def test_generate_takes_base_and_template_from_the_bundle_metadata(base_4bit, adapter, tmp_path,
-                                                                   capsys):
+def test_generate_takes_base_and_template_from_the_bundle_metadata(base_4bit, adapter, tmp_path, capsys):
     """`--adapter-path` alone is enough for a bundle: metadata.json names the base and the format."""
     import shutil
 
     from lora_style.mlx import generate
+
     adapter_dir, _, _ = adapter
     bundle = tmp_path / "bundle"
     shutil.copytree(adapter_dir, bundle)
-    (bundle / "metadata.json").write_text(json.dumps(
-        {"base_model": str(base_4bit), "prompt_format": {"template": "qwen"}}))
-    assert generate.main(["--adapter-path", str(bundle), "--instruction", "Describe a cellar.",
-                          "--max-tokens", "4", "--temp", "0"]) == 0
+    (bundle / "metadata.json").write_text(
+        json.dumps({"base_model": str(base_4bit), "prompt_format": {"template": "qwen"}})
+    )
+    assert (
+        generate.main(
+            [
+                "--adapter-path",
+                str(bundle),
+                "--instruction",
+                "Describe a cellar.",
+                "--max-tokens",
+                "4",
+                "--temp",
+                "0",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "<|im_start|>user\nDescribe a cellar.<|im_end|>" in err

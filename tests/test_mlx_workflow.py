@@ -15,20 +15,47 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers.mlx import make_peft_adapter
 from helpers.workflow import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, write_config
 
-RULES = ["validate_dataset", "dataset_info", "train_yaml", "base_4bit", "mlx_adapter", "metadata",
-         "samples", "loss_plot", "report_pages", "lovecraft_mlx"]
+RULES = [
+    "validate_dataset",
+    "dataset_info",
+    "train_yaml",
+    "base_4bit",
+    "mlx_adapter",
+    "metadata",
+    "samples",
+    "loss_plot",
+    "report_pages",
+    "lovecraft_mlx",
+]
 
 
 def snakemake(repo, work, target, *flags, configfile):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
-           "--directory", str(work), "--cores", "2", f"--configfile={configfile}", *flags,
-           "--allowed-rules", *RULES, "--", target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        f"--configfile={configfile}",
+        *flags,
+        "--allowed-rules",
+        *RULES,
+        "--",
+        target,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        pytest.fail(f"snakemake {' '.join(flags)} {target} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"snakemake {' '.join(flags)} {target} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -37,19 +64,27 @@ def planned_jobs(proc) -> dict[str, int]:
     table = proc.stdout.split("Job stats:", 1)
     if len(table) == 1:
         return {}
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table[1], re.M)
-            if m[1] != "total"}
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table[1], re.M) if m[1] != "total"}
 
 
 def config(tmp_path, author="H.P. Lovecraft"):
-    return write_config(tmp_path / "test.yaml", {
-        "runs": {"lovecraft": {
-            "data": str(SAMPLE_DATA), "heldout": str(SAMPLE_HELDOUT),
-            "base_model": "./models/tiny-qwen2", "author": author, "profile": "tiny_cpu",
-            "pod": "local", "samples": {"count": 2, "max_tokens": 8},
-        }},
-        "pods": {"local": {"executor": "local", "remote_dir": "pod"}},
-    })
+    return write_config(
+        tmp_path / "test.yaml",
+        {
+            "runs": {
+                "lovecraft": {
+                    "data": str(SAMPLE_DATA),
+                    "heldout": str(SAMPLE_HELDOUT),
+                    "base_model": "./models/tiny-qwen2",
+                    "author": author,
+                    "profile": "tiny_cpu",
+                    "pod": "local",
+                    "samples": {"count": 2, "max_tokens": 8},
+                }
+            },
+            "pods": {"local": {"executor": "local", "remote_dir": "pod"}},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +99,39 @@ def built(tiny_model, tmp_path_factory):
     shutil.copytree(tiny_model, work / "models" / "tiny-qwen2")
     peft = work / "lora_adapters" / "lovecraft_peft"
     make_peft_adapter(work / "models" / "tiny-qwen2", peft, r=8, lora_alpha=32)  # tiny_cpu's
-    summary = json.dumps({
-        "run": "lovecraft", "run_id": "test", "best_step": 10, "best_eval_loss": 4.2,
-        "selected_by": "min_eval_loss", "total_steps": 10, "wall_time_s": 1.0,
-        "llamafactory_version": "0.9.5", "sha256": {}})
+    summary = json.dumps(
+        {
+            "run": "lovecraft",
+            "run_id": "test",
+            "best_step": 10,
+            "best_eval_loss": 4.2,
+            "selected_by": "min_eval_loss",
+            "total_steps": 10,
+            "wall_time_s": 1.0,
+            "llamafactory_version": "0.9.5",
+            "sha256": {},
+        }
+    )
     (peft / "training_summary.json").write_text(summary)
     # And the training's records beside it, which the report reads.
     train = work / "results" / "lovecraft" / "train"
     train.mkdir(parents=True)
     (train / "training_summary.json").write_text(summary)
-    (train / "trainer_state.json").write_text(json.dumps({"log_history": [
-        {"step": 5, "loss": 4.6}, {"step": 5, "eval_loss": 4.4},
-        {"step": 10, "loss": 4.1}, {"step": 10, "eval_loss": 4.2}]}))
-    (train / "launch.json").write_text(json.dumps({"run_id": "test", "pod": "local",
-                                                    "action": "launched", "attempt": None}))
+    (train / "trainer_state.json").write_text(
+        json.dumps(
+            {
+                "log_history": [
+                    {"step": 5, "loss": 4.6},
+                    {"step": 5, "eval_loss": 4.4},
+                    {"step": 10, "loss": 4.1},
+                    {"step": 10, "eval_loss": 4.2},
+                ]
+            }
+        )
+    )
+    (train / "launch.json").write_text(
+        json.dumps({"run_id": "test", "pod": "local", "action": "launched", "attempt": None})
+    )
     (train / "finished.json").write_text(json.dumps({"status": "finished", "attempts": []}))
     cfg = config(work)
     snakemake(repo, work, "lovecraft_mlx", configfile=cfg)
@@ -87,8 +141,11 @@ def built(tiny_model, tmp_path_factory):
 def test_bundle_is_built(built):
     _, work, _ = built
     bundle = work / "lora_adapters" / "lovecraft_mlx"
-    assert sorted(p.name for p in bundle.iterdir()) == ["adapter_config.json", "adapters.safetensors",
-                                                        "metadata.json"]
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "adapter_config.json",
+        "adapters.safetensors",
+        "metadata.json",
+    ]
     adapter_config = json.loads((bundle / "adapter_config.json").read_text())
     assert adapter_config["num_layers"] == 2 and adapter_config["lora_parameters"]["scale"] == 4
     meta = json.loads((bundle / "metadata.json").read_text())
@@ -96,8 +153,12 @@ def test_bundle_is_built(built):
     assert meta["base_model"] == "models/tiny-qwen2-4bit-mlx"
     assert (meta["lora_rank"], meta["lora_alpha"], meta["training_examples"]) == (8, 32, 40)
     assert meta["checkpoint"]["step"] == 10
-    assert json.loads((work / "models" / "tiny-qwen2-4bit-mlx" / "config.json").read_text())[
-        "quantization"]["bits"] == 4
+    assert (
+        json.loads((work / "models" / "tiny-qwen2-4bit-mlx" / "config.json").read_text())["quantization"][
+            "bits"
+        ]
+        == 4
+    )
     samples = (work / "results" / "lovecraft" / "samples.md").read_text()
     heldout = [json.loads(line) for line in SAMPLE_HELDOUT.read_text().splitlines() if line.strip()]
     assert samples.count("\n## ") == 2
@@ -133,15 +194,24 @@ def plan_after_appending(built, module: str, line: str):
 def test_converter_edit_reconverts_and_nothing_else(built):
     """The converter's code is a param of mlx_adapter only: an edit reconverts (and re-samples)."""
     proc = plan_after_appending(built, "src/lora_style/mlx/convert.py", "CONVERTER_EDIT = 1")
-    assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "report_pages": 1,
-                                  "lovecraft_mlx": 1}, proc.stdout
+    assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "report_pages": 1, "lovecraft_mlx": 1}, (
+        proc.stdout
+    )
 
 
-@pytest.mark.parametrize("module", [
-    "src/lora_style/mlx/convert.py", "src/lora_style/mlx/conversion_plan.py",
-    "src/lora_style/safetensors_io.py", "src/lora_style/fileio.py",
-    "src/lora_style/training/remote_train.py", "src/lora_style/training/launch.py",
-    "src/lora_style/training/lib.sh", "scripts/convert_peft_to_mlx.py"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "src/lora_style/mlx/convert.py",
+        "src/lora_style/mlx/conversion_plan.py",
+        "src/lora_style/safetensors_io.py",
+        "src/lora_style/fileio.py",
+        "src/lora_style/training/remote_train.py",
+        "src/lora_style/training/launch.py",
+        "src/lora_style/training/lib.sh",
+        "scripts/convert_peft_to_mlx.py",
+    ],
+)
 def test_a_comment_in_a_script_plans_nothing(built, module):
     """Code comments rebuild nothing, the converter's included."""
     proc = plan_after_appending(built, module, "# a comment")
@@ -151,10 +221,24 @@ def test_a_comment_in_a_script_plans_nothing(built, module):
 def test_the_bundle_help_says_where_everything_is_and_its_command_generates(built):
     """The block `make demo` ends with: its paths exist, and its generate command runs as printed."""
     repo, work, _ = built
-    proc = subprocess.run([sys.executable, str(repo / "scripts" / "bundle_help.py"), "--workdir",
-                           str(work), "--run", "lovecraft", "--report", str(work / "report.html"),
-                           "--prompts", str(SAMPLE_HELDOUT)],
-                          capture_output=True, text=True, cwd=work.parent, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "scripts" / "bundle_help.py"),
+            "--workdir",
+            str(work),
+            "--run",
+            "lovecraft",
+            "--report",
+            str(work / "report.html"),
+            "--prompts",
+            str(SAMPLE_HELDOUT),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work.parent,
+        check=True,
+    )
     text = proc.stdout
     assert "lovecraft: the MLX bundle is built" in text and "report.html  (open it in a browser)" in text
     for rel in ("lora_adapters/lovecraft_mlx", "models/tiny-qwen2-4bit-mlx", "results/lovecraft/samples.md"):
@@ -162,10 +246,15 @@ def test_the_bundle_help_says_where_everything_is_and_its_command_generates(buil
     assert "rsync -aR" in text and "you@your-mac:lora-bundle/" in text
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("  cd "))
-    command = "\n".join(lines[start:start + 2])          # the printed command and its continuation
-    run = subprocess.run(["sh", "-c", command + " --max-tokens 8"], capture_output=True, text=True,
-                         cwd=work.parent, timeout=300)
+    command = "\n".join(lines[start : start + 2])  # the printed command and its continuation
+    run = subprocess.run(
+        ["sh", "-c", command + " --max-tokens 8"],
+        capture_output=True,
+        text=True,
+        cwd=work.parent,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     heldout = json.loads(SAMPLE_HELDOUT.read_text().splitlines()[0])
-    assert heldout["instruction"] in run.stderr            # the rendered prompt, logged
+    assert heldout["instruction"] in run.stderr  # the rendered prompt, logged
     assert run.stdout.strip()

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
 
 from lora_style.config import train_yaml
 from lora_style.training import cost, estimate, launch, preflight, processes
 from lora_style.training.machines import make_executor
+
+from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
 
 PROFILES = REPO / "config" / "hparams"
 ADAPTER = "lora_adapters/style_peft"
@@ -32,9 +33,12 @@ ADAPTER = "lora_adapters/style_peft"
 
 # ------------------------------------------------------------------ how many processes, told how
 
+
 def test_gpu_count_above_one_starts_llamafactorys_torchrun_with_that_many_processes():
     assert processes.train_env({"gpu_count": 2}, {}).splitlines()[1:] == [
-        "NPROC_PER_NODE=2", "FORCE_TORCHRUN=1"]
+        "NPROC_PER_NODE=2",
+        "FORCE_TORCHRUN=1",
+    ]
     # One GPU: no torchrun, and NPROC_PER_NODE=1 keeps a pod with two GPUs from turning the run
     # into two processes behind the plan's back.
     assert processes.train_env({"gpu_count": 1}, {}).splitlines()[1:] == ["NPROC_PER_NODE=1"]
@@ -47,14 +51,22 @@ def test_gpu_count_above_one_starts_llamafactorys_torchrun_with_that_many_proces
     assert "ACCELERATE_TORCH_DEVICE" not in processes.train_env({"gpu_count": 2}, {})
 
 
-@pytest.mark.parametrize("found, settings, ok, said", [
-    (2, {"gpu_count": 2}, True, "2 processes under torchrun, one per GPU"),
-    (1, {"gpu_count": 2}, False, "the run trains on 2 GPUs (pods.p.gpu_count: 2); the pod has 1 GPU"),
-    (0, {"gpu_count": 2}, False, "the pod has no NVIDIA GPU"),
-    (4, {"gpu_count": 2}, True, "trains on 2 of the pod's 4 GPUs (pods.p.gpu_count: 2); 2 idle, still billed"),
-    (0, {"processes": 2}, True, "2 CPU processes (gloo) under torchrun"),
-    (1, {"processes": 2}, False, "pods.p.processes is for a machine without GPUs"),
-])
+@pytest.mark.parametrize(
+    "found, settings, ok, said",
+    [
+        (2, {"gpu_count": 2}, True, "2 processes under torchrun, one per GPU"),
+        (1, {"gpu_count": 2}, False, "the run trains on 2 GPUs (pods.p.gpu_count: 2); the pod has 1 GPU"),
+        (0, {"gpu_count": 2}, False, "the pod has no NVIDIA GPU"),
+        (
+            4,
+            {"gpu_count": 2},
+            True,
+            "trains on 2 of the pod's 4 GPUs (pods.p.gpu_count: 2); 2 idle, still billed",
+        ),
+        (0, {"processes": 2}, True, "2 CPU processes (gloo) under torchrun"),
+        (1, {"processes": 2}, False, "pods.p.processes is for a machine without GPUs"),
+    ],
+)
 def test_preflight_compares_the_pods_gpus_with_the_processes(found, settings, ok, said):
     check = processes.check_gpus(found, settings, {}, "/venv/bin/llamafactory-cli", "p")
     assert (check.ok, said in check.detail) == (ok, True), check
@@ -81,13 +93,22 @@ def test_a_space_in_llamafactorys_path_is_refused_before_torchrun_splits_it():
 
 def test_preflight_reports_both_gpus_and_the_per_gpu_need():
     """2 x 80 GB, the 72B profile: the estimate is per GPU after ZeRO-3, and it fits."""
-    args = {**yaml.safe_load((PROFILES / "qwen25_72b_2xa100.yaml").read_text()),
-            "model_name_or_path": "Qwen/Qwen2.5-72B", "deepspeed": "deepspeed/ds_z3.json"}
+    args = {
+        **yaml.safe_load((PROFILES / "qwen25_72b_2xa100.yaml").read_text()),
+        "model_name_or_path": "Qwen/Qwen2.5-72B",
+        "deepspeed": "deepspeed/ds_z3.json",
+    }
     gpus = [f"{i}, NVIDIA A100-SXM4-80GB, 81920, 81000" for i in range(2)]
-    facts = {"cli": ["/v/bin/llamafactory-cli"], "cli_rc": ["0"], "version": ["0.9.5"],
-             "gpu": gpus, "nvidia_smi_rc": ["0"],
-             "import": ["bitsandbytes 0 0.45.0", "deepspeed 0 0.16.4"],
-             "dir": ["/workspace/lora-runs"], "disk_free_kb": [str(200 * 2**20)]}
+    facts = {
+        "cli": ["/v/bin/llamafactory-cli"],
+        "cli_rc": ["0"],
+        "version": ["0.9.5"],
+        "gpu": gpus,
+        "nvidia_smi_rc": ["0"],
+        "import": ["bitsandbytes 0 0.45.0", "deepspeed 0 0.16.4"],
+        "dir": ["/workspace/lora-runs"],
+        "disk_free_kb": [str(200 * 2**20)],
+    }
     report = preflight.evaluate(facts, args, "two", 1000, settings={"gpu_count": 2})
     checks = {c.name: c for c in report.checks}
     assert not report.failures, [c.detail for c in report.failures]
@@ -101,6 +122,7 @@ def test_preflight_reports_both_gpus_and_the_per_gpu_need():
 
 # ---------------------------------------------------------------- what ZeRO shards, per GPU
 
+
 def test_zero_divides_what_it_shards_and_nothing_else():
     arch = estimate.QWEN25["72"]
     base = {"quantization_bit": 4, "bf16": True, "lora_rank": 64, "cutoff_len": 1024}
@@ -109,12 +131,12 @@ def test_zero_divides_what_it_shards_and_nothing_else():
     z2 = estimate.estimate_memory(arch, {**base, "deepspeed": "deepspeed/ds_z2.json"}, 2)
     z3 = estimate.estimate_memory(arch, {**base, "deepspeed": "deepspeed/ds_z3.json"}, 2)
     z3off = estimate.estimate_memory(arch, {**base, "deepspeed": "deepspeed/ds_z3_offload.json"}, 2)
-    assert ddp.total == pytest.approx(one.total)            # plain DDP: a whole copy per GPU
+    assert ddp.total == pytest.approx(one.total)  # plain DDP: a whole copy per GPU
     assert z2.optimizer == pytest.approx(one.optimizer / 2) and z2.weights == one.weights
     assert z3.weights == pytest.approx(one.weights / 2 + 2 * one.weights / arch.layers)
     assert z3.lora == pytest.approx(one.lora / 2) and z3.optimizer == pytest.approx(one.optimizer / 2)
     assert z3off.optimizer == 0 and z3off.weights == pytest.approx(2 * one.weights / arch.layers)
-    for memory in (ddp, z2, z3, z3off):                     # each GPU holds its own activations
+    for memory in (ddp, z2, z3, z3off):  # each GPU holds its own activations
         assert memory.activations == one.activations and memory.overhead == one.overhead
     assert estimate.zero_config({"deepspeed": "deepspeed/ds_z3_offload.json"}) == estimate.Zero(3, True, True)
     assert estimate.zero_config({}) == estimate.Zero()
@@ -122,8 +144,11 @@ def test_zero_divides_what_it_shards_and_nothing_else():
 
 def test_the_72b_profile_fits_two_80gb_gpus_by_the_estimate():
     """Its comments' figures: ~61 GB per GPU at cutoff_len 1024; ~94 GB at the guide's 2048."""
-    args = dict(train_yaml.train_args("big", {"profile": "qwen25_72b_2xa100", "pod": "p",
-                                              "base_model": "Qwen/Qwen2.5-72B"}))
+    args = dict(
+        train_yaml.train_args(
+            "big", {"profile": "qwen25_72b_2xa100", "pod": "p", "base_model": "Qwen/Qwen2.5-72B"}
+        )
+    )
     assert args["deepspeed"] == "deepspeed/ds_z3.json" and args["quantization_bit"] == 4
     arch = estimate.model_arch(args["model_name_or_path"])
     fits = estimate.estimate_memory(arch, args, 2)
@@ -135,23 +160,29 @@ def test_the_72b_profile_fits_two_80gb_gpus_by_the_estimate():
 
 def test_the_cost_line_counts_every_gpu_at_its_price():
     args = yaml.safe_load((PROFILES / "qwen25_32b_a100.yaml").read_text())
-    pod = {"name": "two", "executor": "ssh", "gpu_type": "NVIDIA A100-SXM4-80GB",
-           "gpu_hourly_usd": 1.89, "gpu_count": 2}
+    pod = {
+        "name": "two",
+        "executor": "ssh",
+        "gpu_type": "NVIDIA A100-SXM4-80GB",
+        "gpu_hourly_usd": 1.89,
+        "gpu_count": 2,
+    }
     line = cost.estimate("lovecraft", args, "qwen25_32b_a100", pod, None).line()
-    assert line == ("lovecraft: 600 steps, ~14.3 GPU-hours (7.1 h on 2 x A100-SXM4-80GB) at "
-                    "$1.89 per GPU-hour = ~$27.00")
+    assert line == (
+        "lovecraft: 600 steps, ~14.3 GPU-hours (7.1 h on 2 x A100-SXM4-80GB) at $1.89 per GPU-hour = ~$27.00"
+    )
     assert cost.usd_per_hour(pod) == pytest.approx(3.78)
 
 
 # ---------------------------------------------------------- the DeepSpeed config a profile names
+
 
 def test_a_profile_names_a_deepspeed_config_and_the_run_folder_gets_its_path():
     run = {"profile": "tiny_cpu", "pod": "p", "base_model": "./m", "overrides": {"deepspeed": "ds_z2"}}
     assert train_yaml.train_args("x", run)["deepspeed"] == "deepspeed/ds_z2.json"
     unset = {**run, "overrides": {}}
     assert "deepspeed" not in train_yaml.train_args("x", unset)
-    for bad, said in (("ds_z9", "has no file"), ("ds_z3.json", "without .json"),
-                      ("../x", "not the name")):
+    for bad, said in (("ds_z9", "has no file"), ("ds_z3.json", "without .json"), ("../x", "not the name")):
         with pytest.raises(train_yaml.ConfigError, match=said):
             train_yaml.train_args("x", {**run, "overrides": {"deepspeed": bad}})
 
@@ -195,13 +226,31 @@ def test_the_run_folder_carries_the_deepspeed_config_and_the_process_count(tmp_p
 
 # ------------------------------------------------------------ two processes on this CPU, for real
 
+
 def two_process_config(tmp_path: Path, tiny_model: Path, **overrides) -> Path:
-    return write_config(tmp_path / "config.yaml", {
-        "runs": {"style": {"data": str(SAMPLE_DATA), "base_model": str(tiny_model),
-                           "profile": "tiny_cpu", "pod": "here", "overrides": overrides}},
-        "pods": {"here": {"executor": "local", "remote_dir": "pod", "processes": 2,
-                          "llamafactory_cli": str(LLAMAFACTORY_CLI), "poll_seconds": 1}},
-    })
+    return write_config(
+        tmp_path / "config.yaml",
+        {
+            "runs": {
+                "style": {
+                    "data": str(SAMPLE_DATA),
+                    "base_model": str(tiny_model),
+                    "profile": "tiny_cpu",
+                    "pod": "here",
+                    "overrides": overrides,
+                }
+            },
+            "pods": {
+                "here": {
+                    "executor": "local",
+                    "remote_dir": "pod",
+                    "processes": 2,
+                    "llamafactory_cli": str(LLAMAFACTORY_CLI),
+                    "poll_seconds": 1,
+                }
+            },
+        },
+    )
 
 
 def parent(pid: int) -> int:
@@ -238,7 +287,7 @@ def trainer_processes(run_dir: Path) -> list[int]:
             continue
         program = cmdline.split(b"\0", 1)[0]
         if b"python" in program and (b"torchrun" in cmdline or b"llamafactory" in cmdline):
-            found.append(int(cwd.parent.name))      # (not run.sh, nor tmux: their arguments name the cli)
+            found.append(int(cwd.parent.name))  # (not run.sh, nor tmux: their arguments name the cli)
     return found
 
 
@@ -251,7 +300,10 @@ def test_the_tiny_profile_trains_with_two_processes_under_llamafactorys_torchrun
     launch_record = json.loads((work / "results/style/train/launch.json").read_text())
     run_dir = work / "pod" / launch_record["run_id"]
     assert (run_dir / "train.env").read_text().splitlines()[1:] == [
-        "NPROC_PER_NODE=2", "FORCE_TORCHRUN=1", "ACCELERATE_TORCH_DEVICE=cpu"]
+        "NPROC_PER_NODE=2",
+        "FORCE_TORCHRUN=1",
+        "ACCELERATE_TORCH_DEVICE=cpu",
+    ]
     assert json.loads((run_dir / "run.json").read_text())["processes"] == 2
     log = (run_dir / "train.log").read_text()
     # LLaMA-Factory's launcher, then one trainer per rank, each in a world of two, on the CPU.
@@ -262,12 +314,15 @@ def test_the_tiny_profile_trains_with_two_processes_under_llamafactorys_torchrun
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log  # 2 x 2
     assert (run_dir / "exit_code").read_text().strip() == "0"
     # Each rank saved its own random state into the checkpoints: a resume restores both.
-    assert sorted(p.name for p in (run_dir / "output/checkpoint-10").glob("rng_state_*.pth")) == \
-        ["rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(p.name for p in (run_dir / "output/checkpoint-10").glob("rng_state_*.pth")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
     assert summary["total_steps"] == 10 and summary["selected_by"] == "min_eval_loss"
-    assert (work / ADAPTER / "adapter_model.safetensors").read_bytes() == \
-        (run_dir / f"output/checkpoint-{summary['best_step']}/adapter_model.safetensors").read_bytes()
+    assert (work / ADAPTER / "adapter_model.safetensors").read_bytes() == (
+        run_dir / f"output/checkpoint-{summary['best_step']}/adapter_model.safetensors"
+    ).read_bytes()
     assert "preflight: ok   GPUs: 2 CPU processes (gloo) under torchrun" in proc.stderr
 
 
@@ -283,14 +338,31 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
     work.mkdir()
     out = open(tmp_path / "first.out", "w")
     first = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-         str(work), "--cores", "2", f"--configfile={config}", ADAPTER],
-        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--cores",
+            "2",
+            f"--configfile={config}",
+            ADAPTER,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     run_dir = None
     while time.monotonic() < deadline and first.poll() is None:
-        dirs = [d for d in (work / "pod").glob("style-*") if (d / "run.sh").exists()] \
-            if (work / "pod").exists() else []
+        dirs = (
+            [d for d in (work / "pod").glob("style-*") if (d / "run.sh").exists()]
+            if (work / "pod").exists()
+            else []
+        )
         if dirs and len(complete(dirs[0])) >= 2:
             run_dir = dirs[0]
             break
@@ -298,10 +370,10 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
     assert run_dir is not None, (tmp_path / "first.out").read_text()[-3000:]
     run_sh = int((run_dir / "pid").read_text())
     tree = descendants(run_sh)
-    assert len(tree) >= 5, tree                # run.sh, llamafactory-cli, torchrun, 2 workers
+    assert len(tree) >= 5, tree  # run.sh, llamafactory-cli, torchrun, 2 workers
     workers = trainer_processes(run_dir)
-    assert len(workers) == 4, workers          # llamafactory-cli, torchrun and both ranks
-    (cli,) = [pid for pid in tree if parent(pid) == run_sh]     # run.sh's one child
+    assert len(workers) == 4, workers  # llamafactory-cli, torchrun and both ranks
+    (cli,) = [pid for pid in tree if parent(pid) == run_sh]  # run.sh's one child
     assert b"llamafactory-cli" in Path(f"/proc/{cli}/cmdline").read_bytes()
     os.kill(cli, signal.SIGKILL)
     first.wait(timeout=180)
@@ -309,7 +381,7 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
     assert (run_dir / "exit_code").read_text().strip() == "137"
     assert trainer_processes(run_dir) == [], "torchrun or a worker outlived llamafactory-cli"
     assert first.returncode != 0 and "ended without finishing" in said
-    last = max(complete(run_dir))              # (a save may have finished meanwhile)
+    last = max(complete(run_dir))  # (a save may have finished meanwhile)
     assert f"resumes from checkpoint-{last}" in said
 
     snakemake(work, ADAPTER, configfile=config)
@@ -325,5 +397,8 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
 
 
 def complete(run_dir: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "output").glob("checkpoint-*")
-                  if (p / "trainer_state.json").exists())
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in (run_dir / "output").glob("checkpoint-*")
+        if (p / "trainer_state.json").exists()
+    )

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import yaml
-from helpers.workflow import REPO
 
 from lora_style.training import estimate
+
+from helpers.workflow import REPO
 
 PROFILES = REPO / "config" / "hparams"
 
@@ -30,7 +31,7 @@ def test_memory_estimate_follows_the_guides_advice_for_smaller_gpus():
     small = yaml.safe_load((PROFILES / "qwen25_14b.yaml").read_text())
     m32 = estimate.estimate_memory(estimate.QWEN25["32"], big)
     m14 = estimate.estimate_memory(estimate.QWEN25["14"], small)
-    assert m14.total < 48 < m32.total          # 14B at rank 32 fits a 48 GB card, 32B does not
+    assert m14.total < 48 < m32.total  # 14B at rank 32 fits a 48 GB card, 32B does not
     half = estimate.estimate_memory(estimate.QWEN25["32"], {**big, "lora_rank": 32})
     assert half.lora == pytest.approx(m32.lora / 2)
     short = estimate.estimate_memory(estimate.QWEN25["32"], {**big, "cutoff_len": 1024})
@@ -52,18 +53,20 @@ def test_needs_cuda_names_the_keys():
 
 def test_planned_steps():
     assert estimate.planned_steps({"max_steps": 600}, 8840) == 600
-    args = {"num_train_epochs": 2.0, "val_size": 0.1, "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 2}
-    assert estimate.planned_steps(args, 100) == 2 * 23   # 90 train examples, 4 per step
+    args = {
+        "num_train_epochs": 2.0,
+        "val_size": 0.1,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+    }
+    assert estimate.planned_steps(args, 100) == 2 * 23  # 90 train examples, 4 per step
 
 
 def test_disk_estimate_takes_a_fractional_save_steps_as_a_share_of_the_run():
     arch = estimate.QWEN25["32"]
-    every_tenth = estimate.estimate_disk(arch, {"save_steps": 0.1}, 600)      # every 60 steps
+    every_tenth = estimate.estimate_disk(arch, {"save_steps": 0.1}, 600)  # every 60 steps
     assert every_tenth == pytest.approx(estimate.estimate_disk(arch, {"save_steps": 60}, 600))
     assert estimate.save_interval({"save_steps": 0.1}, 600) == 60
-    assert estimate.save_interval({"save_steps": 0.3}, 10) == 3               # rounded up, as transformers does
-    assert estimate.save_interval({"save_steps": 0.01}, 5) == 1               # never 0
+    assert estimate.save_interval({"save_steps": 0.3}, 10) == 3  # rounded up, as transformers does
+    assert estimate.save_interval({"save_steps": 0.01}, 5) == 1  # never 0
     assert estimate.save_interval({}, 600) == 500
-
-

@@ -8,19 +8,30 @@ import subprocess
 import sys
 
 import pytest
-from helpers.workflow import REPO
 
 from lora_style.training.executor import SSHExecutor
 from lora_style.training.machines import make_executor
 from lora_style.training.messages import PodError
 from lora_style.training.settings import load_settings
 
+from helpers.workflow import REPO
+
 # ---------------------------------------------------------------------------- the executors
 
+
 def test_ssh_checks_host_keys_and_quotes_every_command(tmp_path):
-    ex = SSHExecutor({"name": "runpod", "executor": "ssh", "host": "203.0.113.7", "port": 22022,
-                      "user": "root", "identity_file": "~/.ssh/id_ed25519",
-                      "known_hosts": "known hosts/pods"}, tmp_path)
+    ex = SSHExecutor(
+        {
+            "name": "runpod",
+            "executor": "ssh",
+            "host": "203.0.113.7",
+            "port": 22022,
+            "user": "root",
+            "identity_file": "~/.ssh/id_ed25519",
+            "known_hosts": "known hosts/pods",
+        },
+        tmp_path,
+    )
     opts = ex.ssh_options()
     assert "StrictHostKeyChecking=accept-new" in opts
     assert not any("StrictHostKeyChecking=no" in o for o in opts)
@@ -47,8 +58,9 @@ def test_executor_kinds(tmp_path):
     with pytest.raises(PodError, match="pods.p.host is missing"):
         make_executor({"name": "p", "executor": "ssh"}, tmp_path)
     with pytest.raises(PodError, match="identity_file: .*does not exist"):
-        make_executor({"name": "p", "executor": "ssh", "host": "h",
-                       "identity_file": str(tmp_path / "nokey")}, tmp_path).sh("true")
+        make_executor(
+            {"name": "p", "executor": "ssh", "host": "h", "identity_file": str(tmp_path / "nokey")}, tmp_path
+        ).sh("true")
 
 
 def test_no_ssh_or_rsync_here_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch):
@@ -56,9 +68,13 @@ def test_no_ssh_or_rsync_here_is_a_clear_error_not_a_traceback(tmp_path, monkeyp
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     settings = json.dumps({"name": "runpod", "executor": "ssh", "host": "203.0.113.7"})
-    proc = subprocess.run([sys.executable, "-m", "lora_style.training.machines", "--pod-settings", settings, "true"],
-                          capture_output=True, text=True, cwd=tmp_path,
-                          env={"PATH": str(empty)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "lora_style.training.machines", "--pod-settings", settings, "true"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": str(empty)},
+    )
     assert proc.returncode == 1
     assert proc.stderr == "error: ssh not found on this machine: install the OpenSSH client\n"
     monkeypatch.setenv("PATH", str(empty))
@@ -79,12 +95,20 @@ def test_unreadable_pod_settings_name_the_file(tmp_path):
     with pytest.raises(PodError, match="is not a JSON object"):
         load_settings(str(tmp_path / "list.json"))
     assert load_settings('{"name": "p", "executor": "local"}') == {"name": "p", "executor": "local"}
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "remote_train.py"), "fetch",
-                           "--run", "style", "--pod-settings", str(tmp_path / "nope.json"),
-                           *(f"--{o}=x" for o in ("launch", "finished", "adapter-dir", "summary",
-                                                  "trainer-state"))],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "remote_train.py"),
+            "fetch",
+            "--run",
+            "style",
+            "--pod-settings",
+            str(tmp_path / "nope.json"),
+            *(f"--{o}=x" for o in ("launch", "finished", "adapter-dir", "summary", "trainer-state")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"error: --pod-settings file {tmp_path}/nope.json: cannot read it" in proc.stderr
-
-

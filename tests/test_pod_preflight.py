@@ -8,17 +8,25 @@ import subprocess
 
 import pytest
 import yaml
-from helpers.workflow import LLAMAFACTORY_CLI, REPO
 
 from lora_style.training import preflight, shell
 from lora_style.training.executor import LocalExecutor
+
+from helpers.workflow import LLAMAFACTORY_CLI, REPO
 
 PROFILES = REPO / "config" / "hparams"
 
 # -------------------------------------------------------------------------- preflight checks
 
-FACTS_OK = {"ok": [""], "cli": ["/opt/lf/bin/llamafactory-cli"], "cli_rc": ["0"], "version": ["0.9.5"],
-            "dir": ["/workspace/lora-runs"], "disk_free_kb": [str(500 * 10**6)], "tmux": ["tmux 3.3a"]}
+FACTS_OK = {
+    "ok": [""],
+    "cli": ["/opt/lf/bin/llamafactory-cli"],
+    "cli_rc": ["0"],
+    "version": ["0.9.5"],
+    "dir": ["/workspace/lora-runs"],
+    "disk_free_kb": [str(500 * 10**6)],
+    "tmux": ["tmux 3.3a"],
+}
 
 
 def _guide_args():
@@ -27,16 +35,24 @@ def _guide_args():
 
 
 def test_preflight_a100_80gb_passes_the_guides_profile():
-    facts = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": ["0, NVIDIA A100-SXM4-80GB, 81920, 81000"],
-             "import": ["bitsandbytes 0 0.45.0"]}
+    facts = {
+        **FACTS_OK,
+        "nvidia_smi_rc": ["0"],
+        "gpu": ["0, NVIDIA A100-SXM4-80GB, 81920, 81000"],
+        "import": ["bitsandbytes 0 0.45.0"],
+    }
     report = preflight.evaluate(facts, _guide_args(), "runpod", 8840)
     assert not report.failures, report.failures
     assert report.detach == "tmux"
 
 
 def test_preflight_a_40gb_gpu_fails_with_the_guides_advice():
-    facts = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": ["0, NVIDIA A100-PCIE-40GB, 40960, 40000"],
-             "import": ["bitsandbytes 0 0.45.0"]}
+    facts = {
+        **FACTS_OK,
+        "nvidia_smi_rc": ["0"],
+        "gpu": ["0, NVIDIA A100-PCIE-40GB, 40960, 40000"],
+        "import": ["bitsandbytes 0 0.45.0"],
+    }
     report = preflight.evaluate(facts, _guide_args(), "runpod", 8840)
     (failure,) = report.failures
     assert failure.name == "GPU memory" and "~71 GB" in failure.detail
@@ -55,9 +71,13 @@ def test_preflight_cpu_pod_passes_tiny_but_not_a_quantised_profile():
 
 
 def test_preflight_small_disk_fails():
-    facts = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": ["0, H100, 81559, 80000"],
-             "import": ["bitsandbytes 0 0.45.0"],
-             "disk_free_kb": [str(10 * 10**6)]}
+    facts = {
+        **FACTS_OK,
+        "nvidia_smi_rc": ["0"],
+        "gpu": ["0, H100, 81559, 80000"],
+        "import": ["bitsandbytes 0 0.45.0"],
+        "disk_free_kb": [str(10 * 10**6)],
+    }
     (failure,) = preflight.evaluate(facts, _guide_args(), "runpod", 8840).failures
     assert failure.name == "disk" and "save_steps" in failure.fix
 
@@ -95,23 +115,25 @@ def test_preflight_checks_the_runs_packages_at_the_versions_llamafactory_require
     the training has started; preflight asks first, so a wrong pod costs no GPU time."""
     args = _zero3_72b_args()
     assert [(n.module, n.requirement) for n in preflight.run_packages(args)] == [
-        ("bitsandbytes", "bitsandbytes>=0.43.0"), ("deepspeed", "deepspeed>=0.10.0,<=0.16.9")]
+        ("bitsandbytes", "bitsandbytes>=0.43.0"),
+        ("deepspeed", "deepspeed>=0.10.0,<=0.16.9"),
+    ]
     gpus = [f"{i}, NVIDIA H100 80GB HBM3, 81559, 81000" for i in range(2)]
     base = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": gpus}
     settings = {"gpu_count": 2}
 
     def failures(*imports):
-        report = preflight.evaluate({**base, "import": list(imports)}, args, "two", 1000,
-                                    settings=settings)
+        report = preflight.evaluate({**base, "import": list(imports)}, args, "two", 1000, settings=settings)
         return {c.name: c for c in report.failures}
 
-    found = failures("bitsandbytes 0 0.42.0",
-                     "deepspeed 1 ModuleNotFoundError: No module named 'deepspeed'")
+    found = failures("bitsandbytes 0 0.42.0", "deepspeed 1 ModuleNotFoundError: No module named 'deepspeed'")
     assert set(found) == {"bitsandbytes", "deepspeed"}
-    assert found["bitsandbytes"].detail == ("is version 0.42.0, but quantization_bit: 4 under "
-                                            "DeepSpeed ZeRO-3 needs bitsandbytes>=0.43.0")
-    assert found["bitsandbytes"].fix == ("`pip install 'bitsandbytes>=0.43.0'` on the pod, or set "
-                                         "pods.two.setup: true")
+    assert found["bitsandbytes"].detail == (
+        "is version 0.42.0, but quantization_bit: 4 under DeepSpeed ZeRO-3 needs bitsandbytes>=0.43.0"
+    )
+    assert found["bitsandbytes"].fix == (
+        "`pip install 'bitsandbytes>=0.43.0'` on the pod, or set pods.two.setup: true"
+    )
     assert "does not import (ModuleNotFoundError: No module named 'deepspeed')" in found["deepspeed"].detail
     assert set(failures("bitsandbytes 0 0.45.0", "deepspeed 0 0.17.1")) == {"deepspeed"}
     assert failures("bitsandbytes 0 0.45.0", "deepspeed 0 0.16.4") == {}
@@ -120,19 +142,23 @@ def test_preflight_checks_the_runs_packages_at_the_versions_llamafactory_require
     assert [n.requirement for n in preflight.run_packages(guide)] == ["bitsandbytes>=0.39.0"]
     assert preflight.run_packages({**guide, "quantization_bit": None}) == []
     assert [n.requirement for n in preflight.run_packages({**guide, "quantization_bit": 8})] == [
-        "bitsandbytes>=0.37.0"]
+        "bitsandbytes>=0.37.0"
+    ]
 
 
 @pytest.mark.pod
 def test_the_real_probe_asks_llamafactorys_python_for_the_runs_packages(tmp_path):
     """probe.sh imports each module with llamafactory-cli's interpreter: a version, or the error."""
     ex = LocalExecutor({"name": "here", "executor": "local"}, tmp_path)
-    needs = [preflight.Need("peft", "peft>=0.18.0", "test"),
-             preflight.Need("no_such_module_here", "no-such>=1", "test")]
+    needs = [
+        preflight.Need("peft", "peft>=0.18.0", "test"),
+        preflight.Need("no_such_module_here", "no-such>=1", "test"),
+    ]
     found = preflight.imported(preflight.probe(ex, "runs", str(LLAMAFACTORY_CLI), needs).facts)
     pod_python = LLAMAFACTORY_CLI.parent / "python"
-    peft_version = subprocess.run([pod_python, "-c", "import peft; print(peft.__version__)"],
-                                  capture_output=True, text=True, check=True).stdout.strip()
+    peft_version = subprocess.run(
+        [pod_python, "-c", "import peft; print(peft.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert found["peft"] == ("0", peft_version)
     assert preflight.unmet(needs[0], found) == ""
     rc, said = found["no_such_module_here"]
@@ -142,17 +168,35 @@ def test_the_real_probe_asks_llamafactorys_python_for_the_runs_packages(tmp_path
 
 # -------------------------------------------------------------------------------------- setup
 
+
 def test_setup_plan_installs_what_a_fresh_pod_lacks_the_guides_way():
-    fresh = {"ok": [""], "apt_get": [""], "template_dir": [""], "python": ["/usr/bin/python3"],
-             "cli": ["/usr/local/bin/llamafactory-cli"], "missing_modules": ["nltk jieba bitsandbytes"]}
+    fresh = {
+        "ok": [""],
+        "apt_get": [""],
+        "template_dir": [""],
+        "python": ["/usr/bin/python3"],
+        "cli": ["/usr/local/bin/llamafactory-cli"],
+        "missing_modules": ["nltk jieba bitsandbytes"],
+    }
     plan = preflight.setup_plan(fresh)
     assert [step["install"] for step in plan] == ["tmux", "llamafactory[metrics,bitsandbytes,qwen]"]
     assert "apt-get install -y -qq tmux" in plan[0]["command"]
     # The guide's extras by name: LLaMA-Factory 0.9.5 declares none, so `.[metrics,...]` would
     # install it without them.
     assert shlex.split(plan[1]["command"]) == [
-        "/usr/bin/python3", "-m", "pip", "install", "-q", "-e", "/workspace/LLaMA-Factory",
-        "nltk", "jieba", "rouge-chinese", "bitsandbytes>=0.39.0", "transformers_stream_generator"]
+        "/usr/bin/python3",
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "-e",
+        "/workspace/LLaMA-Factory",
+        "nltk",
+        "jieba",
+        "rouge-chinese",
+        "bitsandbytes>=0.39.0",
+        "transformers_stream_generator",
+    ]
     # Without the template's checkout: the wheel has no extras, so their packages by name.
     plan = preflight.setup_plan({"ok": [""], "tmux": ["tmux 3.3a"], "python": ["/usr/bin/env python3"]})
     (step,) = plan
@@ -161,8 +205,13 @@ def test_setup_plan_installs_what_a_fresh_pod_lacks_the_guides_way():
 
 
 def test_setup_for_the_ssh_executor_installs_rsync_with_tmux():
-    fresh = {"ok": [""], "apt_get": [""], "cli": ["/x/llamafactory-cli"], "python": ["/x/python"],
-             "missing_modules": [""]}
+    fresh = {
+        "ok": [""],
+        "apt_get": [""],
+        "cli": ["/x/llamafactory-cli"],
+        "python": ["/x/python"],
+        "missing_modules": [""],
+    }
     (step,) = preflight.setup_plan(fresh, rsync=True)
     assert step["install"] == "tmux rsync"
     assert step["command"].endswith("apt-get install -y -qq tmux rsync")
@@ -170,25 +219,37 @@ def test_setup_for_the_ssh_executor_installs_rsync_with_tmux():
     assert step["install"] == "rsync" and step["command"].endswith("apt-get install -y -qq rsync")
     assert preflight.setup_plan({**fresh, "tmux": ["tmux 3.3a"], "rsync": [""]}, rsync=True) == []
     # No apt-get: nothing to run, but the plan says what to install by hand.
-    plan = preflight.setup_plan({"ok": [""], "cli": ["/x/llamafactory-cli"], "missing_modules": [""]},
-                                rsync=True)
+    plan = preflight.setup_plan(
+        {"ok": [""], "cli": ["/x/llamafactory-cli"], "missing_modules": [""]}, rsync=True
+    )
     assert [(s["install"], s["command"]) for s in plan] == [("tmux", None), ("rsync", None)]
     assert "install rsync on the pod by hand" in plan[1]["note"]
 
 
 def test_setup_is_idempotent_a_ready_pod_needs_nothing():
-    ready = {"ok": [""], "tmux": ["tmux 3.3a"], "apt_get": [""], "cli": ["/x/llamafactory-cli"],
-             "python": ["/x/python"], "missing_modules": [""]}
+    ready = {
+        "ok": [""],
+        "tmux": ["tmux 3.3a"],
+        "apt_get": [""],
+        "cli": ["/x/llamafactory-cli"],
+        "python": ["/x/python"],
+        "missing_modules": [""],
+    }
     assert preflight.setup_plan(ready) == []
 
 
 def test_setup_script_runs_logs_and_records(tmp_path):
     """The generated script, run for real with harmless commands, logs each step and its status."""
-    plan = [{"install": "tmux", "command": "echo installing tmux"},
-            {"install": "llamafactory", "command": "echo 'quoted; $HOME' && false"},
-            {"install": "nothing", "command": None}]
-    proc = subprocess.run(shell.argv("setup.sh", *preflight.setup_args(plan, str(tmp_path / "runs"))),
-                          capture_output=True, text=True)
+    plan = [
+        {"install": "tmux", "command": "echo installing tmux"},
+        {"install": "llamafactory", "command": "echo 'quoted; $HOME' && false"},
+        {"install": "nothing", "command": None},
+    ]
+    proc = subprocess.run(
+        shell.argv("setup.sh", *preflight.setup_args(plan, str(tmp_path / "runs"))),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert shell.parse_markers(proc.stdout)["step"] == ["0 0", "1 1"]
     log = (tmp_path / "runs" / "lora-pipeline-setup.log").read_text()
@@ -205,11 +266,10 @@ def test_setup_probe_reports_missing_modules_here(tmp_path):
     assert [s["install"] for s in preflight.setup_plan(facts)][-1].startswith("llamafactory[")
 
 
-
-
 def test_llamafactory_declares_no_extras_so_setup_names_the_packages():
     """The fact behind the setup command: the installed LLaMA-Factory's metadata has no extras."""
     from importlib.metadata import PathDistribution
+
     (info,) = (LLAMAFACTORY_CLI.parent.parent / "lib").glob("python3*/site-packages/llamafactory-*.dist-info")
     meta = PathDistribution(info).metadata
     assert meta["Version"] == preflight.LLAMAFACTORY_VERSION
@@ -220,13 +280,25 @@ def test_setup_installs_the_runs_own_packages_where_missing_or_refused():
     """A DeepSpeed profile on a pod with LLaMA-Factory but no deepspeed, and a bitsandbytes too old
     for ZeRO-3: one pip step for both, with the versions LLaMA-Factory accepts."""
     needs = preflight.run_packages(_zero3_72b_args())
-    pod = {"ok": [""], "tmux": ["tmux 3.3a"], "cli": ["/x/llamafactory-cli"], "python": ["/x/python"],
-           "missing_modules": [""],
-           "import": ["bitsandbytes 0 0.42.0", "deepspeed 1 ModuleNotFoundError: No module named"]}
+    pod = {
+        "ok": [""],
+        "tmux": ["tmux 3.3a"],
+        "cli": ["/x/llamafactory-cli"],
+        "python": ["/x/python"],
+        "missing_modules": [""],
+        "import": ["bitsandbytes 0 0.42.0", "deepspeed 1 ModuleNotFoundError: No module named"],
+    }
     (step,) = preflight.setup_plan(pod, needs=needs)
     assert step["missing"] == ["bitsandbytes", "deepspeed"]
-    assert shlex.split(step["command"]) == ["/x/python", "-m", "pip", "install", "-q",
-                                            "bitsandbytes>=0.43.0", "deepspeed>=0.10.0,<=0.16.9"]
+    assert shlex.split(step["command"]) == [
+        "/x/python",
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "bitsandbytes>=0.43.0",
+        "deepspeed>=0.10.0,<=0.16.9",
+    ]
     ready = {**pod, "import": ["bitsandbytes 0 0.45.0", "deepspeed 0 0.16.4"]}
     assert preflight.setup_plan(ready, needs=needs) == []
     # A fresh pod: the run's packages go into the one LLaMA-Factory install.
@@ -237,8 +309,13 @@ def test_setup_installs_the_runs_own_packages_where_missing_or_refused():
 def test_setup_on_a_slurm_login_node_plans_no_tmux_and_no_apt_get():
     """sbatch detaches the training (no tmux), and a login node is no place for apt-get: only
     pip into the environment llamafactory_cli names, and rsync by hand if it is missing."""
-    login = {"ok": [""], "apt_get": [""], "cli": ["/x/llamafactory-cli"], "python": ["/x/python"],
-             "missing_modules": ["bitsandbytes"]}
+    login = {
+        "ok": [""],
+        "apt_get": [""],
+        "cli": ["/x/llamafactory-cli"],
+        "python": ["/x/python"],
+        "missing_modules": ["bitsandbytes"],
+    }
     (step,) = preflight.setup_plan(login, login_node=True)
     assert step["install"] == "llamafactory[metrics,bitsandbytes,qwen]"
     assert preflight.setup_plan({**login, "missing_modules": [""]}, login_node=True) == []

@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.sshd import Sshd
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, write_config
 
 from lora_style.training import follow, launch
 from lora_style.training.executor import SSHExecutor
 from lora_style.training.messages import PodError, Unreachable
+
+from helpers.sshd import Sshd
+from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -39,8 +40,7 @@ def proc_env(pid: int) -> dict[str, str]:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return {}
-    return dict(item.split("=", 1) for item in raw.decode("utf-8", "replace").split("\0")
-                if "=" in item)
+    return dict(item.split("=", 1) for item in raw.decode("utf-8", "replace").split("\0") if "=" in item)
 
 
 def all_command_lines() -> list[str]:
@@ -87,12 +87,22 @@ def session(tmp_path_factory, tiny_model):
     data2 = tmp / "style2.jsonl"
     data2.write_text("".join(SAMPLE_DATA.read_text().splitlines(keepends=True)[:40]))
     pod = sshd.pod(tmp, LLAMAFACTORY_CLI)
-    config = write_config(tmp / "config.yaml", {
-        "runs": {run: {"data": str(SAMPLE_DATA if run == "style" else data2),
-                       "base_model": str(tiny_model), "profile": "tiny_cpu", "pod": "testpod",
-                       "overrides": {"max_steps": 20}} for run in RUNS},
-        "pods": {"testpod": pod},
-    })
+    config = write_config(
+        tmp / "config.yaml",
+        {
+            "runs": {
+                run: {
+                    "data": str(SAMPLE_DATA if run == "style" else data2),
+                    "base_model": str(tiny_model),
+                    "profile": "tiny_cpu",
+                    "pod": "testpod",
+                    "overrides": {"max_steps": 20},
+                }
+                for run in RUNS
+            },
+            "pods": {"testpod": pod},
+        },
+    )
     work, private_tmp = tmp / "work", tmp / "private-tmp"
     private_tmp.mkdir()
     watcher = Watcher(tmp / "pod")
@@ -100,18 +110,42 @@ def session(tmp_path_factory, tiny_model):
     env = {**os.environ, "HF_TOKEN": TOKEN, "RUNPOD_API_KEY": API_KEY, "TMPDIR": str(private_tmp)}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-         str(work), "--cores", "2", f"--configfile={config}",
-         *(f"lora_adapters/{run}_peft" for run in RUNS)],
-        capture_output=True, text=True, timeout=900, env=env)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--cores",
+            "2",
+            f"--configfile={config}",
+            *(f"lora_adapters/{run}_peft" for run in RUNS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     watcher.stop.set()
     watcher.join()
     sshd.stop()
     assert proc.returncode == 0, proc.stderr[-6000:]
-    run_dirs = {run: tmp / "pod" / json.loads(
-        (work / f"results/{run}/train/launch.json").read_text())["run_id"] for run in RUNS}
-    return {"tmp": tmp, "work": work, "proc": proc, "sshd": sshd, "watcher": watcher,
-            "run_dirs": run_dirs, "private_tmp": private_tmp, "seconds": time.monotonic() - started}
+    run_dirs = {
+        run: tmp / "pod" / json.loads((work / f"results/{run}/train/launch.json").read_text())["run_id"]
+        for run in RUNS
+    }
+    return {
+        "tmp": tmp,
+        "work": work,
+        "proc": proc,
+        "sshd": sshd,
+        "watcher": watcher,
+        "run_dirs": run_dirs,
+        "private_tmp": private_tmp,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def test_one_ssh_handshake_per_pod_job_and_nothing_left_open(session):
@@ -150,11 +184,10 @@ def test_two_runs_on_one_pod_take_turns(session):
     spans = {}
     for run, run_dir in session["run_dirs"].items():
         lines = (run_dir / "attempts.log").read_text().split()
-        spans[run] = (int(lines[1]), int(lines[5]))       # start <t> <step> / end <t> <rc>
+        spans[run] = (int(lines[1]), int(lines[5]))  # start <t> <step> / end <t> <rc>
     (a_start, a_end), (b_start, b_end) = sorted(spans.values())
     assert b_start >= a_end, f"the trainings overlapped: {spans}"
-    waited = [run for run, d in session["run_dirs"].items()
-              if "waiting:" in (d / "train.log").read_text()]
+    waited = [run for run, d in session["run_dirs"].items() if "waiting:" in (d / "train.log").read_text()]
     assert len(waited) == 1, "the second run waited for the first, and its log says so"
     other = next(d.name for r, d in session["run_dirs"].items() if r != waited[0])
     wait_log = (session["work"] / f"logs/{waited[0]}/wait_training.log").read_text()
@@ -166,8 +199,9 @@ def test_a_changed_host_key_stops_at_once(tmp_path):
     try:
         known = tmp_path / "known_hosts"
         known.write_text(f"[127.0.0.1]:{sshd.port} {sshd.other_key.with_suffix('.pub').read_text()}")
-        ex = SSHExecutor({**sshd.pod(tmp_path, LLAMAFACTORY_CLI, known_hosts=str(known)),
-                          "name": "testpod"}, tmp_path)
+        ex = SSHExecutor(
+            {**sshd.pod(tmp_path, LLAMAFACTORY_CLI, known_hosts=str(known)), "name": "testpod"}, tmp_path
+        )
         settings = {"reconnect_minutes": 60}
         said: list[str] = []
         started = time.monotonic()
@@ -204,7 +238,7 @@ def test_an_upload_after_a_one_line_edit_sends_only_the_change(tmp_path, sshd):
         return ex.bytes_sent - sent, tmp_path / "pod" / run.run_id
 
     first, _ = upload()
-    assert first > 10 * 2**20                               # the whole file, the first time
+    assert first > 10 * 2**20  # the whole file, the first time
     text = data.read_text()
     data.write_text(text.replace(lines[3], lines[3].replace("the", "THE", 1), 1))
     second, second_dir = upload()
@@ -221,7 +255,7 @@ def test_an_edit_of_the_same_size_and_second_is_sent_not_taken_from_the_basis(tm
     ex = SSHExecutor({**sshd.pod(tmp_path, LLAMAFACTORY_CLI), "name": "testpod"}, tmp_path)
     stage = tmp_path / "stage"
     (stage / "data").mkdir(parents=True)
-    (tmp_path / "pod").mkdir()                               # the pod's runs folder (loopback)
+    (tmp_path / "pod").mkdir()  # the pod's runs folder (loopback)
     data = stage / "data/train.jsonl"
     old = b'{"instruction": "write", "output": "the night"}\n' * 20_000
     data.write_bytes(old)
@@ -230,9 +264,9 @@ def test_an_edit_of_the_same_size_and_second_is_sent_not_taken_from_the_basis(tm
     ex.put(stage, f"{tmp_path}/pod/style-a")
     new = old.replace(b"the night", b"THE night", 1)
     data.write_bytes(new)
-    os.utime(data, (stamp, stamp))                          # same size, same second
+    os.utime(data, (stamp, stamp))  # same size, same second
     sent = ex.bytes_sent
     ex.put(stage, f"{tmp_path}/pod/style-b", basis=f"{tmp_path}/pod/style-a")
     assert (tmp_path / "pod/style-b/data/train.jsonl").read_bytes() == new
-    assert ex.bytes_sent - sent < len(old) // 20             # still only the change
+    assert ex.bytes_sent - sent < len(old) // 20  # still only the change
     ex.close()

@@ -28,13 +28,17 @@ from lora_style.training.progress import PROGRESS_EVERY, QUIET_LIMIT, TransferPr
 # ---------------------------------------------------------------------------- rsync's progress
 
 # What rsync --progress writes for one file (rsync 3.x), cut into the writes it makes a second apart.
-RSYNC_WRITES = [
-    "receiving incremental file list\nadapter_model.safetensors\n",
-    "\r         32,768   0%    0.00kB/s    0:00:00  ",
-] + [
-    f"\r    {mb * 1_048_576:>11,}  {mb * 100 // 64:>2}%   16.00MB/s    0:00:{64 - mb:02d}  "
-    for mb in range(16, 64, 16)
-] + ["\r     67,108,864 100%   16.00MB/s    0:00:04 (xfr#1, to-chk=0/1)\n"]
+RSYNC_WRITES = (
+    [
+        "receiving incremental file list\nadapter_model.safetensors\n",
+        "\r         32,768   0%    0.00kB/s    0:00:00  ",
+    ]
+    + [
+        f"\r    {mb * 1_048_576:>11,}  {mb * 100 // 64:>2}%   16.00MB/s    0:00:{64 - mb:02d}  "
+        for mb in range(16, 64, 16)
+    ]
+    + ["\r     67,108,864 100%   16.00MB/s    0:00:04 (xfr#1, to-chk=0/1)\n"]
+)
 
 
 class Clock:
@@ -67,8 +71,7 @@ def test_a_long_transfer_says_where_it_is_every_few_seconds_and_when_it_is_done(
     assert lines == [
         "downloading adapter_model.safetensors: 16,777,216 25% 16.00MB/s 0:00:48",
         "downloading adapter_model.safetensors: 50,331,648 75% 16.00MB/s 0:00:16",
-        "downloading adapter_model.safetensors: 67,108,864 100% 16.00MB/s 0:00:04 "
-        "(xfr#1, to-chk=0/1)",
+        "downloading adapter_model.safetensors: 67,108,864 100% 16.00MB/s 0:00:04 (xfr#1, to-chk=0/1)",
     ]
 
 
@@ -80,8 +83,14 @@ def test_a_stalled_transfer_still_says_something_every_thirty_seconds():
     for _ in range(int(2 * QUIET_LIMIT) + 1):  # rsync silent: the relay looks once a second
         clock.now += 1
         progress.quiet()
-    assert lines == [f"uploading adapter_model.safetensors: 16,777,216 25% 16.00MB/s 0:00:48 "
-                     f"(no news for {QUIET_LIMIT:.0f} s)"] * 2
+    assert (
+        lines
+        == [
+            f"uploading adapter_model.safetensors: 16,777,216 25% 16.00MB/s 0:00:48 "
+            f"(no news for {QUIET_LIMIT:.0f} s)"
+        ]
+        * 2
+    )
 
 
 @pytest.mark.slow
@@ -90,14 +99,19 @@ def test_a_long_download_shows_its_progress_while_it_runs(sshd, tmp_path):
     big = tmp_path / "adapter_model.safetensors"
     with open(big, "wb") as handle:
         handle.truncate(200 * 2**20)  # sparse here; rsync sends every byte
-    fetch = ("import json, sys\nfrom pathlib import Path\nfrom lora_style.training.machines import make_executor\n"
-             "make_executor(json.loads(sys.argv[1])).get(sys.argv[2], Path(sys.argv[3]), "
-             "bwlimit_kib=16384)\n")
+    fetch = (
+        "import json, sys\nfrom pathlib import Path\nfrom lora_style.training.machines import make_executor\n"
+        "make_executor(json.loads(sys.argv[1])).get(sys.argv[2], Path(sys.argv[3]), "
+        "bwlimit_kib=16384)\n"
+    )
     pod = sshd.pod(tmp_path, "/bin/true")
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", fetch, json.dumps(pod), str(big),
-                             str(tmp_path / "got")], stderr=subprocess.PIPE, text=True,
-                            env=os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", fetch, json.dumps(pod), str(big), str(tmp_path / "got")],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+    )
     seen = [(time.monotonic() - start, line.rstrip("\n")) for line in proc.stderr]
     assert proc.wait() == 0, seen
     ended = time.monotonic() - start
@@ -114,15 +128,23 @@ def test_a_long_download_shows_its_progress_while_it_runs(sshd, tmp_path):
 
 # ---------------------------------------------------------------------------- the base model
 
+
 def test_the_hubs_progress_bars_show_although_a_jobs_output_is_a_pipe():
     """huggingface_hub builds its bars with tqdm's "only on a terminal"; a job's stderr is a
     pipe to the terminal and the log (scripts/logged.sh), so they would never show."""
     shown = {}
     for name, cls in {"default": hf_tqdm, "ours": hub.ProgressBar}.items():
         pipe = io.StringIO()  # not a terminal
-        bar = _create_progress_bar(cls=cls, log_level=logging.WARNING, name="huggingface_hub",
-                                   desc="Downloading bytes", total=2**30, unit="B",
-                                   unit_scale=True, file=pipe)
+        bar = _create_progress_bar(
+            cls=cls,
+            log_level=logging.WARNING,
+            name="huggingface_hub",
+            desc="Downloading bytes",
+            total=2**30,
+            unit="B",
+            unit_scale=True,
+            file=pipe,
+        )
         for _ in range(512):  # half of it, in a blink
             bar.update(2**20)
         bar.close()
@@ -131,7 +153,8 @@ def test_the_hubs_progress_bars_show_although_a_jobs_output_is_a_pipe():
     # Shown, and refreshed at most every BAR_SECONDS: the start, then where it stopped.
     assert shown["ours"].split("\r")[1:] == [
         "Downloading bytes:   0%|          | 0.00/1.07G [00:00<?, ?B/s]",
-        shown["ours"].split("\r")[-1]]
+        shown["ours"].split("\r")[-1],
+    ]
     assert "Downloading bytes:  50%|#####     | 537M/1.07G" in shown["ours"]
 
 
@@ -142,18 +165,38 @@ def test_converting_says_what_it_has_written_while_it_runs(tmp_path):
         (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 3_000_000)
         time.sleep(0.5)
     assert len(lines) >= 2
-    assert re.fullmatch(r"converting: 3\.0 MB of 4-bit weights written in 1 file \(0 min 00 s\)",
-                        lines[-1]), lines
+    assert re.fullmatch(
+        r"converting: 3\.0 MB of 4-bit weights written in 1 file \(0 min 00 s\)", lines[-1]
+    ), lines
 
 
 def test_quantising_says_each_stage_through_a_pipe(tiny_model, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lora_style.mlx.quantize_base", "--hf-path", str(tiny_model),
-                           "--mlx-path", str(tmp_path / "tiny-4bit")], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True,
-                          env=os.environ)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lora_style.mlx.quantize_base",
+            "--hf-path",
+            str(tiny_model),
+            "--mlx-path",
+            str(tmp_path / "tiny-4bit"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ,
+    )
     assert proc.returncode == 0, proc.stdout
-    stages = [line for line in proc.stdout.splitlines()
-              if line.startswith(("[INFO]", "mlx_lm.convert", str(tmp_path)))]
+    stages = [
+        line
+        for line in proc.stdout.splitlines()
+        if line.startswith(("[INFO]", "mlx_lm.convert", str(tmp_path)))
+    ]
     assert [s.split()[0] for s in stages] == [
-        "mlx_lm.convert", "[INFO]", "[INFO]", "[INFO]", f"{tmp_path}/tiny-4bit:"], stages
+        "mlx_lm.convert",
+        "[INFO]",
+        "[INFO]",
+        "[INFO]",
+        f"{tmp_path}/tiny-4bit:",
+    ], stages
     assert "[INFO] Quantizing" in stages

@@ -16,9 +16,10 @@ import xml.dom.minidom
 import zipfile
 
 import pytest
-from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, SAMPLE_HELDOUT, snakemake, write_config
 
 from lora_style.report import pages as report_pages
+
+from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, SAMPLE_HELDOUT, snakemake, write_config
 
 SECTIONS = ["1. Data", "2. Preflight", "3. Training", "4. MLX bundle", "5. Samples"]
 
@@ -27,14 +28,31 @@ SECTIONS = ["1. Data", "2. Preflight", "3. Training", "4. MLX bundle", "5. Sampl
 def built(tmp_path_factory, tiny_model):
     """The demo's run trained on this machine, its bundle built, its report as zip and HTML."""
     tmp = tmp_path_factory.mktemp("report")
-    config = write_config(tmp / "config.yaml", {
-        "runs": {"lovecraft": {
-            "data": str(SAMPLE_DATA), "heldout": str(SAMPLE_HELDOUT), "base_model": str(tiny_model),
-            "author": "H.P. Lovecraft", "profile": "tiny_cpu", "pod": "local",
-            "samples": {"count": 2, "max_tokens": 16}}},
-        "pods": {"local": {"executor": "local", "remote_dir": "pod", "poll_seconds": 1,
-                           "llamafactory_cli": str(LLAMAFACTORY_CLI), "gpu_hourly_usd": 2.0}},
-    })
+    config = write_config(
+        tmp / "config.yaml",
+        {
+            "runs": {
+                "lovecraft": {
+                    "data": str(SAMPLE_DATA),
+                    "heldout": str(SAMPLE_HELDOUT),
+                    "base_model": str(tiny_model),
+                    "author": "H.P. Lovecraft",
+                    "profile": "tiny_cpu",
+                    "pod": "local",
+                    "samples": {"count": 2, "max_tokens": 16},
+                }
+            },
+            "pods": {
+                "local": {
+                    "executor": "local",
+                    "remote_dir": "pod",
+                    "poll_seconds": 1,
+                    "llamafactory_cli": str(LLAMAFACTORY_CLI),
+                    "gpu_hourly_usd": 2.0,
+                }
+            },
+        },
+    )
     work = tmp / "work"
     snakemake(work, "lovecraft_mlx", configfile=config)
     for name in ("report.zip", "report.html"):
@@ -72,8 +90,8 @@ def test_the_report_has_a_section_per_stage_with_captions(built):
         "4. MLX bundle": ["results/lovecraft/report/metadata.html"],
         "5. Samples": ["results/lovecraft/report/samples.html"],
     }
-    assert "What validation found in the training data of run" in index      # a caption
-    assert "click an item to show it" in index                                # the front page
+    assert "What validation found in the training data of run" in index  # a caption
+    assert "click an item to show it" in index  # the front page
     # The one-file report holds the same sections, each item embedded in it.
     single = single_file.read_text(encoding="utf-8")
     assert all(section in single for section in SECTIONS)
@@ -90,8 +108,10 @@ def test_validation_statistics(built):
     assert f"cutoff_len (tokens) {facts['cutoff_len']} examples over it {facts['over_cutoff_len']}" in page
     assert f"All {facts['examples']} examples fit in cutoff_len {facts['cutoff_len']} tokens" in page
     tokens = facts["tokens"]
-    assert (f"whole example (tokens, in the run's template) {tokens['min']} {tokens['median']:g} "
-            f"{tokens['mean']:g} {tokens['max']}") in page
+    assert (
+        f"whole example (tokens, in the run's template) {tokens['min']} {tokens['median']:g} "
+        f"{tokens['mean']:g} {tokens['max']}"
+    ) in page
     assert f"output (characters) {facts['chars']['output']['min']}" in page
 
 
@@ -125,8 +145,10 @@ def test_training_summary(built):
     summary = record(work, "results/lovecraft/train/training_summary.json")
     finished = record(work, "results/lovecraft/train/finished.json")
     page = text_of(item(report, "training.html"))
-    assert (f"checkpoint-{summary['best_step']} of {summary['total_steps']} steps: the lowest "
-            f"eval_loss, {summary['best_eval_loss']:.4g}") in page
+    assert (
+        f"checkpoint-{summary['best_step']} of {summary['total_steps']} steps: the lowest "
+        f"eval_loss, {summary['best_eval_loss']:.4g}"
+    ) in page
     assert f"steps trained {summary['total_steps']}" in page
     assert f"training wall time (all attempts) {summary['wall_time_s']} s" in page
     used = summary["gpu_time"]
@@ -159,39 +181,83 @@ def test_samples(built):
     heldout = json.loads(SAMPLE_HELDOUT.read_text().splitlines()[0])
     assert f"1. {heldout['instruction']}" in page
     assert first_output in page
-    assert "Samples: lovecraft" not in page       # the page's own title replaces samples.md's
+    assert "Samples: lovecraft" not in page  # the page's own title replaces samples.md's
 
 
 # ------------------------------------------------------------ the pages' warnings, by hand
 
 
 def test_validation_page_warns_about_duplicates_and_examples_over_cutoff_len():
-    page = text_of(report_pages.validation_page("r", {
-        "examples": 3, "duplicates": 1, "duplicate_lines": [{"line": 3, "same_as_line": 1}],
-        "chars": {}, "tokens": {"min": 10, "median": 600, "mean": 400, "max": 900},
-        "cutoff_len": 512, "over_cutoff_len": 2, "over_cutoff_len_lines": [2, 3],
-        "source": "a key of a later version"}))
+    page = text_of(
+        report_pages.validation_page(
+            "r",
+            {
+                "examples": 3,
+                "duplicates": 1,
+                "duplicate_lines": [{"line": 3, "same_as_line": 1}],
+                "chars": {},
+                "tokens": {"min": 10, "median": 600, "mean": 400, "max": 900},
+                "cutoff_len": 512,
+                "over_cutoff_len": 2,
+                "over_cutoff_len_lines": [2, 3],
+                "source": "a key of a later version",
+            },
+        )
+    )
     assert "1 duplicate example(s): line 3 = line 1" in page
     assert "2 of 3 examples are longer than cutoff_len 512 tokens (lines 2, 3)" in page
-    assert "source a key of a later version" in page             # a key it has no row for
-    offline = text_of(report_pages.validation_page("r", {
-        "examples": 3, "chars": {}, "cutoff_len": 2048,
-        "tokens": {"counted": False, "why": "the hub did not answer (offline)"}}))
+    assert "source a key of a later version" in page  # a key it has no row for
+    offline = text_of(
+        report_pages.validation_page(
+            "r",
+            {
+                "examples": 3,
+                "chars": {},
+                "cutoff_len": 2048,
+                "tokens": {"counted": False, "why": "the hub did not answer (offline)"},
+            },
+        )
+    )
     assert "No token counts (the hub did not answer (offline))" in offline
     assert "examples over it not counted" in offline
-    counted = text_of(report_pages.validation_page("r", {
-        "examples": 3, "chars": {}, "cutoff_len": 2048, "over_cutoff_len": 0,
-        "tokens": {"counted": True, "tokenizer": "Qwen/Qwen2.5-32B", "template": "qwen",
-                   "min": 10, "median": 20, "mean": 20.0, "max": 30}}))
+    counted = text_of(
+        report_pages.validation_page(
+            "r",
+            {
+                "examples": 3,
+                "chars": {},
+                "cutoff_len": 2048,
+                "over_cutoff_len": 0,
+                "tokens": {
+                    "counted": True,
+                    "tokenizer": "Qwen/Qwen2.5-32B",
+                    "template": "qwen",
+                    "min": 10,
+                    "median": 20,
+                    "mean": 20.0,
+                    "max": 30,
+                },
+            },
+        )
+    )
     assert "All 3 examples fit in cutoff_len 2048 tokens" in counted
     assert "whole example (tokens, in the run's template) 10 20 20 30" in counted
     assert "Tokens counted with the tokenizer of Qwen/Qwen2.5-32B" in counted
 
 
 def test_preflight_page_names_the_failed_checks():
-    launch = {"pod": "a100", "where": "root@pod:22", "attempt": {"preflight": {"checks": [
-        {"name": "disk", "ok": False, "detail": "2 GB free, checkpoints need ~40 GB"},
-        {"name": "GPU", "ok": True, "detail": "1 x A100"}]}}}
+    launch = {
+        "pod": "a100",
+        "where": "root@pod:22",
+        "attempt": {
+            "preflight": {
+                "checks": [
+                    {"name": "disk", "ok": False, "detail": "2 GB free, checkpoints need ~40 GB"},
+                    {"name": "GPU", "ok": True, "detail": "1 x A100"},
+                ]
+            }
+        },
+    }
     page = text_of(report_pages.preflight_page("r", launch))
     assert "1 check(s) failed: disk" in page and "disk failed 2 GB free" in page
     attached = text_of(report_pages.preflight_page("r", {"action": "attached", "attempt": None}))
@@ -199,19 +265,45 @@ def test_preflight_page_names_the_failed_checks():
 
 
 def test_training_page_says_a_budget_cut_and_the_cost_against_the_plan():
-    summary = {"best_step": 300, "best_eval_loss": 0.41, "selected_by": "min_eval_loss",
-               "total_steps": 350, "wall_time_s": 7300, "cut_by_budget": True,
-               "gpu_time": {"attempts": 2, "wall_seconds": 7300, "gpus": 2, "gpu_hours": 4.0556,
-                            "usd_per_hour": 3.78, "usd": 7.67},
-               "estimate": {"run": "r", "steps": 600, "rate": 200.0, "gpus": 2,
-                            "gpu_type": "NVIDIA A100-SXM4-80GB", "gpu_hourly_usd": 1.89,
-                            "where": "pod 'a100'", "gpu_hours": 6.0, "usd": 11.34}}
-    finished = {"attempts": [{"start": 0, "from_step": 0, "end": 3600, "rc": 137},
-                             {"start": 4000, "from_step": 200, "end": 7700, "rc": 0}]}
+    summary = {
+        "best_step": 300,
+        "best_eval_loss": 0.41,
+        "selected_by": "min_eval_loss",
+        "total_steps": 350,
+        "wall_time_s": 7300,
+        "cut_by_budget": True,
+        "gpu_time": {
+            "attempts": 2,
+            "wall_seconds": 7300,
+            "gpus": 2,
+            "gpu_hours": 4.0556,
+            "usd_per_hour": 3.78,
+            "usd": 7.67,
+        },
+        "estimate": {
+            "run": "r",
+            "steps": 600,
+            "rate": 200.0,
+            "gpus": 2,
+            "gpu_type": "NVIDIA A100-SXM4-80GB",
+            "gpu_hourly_usd": 1.89,
+            "where": "pod 'a100'",
+            "gpu_hours": 6.0,
+            "usd": 11.34,
+        },
+    }
+    finished = {
+        "attempts": [
+            {"start": 0, "from_step": 0, "end": 3600, "rc": 137},
+            {"start": 4000, "from_step": 200, "end": 7700, "rc": 0},
+        ]
+    }
     page = text_of(report_pages.training_page("r", summary, finished, {}))
     assert "stopped by its budget" in page
     assert "training wall time (all attempts) 2 h 01 min" in page
     assert "GPU time 4.056 GPU-hours (2 GPUs)" in page and "cost $7.67 at $3.78/h" in page
-    assert ("the plan said r: 600 steps, ~6.0 GPU-hours (3.0 h on 2 x A100-SXM4-80GB) at $1.89 "
-            "per GPU-hour = ~$11.34") in page
+    assert (
+        "the plan said r: 600 steps, ~6.0 GPU-hours (3.0 h on 2 x A100-SXM4-80GB) at $1.89 "
+        "per GPU-hour = ~$11.34"
+    ) in page
     assert "Attempts (2)" in page and "2 1970-01-01 01:06:40 UTC" in page and "200 0 1 h 01 min" in page

@@ -21,34 +21,60 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.fake_runpod import FakeRunPod
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
 
 from lora_style.training import runpod
+
+from helpers.fake_runpod import FakeRunPod
+from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
 ADAPTER = "lora_adapters/style_peft"
 KEY_ENV = "LORA_TEST_RUNPOD_KEY"
-USER_KEY = "rpa_TESTSECRET_0123456789abcdefghijklmnopqrstuv"   # grepped for everywhere below
+USER_KEY = "rpa_TESTSECRET_0123456789abcdefghijklmnopqrstuv"  # grepped for everywhere below
 
 
-def rented_config(tmp: Path, fake: FakeRunPod, tiny_model: Path, pod: dict | None = None,
-                  **overrides) -> Path:
-    return write_config(tmp / "config.yaml", {
-        "runs": {"style": {"data": str(SAMPLE_DATA), "base_model": str(tiny_model),
-                           "profile": "tiny_cpu", "pod": "rented",
-                           "overrides": {"max_steps": 10, **overrides}}},
-        "pods": {"rented": {
-            "executor": "ssh", "provider": "runpod", "api_url": fake.url, "api_key_env": KEY_ENV,
-            "gpu_type": "NVIDIA A100-SXM4-80GB", "image": "runpod/pytorch:2.8.0-py3.11-cuda12.8.1",
-            "cloud_type": "SECURE", "volume_gb": 20, "container_disk_gb": 20, "api_retry_minutes": 0.5,
-            "user": getpass.getuser(), "identity_file": str(fake.client_key),
-            "known_hosts": str(tmp / "known_hosts"), "remote_dir": str(fake.workspace / "lora-runs"),
-            "llamafactory_cli": str(LLAMAFACTORY_CLI), "gpu_hourly_usd": 1.89,
-            "poll_seconds": 1, "reconnect_minutes": 1, "boot_minutes": 1,
-            **(pod or {})}},
-    })
+def rented_config(
+    tmp: Path, fake: FakeRunPod, tiny_model: Path, pod: dict | None = None, **overrides
+) -> Path:
+    return write_config(
+        tmp / "config.yaml",
+        {
+            "runs": {
+                "style": {
+                    "data": str(SAMPLE_DATA),
+                    "base_model": str(tiny_model),
+                    "profile": "tiny_cpu",
+                    "pod": "rented",
+                    "overrides": {"max_steps": 10, **overrides},
+                }
+            },
+            "pods": {
+                "rented": {
+                    "executor": "ssh",
+                    "provider": "runpod",
+                    "api_url": fake.url,
+                    "api_key_env": KEY_ENV,
+                    "gpu_type": "NVIDIA A100-SXM4-80GB",
+                    "image": "runpod/pytorch:2.8.0-py3.11-cuda12.8.1",
+                    "cloud_type": "SECURE",
+                    "volume_gb": 20,
+                    "container_disk_gb": 20,
+                    "api_retry_minutes": 0.5,
+                    "user": getpass.getuser(),
+                    "identity_file": str(fake.client_key),
+                    "known_hosts": str(tmp / "known_hosts"),
+                    "remote_dir": str(fake.workspace / "lora-runs"),
+                    "llamafactory_cli": str(LLAMAFACTORY_CLI),
+                    "gpu_hourly_usd": 1.89,
+                    "poll_seconds": 1,
+                    "reconnect_minutes": 1,
+                    "boot_minutes": 1,
+                    **(pod or {}),
+                }
+            },
+        },
+    )
 
 
 def run(work: Path, config: Path, *targets: str, check: bool = True, key: str | None = USER_KEY):
@@ -94,6 +120,7 @@ def fake(tmp_path):
 
 # -------------------------------------------- create -> train -> fetch -> stop, and a fetch again
 
+
 def test_rents_trains_fetches_and_stops_the_pod(tmp_path, fake, tiny_model):
     config = rented_config(tmp_path, fake, tiny_model)
     work = tmp_path / "work"
@@ -115,7 +142,7 @@ def test_rents_trains_fetches_and_stops_the_pod(tmp_path, fake, tiny_model):
     used = summary["gpu_time"]
     assert used["usd_per_hour"] == pytest.approx(pod.cost_per_hr)
     assert used["usd"] == pytest.approx(used["gpu_hours"] * pod.cost_per_hr, abs=0.01)
-    assert 0 < used["wall_seconds"] < pod.run_seconds     # training is part of the billed time
+    assert 0 < used["wall_seconds"] < pod.run_seconds  # training is part of the billed time
     assert summary["estimate"]["steps"] == 10 and summary["cut_by_budget"] is False
     record = json.loads(runpod.state_path({"name": "rented"}, work).read_text())
     assert record["id"] == pod.id and record["runs"] == {"style": "fetched"}
@@ -142,13 +169,13 @@ def test_rents_trains_fetches_and_stops_the_pod(tmp_path, fake, tiny_model):
 def test_a_dry_run_rents_nothing_and_shows_the_cost(tmp_path, fake, tiny_model, tripwire):
     env, calls = tripwire
     config = rented_config(tmp_path, fake, tiny_model)
-    proc = snakemake(tmp_path / "work", "-n", ADAPTER, configfile=config,
-                     env={**env, KEY_ENV: USER_KEY})
+    proc = snakemake(tmp_path / "work", "-n", ADAPTER, configfile=config, env={**env, KEY_ENV: USER_KEY})
     assert "style: 10 steps" in proc.stdout + proc.stderr
     assert fake.requests == [] and not calls.exists()
 
 
 # ----------------------------------------------------------------- a crash after the creation
+
 
 def test_a_pod_created_by_a_crashed_call_is_found_by_name_not_rented_twice(tmp_path, fake, tiny_model):
     import requests
@@ -158,11 +185,17 @@ def test_a_pod_created_by_a_crashed_call_is_found_by_name_not_rented_twice(tmp_p
     work.mkdir()
     name = runpod.pod_name({"name": "rented"}, work)
     # What a job killed between "created" and "recorded" leaves: a pod, and no record of it.
-    body = {"name": name, "gpu": {"id": "NVIDIA A100-SXM4-80GB", "count": 1},
-            "image": "runpod/pytorch:2.8.0-py3.11-cuda12.8.1", "ports": ["22/tcp"],
-            "startSsh": True, "mounts": {"persistent": {"size": 20, "path": "/workspace"}}}
-    created = requests.post(f"{fake.url}/pods", json=body, timeout=30,
-                            headers={"Authorization": f"Bearer {USER_KEY}"})
+    body = {
+        "name": name,
+        "gpu": {"id": "NVIDIA A100-SXM4-80GB", "count": 1},
+        "image": "runpod/pytorch:2.8.0-py3.11-cuda12.8.1",
+        "ports": ["22/tcp"],
+        "startSsh": True,
+        "mounts": {"persistent": {"size": 20, "path": "/workspace"}},
+    }
+    created = requests.post(
+        f"{fake.url}/pods", json=body, timeout=30, headers={"Authorization": f"Bearer {USER_KEY}"}
+    )
     assert created.status_code == 201
     proc = run(work, config)
     assert len(fake.calls("POST", "/pods")) == 1
@@ -170,6 +203,7 @@ def test_a_pod_created_by_a_crashed_call_is_found_by_name_not_rented_twice(tmp_p
 
 
 # ----------------------------------------------------------------------- a failed training
+
 
 def test_a_failed_training_stops_the_pod(tmp_path, fake, tiny_model):
     config = rented_config(tmp_path, fake, tiny_model, lora_target="no_such_proj")
@@ -181,17 +215,38 @@ def test_a_failed_training_stops_the_pod(tmp_path, fake, tiny_model):
 
 # --------------------------------------------------------- the idle guard, the laptop gone
 
+
 def test_the_pod_stops_itself_when_idle_with_the_laptop_gone(tmp_path, fake, tiny_model):
     config = rented_config(tmp_path, fake, tiny_model, {"idle_stop_minutes": 0.1}, max_steps=20)
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-           str(work), "--cores", "2", f"--configfile={config}", "--", ADAPTER]
-    laptop = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True, env={**os.environ, KEY_ENV: USER_KEY})
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        f"--configfile={config}",
+        "--",
+        ADAPTER,
+    ]
+    laptop = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, KEY_ENV: USER_KEY},
+    )
     runs = fake.workspace / "lora-runs"
-    wait_for(lambda: list(runs.glob("style-*/attempts.log")) and not (runs / ".hold").exists(),
-             180, "the training to start")
-    os.killpg(laptop.pid, signal.SIGKILL)           # the laptop is gone: no snakemake, no fetch
+    wait_for(
+        lambda: list(runs.glob("style-*/attempts.log")) and not (runs / ".hold").exists(),
+        180,
+        "the training to start",
+    )
+    os.killpg(laptop.pid, signal.SIGKILL)  # the laptop is gone: no snakemake, no fetch
     laptop.wait()
     pod = the_pod(fake)
     assert pod.status == "RUNNING"
@@ -199,17 +254,26 @@ def test_the_pod_stops_itself_when_idle_with_the_laptop_gone(tmp_path, fake, tin
     (run_dir,) = runs.glob("style-*")
     assert (run_dir / "exit_code").read_text().strip() == "0", "stopped after the training, not during"
     stops = fake.calls("POST", f"/pods/{pod.id}/action")
-    assert [(s.auth, s.body) for s in stops] == [("pod", {"action": "stop"})], \
+    assert [(s.auth, s.body) for s in stops] == [("pod", {"action": "stop"})], (
         "by the pod itself, with its pod-scoped key"
+    )
     assert "idle for 6s: stopping pod" in (runs / "guard.log").read_text()
 
 
 # --------------------------------------------------------------------------- the budget
 
+
 def test_a_budget_cuts_the_training_and_keeps_the_best_checkpoint(tmp_path, fake, tiny_model):
-    config = rented_config(tmp_path, fake, tiny_model, {"max_hours": 0.01},    # 36 s of training
-                           # (LLaMA-Factory's start-up counts: 21 s saw no checkpoint under load)
-                           max_steps=5000, save_steps=10, eval_steps=10)
+    config = rented_config(
+        tmp_path,
+        fake,
+        tiny_model,
+        {"max_hours": 0.01},  # 36 s of training
+        # (LLaMA-Factory's start-up counts: 21 s saw no checkpoint under load)
+        max_steps=5000,
+        save_steps=10,
+        eval_steps=10,
+    )
     work = tmp_path / "work"
     proc = run(work, config)
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
@@ -223,14 +287,23 @@ def test_a_budget_cuts_the_training_and_keeps_the_best_checkpoint(tmp_path, fake
 
 # ----------------------------------------------------------------------------- API errors
 
-@pytest.mark.parametrize("status,message,says", [
-    (401, "invalid bearer token", f"RunPod refused the API key in ${KEY_ENV}"),
-    (400, "There are no longer any instances available with the requested specifications. "
-          "Please refresh and try again.", "no capacity for pods.rented.gpu_type"),
-    (402, "insufficient balance", "add credit"),
-])
-def test_api_errors_say_what_runpod_said_and_what_to_change(tmp_path, fake, tiny_model, status,
-                                                            message, says):
+
+@pytest.mark.parametrize(
+    "status,message,says",
+    [
+        (401, "invalid bearer token", f"RunPod refused the API key in ${KEY_ENV}"),
+        (
+            400,
+            "There are no longer any instances available with the requested specifications. "
+            "Please refresh and try again.",
+            "no capacity for pods.rented.gpu_type",
+        ),
+        (402, "insufficient balance", "add credit"),
+    ],
+)
+def test_api_errors_say_what_runpod_said_and_what_to_change(
+    tmp_path, fake, tiny_model, status, message, says
+):
     fake.fail_next("POST", "/pods", status, message)
     proc = run(tmp_path / "work", rented_config(tmp_path, fake, tiny_model), check=False)
     assert proc.returncode != 0
@@ -241,8 +314,7 @@ def test_api_errors_say_what_runpod_said_and_what_to_change(tmp_path, fake, tiny
 
 
 def test_a_rate_limit_is_waited_out(tmp_path, fake, tiny_model):
-    fake.fail_next("GET", "/pods", 429, "rate limit exceeded for the minute window", times=2,
-                   retry_after=1)
+    fake.fail_next("GET", "/pods", 429, "rate limit exceeded for the minute window", times=2, retry_after=1)
     run(tmp_path / "work", rented_config(tmp_path, fake, tiny_model))
     assert len(fake.calls("POST", "/pods")) == 1 and the_pod(fake).status == "EXITED"
 
@@ -255,6 +327,7 @@ def test_a_missing_key_rents_nothing(tmp_path, fake, tiny_model):
 
 
 # ------------------------------------------------------------ two runs, one pod; a dead boot
+
 
 def test_two_runs_on_one_pod_share_it_and_it_stops_after_the_last(tmp_path, fake, tiny_model):
     config = rented_config(tmp_path, fake, tiny_model)
@@ -272,7 +345,7 @@ def test_two_runs_on_one_pod_share_it_and_it_stops_after_the_last(tmp_path, fake
 
 
 def test_a_pod_that_never_answers_is_given_back(tmp_path, fake, tiny_model):
-    fake.boot_polls = 10**6                          # RunPod never reports an address
+    fake.boot_polls = 10**6  # RunPod never reports an address
     config = rented_config(tmp_path, fake, tiny_model, {"boot_minutes": 0.05})
     proc = run(tmp_path / "work", config, check=False)
     assert proc.returncode != 0
@@ -283,24 +356,43 @@ def test_a_pod_that_never_answers_is_given_back(tmp_path, fake, tiny_model):
 
 # ---------------------------------------------------- RunPod stops the pod in the middle of a run
 
-def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call(tmp_path, fake,
-                                                                                tiny_model):
-    config = rented_config(tmp_path, fake, tiny_model, max_steps=1000, save_steps=100,
-                            eval_steps=100)
+
+def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call(tmp_path, fake, tiny_model):
+    config = rented_config(tmp_path, fake, tiny_model, max_steps=1000, save_steps=100, eval_steps=100)
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-           str(work), "--cores", "2", f"--configfile={config}", "--", ADAPTER]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        f"--configfile={config}",
+        "--",
+        ADAPTER,
+    ]
     log = tmp_path / "laptop.log"
-    with open(log, "w") as out:   # a file, not a pipe nobody reads while it runs
-        laptop = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={**os.environ, KEY_ENV: USER_KEY})
+    with open(log, "w") as out:  # a file, not a pipe nobody reads while it runs
+        laptop = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, KEY_ENV: USER_KEY},
+        )
     runs = fake.workspace / "lora-runs"
-    wait_for(lambda: list(runs.glob("style-*/output/checkpoint-100/trainer_state.json")), 240,
-             "the first checkpoint")
+    wait_for(
+        lambda: list(runs.glob("style-*/output/checkpoint-100/trainer_state.json")),
+        240,
+        "the first checkpoint",
+    )
     pod = the_pod(fake)
     (run_dir,) = runs.glob("style-*")
     assert not (run_dir / "exit_code").exists(), "interrupted while it trains"
-    fake.interrupt(pod.id)                     # RunPod's maintenance, a balance at $0, ...
+    fake.interrupt(pod.id)  # RunPod's maintenance, a balance at $0, ...
     laptop.wait(timeout=600)
     err = log.read_text()
     assert laptop.returncode == 0, err[-3000:]

@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.fake_runpod import FakeRunPod
 
 from lora_style.training import runpod, runpod_account, shell
 from lora_style.training.machines import make_executor
 from lora_style.training.messages import PodError
 from lora_style.training.runpod_api import RunPodAPI, RunPodError
 from lora_style.training.settings import with_defaults
+
+from helpers.fake_runpod import FakeRunPod
 
 KEY_ENV = "LORA_TEST_RUNPOD_KEY"
 USER_KEY = "rpa_TESTSECRET_0123456789abcdefghijklmnopqrstuv"
@@ -51,12 +52,24 @@ def fake(tmp_path, monkeypatch):
 
 
 def settings_for(fake: FakeRunPod, tmp_path: Path, **extra) -> dict:
-    return with_defaults({
-        "name": "rented", "executor": "ssh", "provider": "runpod", "api_url": fake.url,
-        "api_key_env": KEY_ENV, "gpu_type": A100, "image": "runpod/pytorch:2.8.0",
-        "identity_file": str(fake.client_key), "known_hosts": str(tmp_path / "known_hosts"),
-        "remote_dir": str(fake.workspace / "lora-runs"), "poll_seconds": 0.2,
-        "boot_minutes": 0.5, "api_retry_minutes": 0.2, **extra})
+    return with_defaults(
+        {
+            "name": "rented",
+            "executor": "ssh",
+            "provider": "runpod",
+            "api_url": fake.url,
+            "api_key_env": KEY_ENV,
+            "gpu_type": A100,
+            "image": "runpod/pytorch:2.8.0",
+            "identity_file": str(fake.client_key),
+            "known_hosts": str(tmp_path / "known_hosts"),
+            "remote_dir": str(fake.workspace / "lora-runs"),
+            "poll_seconds": 0.2,
+            "boot_minutes": 0.5,
+            "api_retry_minutes": 0.2,
+            **extra,
+        }
+    )
 
 
 def live(fake: FakeRunPod) -> list:
@@ -74,6 +87,7 @@ def reaches(settings: dict, tmp_path: Path) -> str:
 
 # --------------------------------------------------------------------- rent -> reach -> release
 
+
 def test_rents_with_the_v2_body_reaches_the_pod_through_ssh_direct_and_reads_the_bill(tmp_path, fake):
     settings, said = settings_for(fake, tmp_path), Said()
     rented = runpod.rent(settings, "style", tmp_path, said)
@@ -88,7 +102,7 @@ def test_rents_with_the_v2_body_reaches_the_pod_through_ssh_direct_and_reads_the
     assert "in stock in RunPod's SECURE cloud" in said.text()
     assert (tmp_path / ".state/runpod/catalog.json").exists(), "the plan prices from it"
 
-    time.sleep(1.2)                  # a second of billed time
+    time.sleep(1.2)  # a second of billed time
     record = runpod.release(settings, "style", tmp_path, said)
     assert pod.status == "EXITED" and record["runs"] == {"style": "fetched"}
     bill = runpod_account.bill(settings, record)
@@ -107,15 +121,18 @@ def test_a_retired_v1_url_is_refused_before_any_request(tmp_path, fake):
         RunPodAPI(settings)
     # The fake refuses v1 paths too, in RunPod's problem format.
     import requests
-    answer = requests.get(fake.url.replace("/v2", "/v1") + "/pods", timeout=10,
-                          headers={"Authorization": f"Bearer {USER_KEY}"})
+
+    answer = requests.get(
+        fake.url.replace("/v2", "/v1") + "/pods", timeout=10, headers={"Authorization": f"Bearer {USER_KEY}"}
+    )
     assert answer.status_code == 404 and "v2" in answer.json()["detail"]
 
 
 # ------------------------------------------------------------------------- a lost create answer
 
+
 def test_a_create_whose_answer_is_lost_leaves_one_pod(tmp_path, fake):
-    fake.drop_next("POST", "/pods")                  # made, but the answer never arrives
+    fake.drop_next("POST", "/pods")  # made, but the answer never arrives
     said = Said()
     rented = runpod.rent(settings_for(fake, tmp_path), "style", tmp_path, said)
     assert len(fake.calls("POST", "/pods")) == 1, "not created twice"
@@ -132,6 +149,7 @@ def test_a_create_answered_503_after_making_nothing_is_made_once_more(tmp_path, 
 
 # ----------------------------------------------------------------------- SSH keys before money
 
+
 def test_an_unregistered_key_rents_nothing_and_says_the_fix(tmp_path, fake):
     fake.ssh_keys = []
     with pytest.raises(PodError) as caught:
@@ -145,8 +163,7 @@ def test_an_unregistered_key_rents_nothing_and_says_the_fix(tmp_path, fake):
 def test_register_ssh_key_adds_ours_and_keeps_the_accounts_other_keys(tmp_path, fake):
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILXGDN/SclOozk1xsDztpmhGiKkkrfQB9SKoO8dSIQQZ me@laptop"
     fake.ssh_keys = [other]
-    rented = runpod.rent(settings_for(fake, tmp_path, register_ssh_key=True), "style", tmp_path,
-                         Said())
+    rented = runpod.rent(settings_for(fake, tmp_path, register_ssh_key=True), "style", tmp_path, Said())
     ours = " ".join(Path(f"{fake.client_key}.pub").read_text().split()[:2])
     assert fake.ssh_keys[0] == other and fake.ssh_keys[1].startswith(ours)
     (put,) = fake.calls("PUT", "/account/ssh-keys")
@@ -155,6 +172,7 @@ def test_register_ssh_key_adds_ours_and_keeps_the_accounts_other_keys(tmp_path, 
 
 
 # ----------------------------------------------------------------------------- stock and price
+
 
 def test_a_gpu_out_of_stock_rents_nothing_and_names_what_is_in_stock(tmp_path, fake):
     fake.unavailable = {A100}
@@ -173,21 +191,24 @@ def test_a_gpu_out_of_stock_rents_nothing_and_names_what_is_in_stock(tmp_path, f
 def test_the_plan_prices_from_the_catalog_read_and_says_how_old(tmp_path, fake):
     from lora_style.training import cost, runpod_catalog
 
-    runpod_catalog.refresh(RunPodAPI(settings_for(fake, tmp_path)), settings_for(fake, tmp_path),
-                           tmp_path)
+    runpod_catalog.refresh(RunPodAPI(settings_for(fake, tmp_path)), settings_for(fake, tmp_path), tmp_path)
     listed = runpod_catalog.list_price(tmp_path, A100, "SECURE")
     assert listed[0] == fake.prices[A100] and listed[1] == "0 min ago"
     pod = {"name": "rented", "executor": "ssh", "gpu_type": A100, "gpu_count": 1}
     line = cost.estimate("style", {"max_steps": 600}, "qwen25_32b_a100", pod, None, listed).line()
-    assert line.endswith(f"at ${fake.prices[A100]:.2f}/h = ~${600 / 84 * fake.prices[A100]:.2f} "
-                         "(RunPod's list price, read 0 min ago)")
+    assert line.endswith(
+        f"at ${fake.prices[A100]:.2f}/h = ~${600 / 84 * fake.prices[A100]:.2f} "
+        "(RunPod's list price, read 0 min ago)"
+    )
 
 
 # -------------------------------------------------------------------- retries: 429 and outages
 
+
 def test_a_429_is_waited_out_as_retry_after_says(tmp_path, fake):
-    fake.fail_next("GET", "/account/ssh-keys", 429, "rate limit exceeded for the minute window",
-                   retry_after=2)
+    fake.fail_next(
+        "GET", "/account/ssh-keys", 429, "rate limit exceeded for the minute window", retry_after=2
+    )
     said = Said()
     start = time.monotonic()
     runpod.rent(settings_for(fake, tmp_path), "style", tmp_path, said)
@@ -221,6 +242,7 @@ def test_a_refusal_carries_the_status_and_the_validation_errors(tmp_path, fake):
 
 
 # ----------------------------------------------------------------------- a pod that fails, a host
+
 
 def test_a_pod_in_error_while_booting_is_given_back(tmp_path, fake):
     fake.boot_polls = 10**6
@@ -279,7 +301,7 @@ def test_without_a_network_volume_a_host_with_no_gpu_is_a_clear_error_and_the_po
 def test_runpod_stopping_the_pod_is_noticed_by_asking_the_api(tmp_path, fake):
     settings = settings_for(fake, tmp_path)
     rented = runpod.rent(settings, "style", tmp_path, Said())
-    runpod.check_running(settings, tmp_path)         # running: nothing to say
+    runpod.check_running(settings, tmp_path)  # running: nothing to say
     fake.interrupt(rented["pod_id"])
     with pytest.raises(runpod.PodStopped) as caught:
         runpod.check_running(settings, tmp_path)
@@ -288,11 +310,11 @@ def test_runpod_stopping_the_pod_is_noticed_by_asking_the_api(tmp_path, fake):
 
 # ------------------------------------------------------------------------------------ the guard
 
+
 def guard_env(tmp_path: Path, tools: list[str], pod, extra: list[str] = ()) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for tool in ["sh", "date", "cat", "sed", "tr", "head", "awk", "sleep", "flock", "mkdir", "rm",
-                 *tools]:
+    for tool in ["sh", "date", "cat", "sed", "tr", "head", "awk", "sleep", "flock", "mkdir", "rm", *tools]:
         found = shutil.which(tool)
         if found and not (bin_dir / tool).exists():
             (bin_dir / tool).symlink_to(found)
@@ -305,8 +327,14 @@ def guard_env(tmp_path: Path, tools: list[str], pod, extra: list[str] = ()) -> d
 def run_guard(tmp_path: Path, fake: FakeRunPod, env: dict, timeout: float = 60):
     runs = tmp_path / "runs"
     runs.mkdir(exist_ok=True)
-    proc = subprocess.run(shell.argv("guard.sh", runs, 1, fake.url), env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=tmp_path)
+    proc = subprocess.run(
+        shell.argv("guard.sh", runs, 1, fake.url),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
     return proc, (runs / "guard.log").read_text()
 
 
@@ -334,14 +362,24 @@ def test_the_guard_falls_back_to_runpodctl_and_never_gives_up_while_the_pod_is_u
     env = guard_env(tmp_path, ["curl"], pod, [str(ctl)])
     runs = tmp_path / "runs"
     runs.mkdir()
-    guard = subprocess.Popen(shell.argv("guard.sh", runs, 1, fake.url), env=env, cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    guard = subprocess.Popen(
+        shell.argv("guard.sh", runs, 1, fake.url),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while not (runs / ".guard_stop_failed").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert (runs / ".guard_stop_failed").exists(), "the next job hears of it"
-    facts = subprocess.run(shell.argv("guard_start.sh", runs, 1, fake.url, "exit 0"), env=env,
-                           capture_output=True, text=True, timeout=30).stdout
+    facts = subprocess.run(
+        shell.argv("guard_start.sh", runs, 1, fake.url, "exit 0"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     assert "@@guard_failed" in facts and "could not stop pod" in facts
     assert guard.poll() is None, "still trying: the pod is up"
     guard.wait(timeout=60)
@@ -357,12 +395,14 @@ def test_ctrl_c_while_following_says_what_runpod_reports(tmp_path, fake, monkeyp
     import argparse
 
     from lora_style.training import remote_train
+
     monkeypatch.chdir(tmp_path)
     settings = settings_for(fake, tmp_path)
     rented = runpod.rent(settings, "style", tmp_path, Said())
     args = argparse.Namespace(command="wait")
     assert remote_train._stopped_message(args, settings).startswith(
-        "stopped following; the training goes on on the pod")
+        "stopped following; the training goes on on the pod"
+    )
     fake.interrupt(rented["pod_id"])
     message = remote_train._stopped_message(args, settings)
     assert f"RunPod reports pod {rented['pod_id']} EXITED, so nothing trains there now" in message

@@ -23,12 +23,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.slurm import start_cluster
-from helpers.sshd import Sshd
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, wait_until, write_config
 
 from lora_style.training import run_state
 from lora_style.training.slurm import node_gpus, parse_time, sbatch_options
+
+from helpers.slurm import start_cluster
+from helpers.sshd import Sshd
+from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, wait_until, write_config
 
 ADAPTER = "lora_adapters/style_peft"
 
@@ -36,48 +37,84 @@ ADAPTER = "lora_adapters/style_peft"
 # ------------------------------------------------------------------- no cluster needed
 
 
-@pytest.mark.parametrize("text,seconds", [
-    ("60", 3600), ("2:00", 120), ("12:00:00", 43200), ("1-00:00:00", 86400), ("2-12", 216000),
-    ("1-02:03", 93780), (90, 5400), ("infinite", None), ("UNLIMITED", None),
-])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("60", 3600),
+        ("2:00", 120),
+        ("12:00:00", 43200),
+        ("1-00:00:00", 86400),
+        ("2-12", 216000),
+        ("1-02:03", 93780),
+        (90, 5400),
+        ("infinite", None),
+        ("UNLIMITED", None),
+    ],
+)
 def test_slurm_times(text, seconds):
     assert parse_time(text) == seconds
 
 
-@pytest.mark.parametrize("gres,gpus", [
-    ("(null)", 0), ("gpu:2", 2), ("gpu:a100:4(S:0-1)", 4), ("gpu:a100:2,gpu:v100:2", 4),
-    ("gpu:h100:8(S:0,1),mps:100", 8),
-])
+@pytest.mark.parametrize(
+    "gres,gpus",
+    [
+        ("(null)", 0),
+        ("gpu:2", 2),
+        ("gpu:a100:4(S:0-1)", 4),
+        ("gpu:a100:2,gpu:v100:2", 4),
+        ("gpu:h100:8(S:0,1),mps:100", 8),
+    ],
+)
 def test_gpus_of_a_node(gres, gpus):
     assert node_gpus(gres) == gpus
 
 
 def test_sbatch_options_keep_the_users_args_as_they_are():
-    assert sbatch_options({"partition": "gpu", "gpus": 2, "time": "12:00:00",
-                           "sbatch_args": ["--account=a b", "--qos=$(x)"]}) == [
-        "--partition=gpu", "--gres=gpu:2", "--time=12:00:00", "--account=a b", "--qos=$(x)"]
+    assert sbatch_options(
+        {"partition": "gpu", "gpus": 2, "time": "12:00:00", "sbatch_args": ["--account=a b", "--qos=$(x)"]}
+    ) == ["--partition=gpu", "--gres=gpu:2", "--time=12:00:00", "--account=a b", "--qos=$(x)"]
     assert sbatch_options({}) == []
     assert sbatch_options({"nodes": 2}) == ["--nodes=2", "--ntasks-per-node=1"]
 
 
-SINFO = {"tool": ["sbatch /usr/bin/sbatch", "squeue /usr/bin/squeue", "sinfo /usr/bin/sinfo"],
-         "sinfo_rc": ["0"], "node": ["g1 gpu* up 2-00:00:00 gpu:a100:4(S:0-1)",
-                                     "g2 gpu* up 2-00:00:00 gpu:a100:4(S:0-1)",
-                                     "c1 cpu down infinite (null)"]}
+SINFO = {
+    "tool": ["sbatch /usr/bin/sbatch", "squeue /usr/bin/squeue", "sinfo /usr/bin/sinfo"],
+    "sinfo_rc": ["0"],
+    "node": [
+        "g1 gpu* up 2-00:00:00 gpu:a100:4(S:0-1)",
+        "g2 gpu* up 2-00:00:00 gpu:a100:4(S:0-1)",
+        "c1 cpu down infinite (null)",
+    ],
+}
 
 
-@pytest.mark.parametrize("facts,pod,args,failed", [
-    (SINFO, {"gpus": 4, "time": "1-12"}, {"bf16": True}, {}),
-    (SINFO, {"gpus": 2}, {}, {}),
-    (SINFO, {}, {"bf16": True}, {"GPUs": "the profile sets bf16: True, which need CUDA, but "
-                                         "pods.c.gpus is not set"}),
-    (SINFO, {"partition": "cpu"}, {}, {"partition": "partition cpu is down"}),
-    (SINFO, {"time": "3-00:00:00", "gpus": 8}, {},
-     {"time limit": "over partition gpu's limit of 2-00:00:00", "GPUs": "have at most 4"}),
-    ({"tool": ["sinfo /usr/bin/sinfo"]}, {}, {}, {"Slurm": "sbatch, squeue not found"}),
-    ({**SINFO, "node": ["c1 cpu up infinite (null)"]}, {}, {},
-     {"partition": "pods.c.partition is not set and the cluster has no default"}),
-])
+@pytest.mark.parametrize(
+    "facts,pod,args,failed",
+    [
+        (SINFO, {"gpus": 4, "time": "1-12"}, {"bf16": True}, {}),
+        (SINFO, {"gpus": 2}, {}, {}),
+        (
+            SINFO,
+            {},
+            {"bf16": True},
+            {"GPUs": "the profile sets bf16: True, which need CUDA, but pods.c.gpus is not set"},
+        ),
+        (SINFO, {"partition": "cpu"}, {}, {"partition": "partition cpu is down"}),
+        (
+            SINFO,
+            {"time": "3-00:00:00", "gpus": 8},
+            {},
+            {"time limit": "over partition gpu's limit of 2-00:00:00", "GPUs": "have at most 4"},
+        ),
+        ({"tool": ["sinfo /usr/bin/sinfo"]}, {}, {}, {"Slurm": "sbatch, squeue not found"}),
+        (
+            {**SINFO, "node": ["c1 cpu up infinite (null)"]},
+            {},
+            {},
+            {"partition": "pods.c.partition is not set and the cluster has no default"},
+        ),
+    ],
+)
 def test_preflight_checks_of_a_slurm_cluster(facts, pod, args, failed):
     from lora_style.training.slurm import slurm_checks
 
@@ -88,16 +125,34 @@ def test_preflight_checks_of_a_slurm_cluster(facts, pod, args, failed):
             assert failed[check.name] in check.detail and "pods.c." in check.fix, check
 
 
-@pytest.mark.parametrize("line,status,words", [
-    ("launched=1 alive=1 pid= rc= checkpoint= final=0 job=7 slurm=PENDING partition=gpu "
-     "reason=Resources", "running", "queued in partition gpu as Slurm job 7 (waiting: Resources)"),
-    ("launched=1 alive=0 pid=9 rc= checkpoint=20 final=0 job=7 slurm=TIMEOUT partition=gpu "
-     "reason=TimeLimit", "killed", "ended by Slurm: TIMEOUT (Slurm job 7)"),
-    ("launched=1 alive=0 pid=9 rc=1 checkpoint= final=0 job=7 slurm=FAILED partition=gpu "
-     "reason=NonZeroExitCode", "failed", "failed with exit status 1"),
-    ("launched=1 alive=0 pid= rc= checkpoint= final=0 job=7 slurm=FAILED partition=gpu "
-     "reason=-", "died", "slurm-7.out"),
-])
+@pytest.mark.parametrize(
+    "line,status,words",
+    [
+        (
+            "launched=1 alive=1 pid= rc= checkpoint= final=0 job=7 slurm=PENDING partition=gpu "
+            "reason=Resources",
+            "running",
+            "queued in partition gpu as Slurm job 7 (waiting: Resources)",
+        ),
+        (
+            "launched=1 alive=0 pid=9 rc= checkpoint=20 final=0 job=7 slurm=TIMEOUT partition=gpu "
+            "reason=TimeLimit",
+            "killed",
+            "ended by Slurm: TIMEOUT (Slurm job 7)",
+        ),
+        (
+            "launched=1 alive=0 pid=9 rc=1 checkpoint= final=0 job=7 slurm=FAILED partition=gpu "
+            "reason=NonZeroExitCode",
+            "failed",
+            "failed with exit status 1",
+        ),
+        (
+            "launched=1 alive=0 pid= rc= checkpoint= final=0 job=7 slurm=FAILED partition=gpu reason=-",
+            "died",
+            "slurm-7.out",
+        ),
+    ],
+)
 def test_slurm_run_states(line, status, words):
     state = run_state.parse_state({"dir": ["/w"], "run": [line]})
     assert state.status == status and words in state.describe()
@@ -122,16 +177,32 @@ def env_for(cluster) -> dict:
 
 
 def slurm_pod(tmp: Path, **extra) -> dict:
-    return {"executor": "slurm", "remote_dir": str(tmp / "cluster"), "partition": "debug",
-            "llamafactory_cli": str(LLAMAFACTORY_CLI), "poll_seconds": 1, **extra}
+    return {
+        "executor": "slurm",
+        "remote_dir": str(tmp / "cluster"),
+        "partition": "debug",
+        "llamafactory_cli": str(LLAMAFACTORY_CLI),
+        "poll_seconds": 1,
+        **extra,
+    }
 
 
 def style_config(tmp: Path, pod: dict, tiny_model: Path, **overrides) -> Path:
-    return write_config(tmp / "config.yaml", {
-        "runs": {"style": {"data": str(SAMPLE_DATA), "base_model": str(tiny_model),
-                           "profile": "tiny_cpu", "pod": "cluster", "overrides": overrides}},
-        "pods": {"cluster": pod},
-    })
+    return write_config(
+        tmp / "config.yaml",
+        {
+            "runs": {
+                "style": {
+                    "data": str(SAMPLE_DATA),
+                    "base_model": str(tiny_model),
+                    "profile": "tiny_cpu",
+                    "pod": "cluster",
+                    "overrides": overrides,
+                }
+            },
+            "pods": {"cluster": pod},
+        },
+    )
 
 
 def run_folder(tmp: Path) -> Path | None:
@@ -153,17 +224,34 @@ def logged_steps(run_dir: Path) -> list[int]:
 
 
 def checkpoints(run_dir: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "output").glob("checkpoint-*")
-                  if (p / "trainer_state.json").exists())
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in (run_dir / "output").glob("checkpoint-*")
+        if (p / "trainer_state.json").exists()
+    )
 
 
 def start_snakemake(work: Path, config: Path, name: str, env: dict) -> subprocess.Popen:
     """snakemake in its own process group, as in a terminal (Ctrl-C reaches all of it)."""
     out = open(work.parent / f"{name}.out", "w")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-           str(work), "--cores", "2", "--configfile", str(config), "--", ADAPTER]
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **env})
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        "--configfile",
+        str(config),
+        "--",
+        ADAPTER,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env}
+    )
 
 
 @pytest.mark.slow
@@ -173,21 +261,23 @@ def test_preflight_refuses_what_the_partition_cannot_run(tmp_path, cluster, tiny
     node has, and a time over the partition's limit, stop preflight."""
     work = tmp_path / "work"
     config = style_config(tmp_path, slurm_pod(tmp_path, partition="nosuch"), tiny_model)
-    proc = snakemake(work, "results/style/train/launch.json", configfile=config,
-                     env=env_for(cluster), check=False)
+    proc = snakemake(
+        work, "results/style/train/launch.json", configfile=config, env=env_for(cluster), check=False
+    )
     assert proc.returncode != 0
     assert "pods.cluster.partition 'nosuch' is not a partition of this cluster" in proc.stderr
     assert "this cluster has debug, short" in proc.stderr and "fix: set pods.cluster.partition" in proc.stderr
     assert "nothing was uploaded or launched" in proc.stderr
     assert not (tmp_path / "cluster").exists() or not any((tmp_path / "cluster").iterdir())
 
-    config = style_config(tmp_path, slurm_pod(tmp_path, partition="short", gpus=3, time="10"),
-                          tiny_model)
-    proc = snakemake(work, "results/style/train/preflight.json", configfile=config,
-                     env=env_for(cluster), check=False)
+    config = style_config(tmp_path, slurm_pod(tmp_path, partition="short", gpus=3, time="10"), tiny_model)
+    proc = snakemake(
+        work, "results/style/train/preflight.json", configfile=config, env=env_for(cluster), check=False
+    )
     assert proc.returncode != 0
-    assert ("pods.cluster.gpus is 3, but the nodes of partition short have at most 2 (gres: gpu:2)"
-            in proc.stderr), proc.stderr[-3000:]
+    assert (
+        "pods.cluster.gpus is 3, but the nodes of partition short have at most 2 (gres: gpu:2)" in proc.stderr
+    ), proc.stderr[-3000:]
     assert "pods.cluster.time 10 is over partition short's limit of 2:00" in proc.stderr
     assert not cluster.client("squeue", "-h").stdout.strip(), "no job was submitted"
 
@@ -220,8 +310,9 @@ def test_a_job_over_its_time_limit_is_submitted_again_and_finishes(tmp_path, clu
     env = env_for(cluster)
     work = tmp_path / "work"
     work.mkdir()
-    config = style_config(tmp_path, slurm_pod(tmp_path, time=1), tiny_model, max_steps=300,
-                          save_steps=20, eval_steps=20)
+    config = style_config(
+        tmp_path, slurm_pod(tmp_path, time=1), tiny_model, max_steps=300, save_steps=20, eval_steps=20
+    )
     proc = start_snakemake(work, config, "timeout", env)
 
     def job() -> str:
@@ -230,24 +321,32 @@ def test_a_job_over_its_time_limit_is_submitted_again_and_finishes(tmp_path, clu
 
     first = wait_until(job, 240, "the first job", proc)
     run_dir = run_folder(tmp_path)
-    wait_until(lambda: (run_dir / "output").is_dir() and checkpoints(run_dir)
-               and logged_steps(run_dir)[-1] % 20 >= 3, 240, "the first checkpoint", proc)
+    wait_until(
+        lambda: (
+            (run_dir / "output").is_dir() and checkpoints(run_dir) and logged_steps(run_dir)[-1] % 20 >= 3
+        ),
+        240,
+        "the first checkpoint",
+        proc,
+    )
     for pid in descendants(int((run_dir / "pid").read_text())):
         os.kill(pid, signal.SIGSTOP)
     paused_at = max(checkpoints(run_dir))
-    second = wait_until(lambda: job() not in ("", first) and job(), 300,
-                        "the job to be submitted again", proc)
+    second = wait_until(
+        lambda: job() not in ("", first) and job(), 300, "the job to be submitted again", proc
+    )
     cluster.client("scontrol", "update", f"JobId={second}", "TimeLimit=30")
     assert proc.wait(timeout=600) == 0, (work.parent / "timeout.out").read_text()[-3000:]
     launch = json.loads((work / "results/style/train/launch.json").read_text())
     assert launch["executor"] == "slurm" and launch["attempt"]["detach"] == "sbatch"
     assert launch["attempt"]["slurm_job"] == first
     log = (work / "logs/style/wait_training.log").read_text()
-    assert (f"ended by Slurm: TIMEOUT (Slurm job {first}) (newest checkpoint: "
-            f"checkpoint-{paused_at}): submitting it again") in log, log[-3000:]
+    assert (
+        f"ended by Slurm: TIMEOUT (Slurm job {first}) (newest checkpoint: "
+        f"checkpoint-{paused_at}): submitting it again"
+    ) in log, log[-3000:]
     assert [a["from_step"] for a in attempts(run_dir)] == [0, paused_at]
-    assert {p.name for p in run_dir.glob("slurm-*.out")} == {f"slurm-{first}.out",
-                                                             f"slurm-{second}.out"}
+    assert {p.name for p in run_dir.glob("slurm-*.out")} == {f"slurm-{first}.out", f"slurm-{second}.out"}
     steps = logged_steps(run_dir)
     assert steps.count(1) == 1 and steps[-1] == 300
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
@@ -260,19 +359,33 @@ def test_a_job_over_its_time_limit_is_submitted_again_and_finishes(tmp_path, clu
 @pytest.mark.slow
 @pytest.mark.pod
 def test_through_a_login_node_a_queued_job_is_attached_to_cancelled_and_resumed(
-        tmp_path, cluster, tiny_model):
+    tmp_path, cluster, tiny_model
+):
     """The test sshd is the cluster's login node. Another job holds the node's CPUs, so ours
     queues; Ctrl-C and a rerun attach to it (no second job); it runs; scancel stops it; the next
     call resumes it from its newest checkpoint and it trains to the end."""
     env = env_for(cluster)
     server = Sshd(tmp_path / "sshd", env=cluster.env).start()
-    blocker = cluster.client("sbatch", "--parsable", "-p", "debug", "-c", "2", "--output=/dev/null",
-                             "--job-name=blocker", "--wrap", "sleep 600").stdout.strip()
+    blocker = cluster.client(
+        "sbatch",
+        "--parsable",
+        "-p",
+        "debug",
+        "-c",
+        "2",
+        "--output=/dev/null",
+        "--job-name=blocker",
+        "--wrap",
+        "sleep 600",
+    ).stdout.strip()
     try:
-        pod = {**server.pod(tmp_path, LLAMAFACTORY_CLI), "executor": "slurm", "partition": "debug",
-               "remote_dir": str(tmp_path / "cluster")}
-        config = style_config(tmp_path, pod, tiny_model, max_steps=200, save_steps=20,
-                              eval_steps=20)
+        pod = {
+            **server.pod(tmp_path, LLAMAFACTORY_CLI),
+            "executor": "slurm",
+            "partition": "debug",
+            "remote_dir": str(tmp_path / "cluster"),
+        }
+        config = style_config(tmp_path, pod, tiny_model, max_steps=200, save_steps=20, eval_steps=20)
         work = tmp_path / "work"
         work.mkdir()
         wait_log = work / "logs/style/wait_training.log"
@@ -281,14 +394,21 @@ def test_through_a_login_node_a_queued_job_is_attached_to_cancelled_and_resumed(
             return wait_log.read_text() if wait_log.exists() else ""
 
         first = start_snakemake(work, config, "first", env)
-        wait_until(lambda: "queued in partition debug as Slurm job" in said(), 240,
-                   "the job to queue behind the blocker", first)
+        wait_until(
+            lambda: "queued in partition debug as Slurm job" in said(),
+            240,
+            "the job to queue behind the blocker",
+            first,
+        )
         run_dir = run_folder(tmp_path)
         job = (run_dir / "slurm_job").read_text().strip()
         assert cluster.job_state(job) == "PENDING"
-        wait_until(lambda: cluster.client("squeue", "-h", "-j", job, "-o", "%r").stdout.strip()
-                   == "Resources", 60, "Slurm to say why the job waits")
-        os.killpg(first.pid, signal.SIGINT)            # Ctrl-C while the job waits in the queue
+        wait_until(
+            lambda: cluster.client("squeue", "-h", "-j", job, "-o", "%r").stdout.strip() == "Resources",
+            60,
+            "Slurm to say why the job waits",
+        )
+        os.killpg(first.pid, signal.SIGINT)  # Ctrl-C while the job waits in the queue
         first.wait(timeout=60)
         assert first.returncode != 0 and cluster.job_state(job) == "PENDING"
 
@@ -297,10 +417,14 @@ def test_through_a_login_node_a_queued_job_is_attached_to_cancelled_and_resumed(
         wait_until(lambda: f"following {run_dir.name}" in said(), 120, "the rerun to attach", second)
         assert f"queued in partition debug as Slurm job {job}" in said()
         cluster.client("scancel", blocker)
-        wait_until(lambda: len(checkpoints(run_dir)) >= 2 and logged_steps(run_dir)[-1] % 20 >= 3,
-                   240, "two checkpoints", second)
+        wait_until(
+            lambda: len(checkpoints(run_dir)) >= 2 and logged_steps(run_dir)[-1] % 20 >= 3,
+            240,
+            "two checkpoints",
+            second,
+        )
         assert f"Slurm job {job} running in partition debug" in said()
-        cluster.client("scancel", job)                 # a person cancels the running job
+        cluster.client("scancel", job)  # a person cancels the running job
         last = max(checkpoints(run_dir))
         second.wait(timeout=120)
         out = (work.parent / "second.out").read_text()
@@ -312,8 +436,7 @@ def test_through_a_login_node_a_queued_job_is_attached_to_cancelled_and_resumed(
         assert "resuming" in proc.stderr
         resumed = (run_dir / "slurm_job").read_text().strip()
         assert resumed != job
-        assert {p.name for p in run_dir.glob("slurm-*.out")} == {f"slurm-{job}.out",
-                                                                  f"slurm-{resumed}.out"}
+        assert {p.name for p in run_dir.glob("slurm-*.out")} == {f"slurm-{job}.out", f"slurm-{resumed}.out"}
         assert [a["from_step"] for a in attempts(run_dir)] == [0, last]
         assert "Resuming training from checkpoint" in (run_dir / "train.log").read_text()
         steps = logged_steps(run_dir)
@@ -323,20 +446,24 @@ def test_through_a_login_node_a_queued_job_is_attached_to_cancelled_and_resumed(
         launch = json.loads((work / "results/style/train/launch.json").read_text())
         assert launch["executor"] == "slurm" and launch["attempt"]["slurm_job"] == job
         # What the laptop mirrored is the login node's train.log of both jobs.
-        assert (work / "logs/style/train_remote.log").read_bytes() == \
-            (run_dir / "train.log").read_bytes()
+        assert (work / "logs/style/train_remote.log").read_bytes() == (run_dir / "train.log").read_bytes()
     finally:
         cluster.client("scancel", blocker, check=False)
         server.stop()
 
 
-@pytest.mark.parametrize("pod,needle", [
-    ({"executor": "ssh", "host": "h", "partition": "gpu"},
-     "config: pods.runpod.executor: must be 'slurm' here, not 'ssh'"),
-    ({"executor": "slurm", "time": "12h"}, "config: pods.runpod.time: '12h'"),
-    ({"executor": "slurm", "gpus": 0}, "config: pods.runpod.gpus: 0"),
-    ({"executor": "slurm", "sbatch_args": "--account=abc"}, "config: pods.runpod.sbatch_args: "),
-])
+@pytest.mark.parametrize(
+    "pod,needle",
+    [
+        (
+            {"executor": "ssh", "host": "h", "partition": "gpu"},
+            "config: pods.runpod.executor: must be 'slurm' here, not 'ssh'",
+        ),
+        ({"executor": "slurm", "time": "12h"}, "config: pods.runpod.time: '12h'"),
+        ({"executor": "slurm", "gpus": 0}, "config: pods.runpod.gpus: 0"),
+        ({"executor": "slurm", "sbatch_args": "--account=abc"}, "config: pods.runpod.sbatch_args: "),
+    ],
+)
 def test_slurm_keys_are_checked_by_the_schema(tmp_path, pod, needle):
     over = write_config(tmp_path / "overlay.yaml", {"pods": {"runpod": pod}})
     proc = snakemake(tmp_path, "-n", configfile=over, check=False)
@@ -356,12 +483,27 @@ def test_two_nodes_train_one_run_under_torchrun(tmp_path_factory, tmp_path, tiny
         env = env_for(two)
         work = tmp_path / "work"
         work.mkdir()
-        config = style_config(tmp_path, slurm_pod(tmp_path, nodes=2, processes=1), tiny_model,
-                              max_steps=60, save_steps=10, eval_steps=10)
+        config = style_config(
+            tmp_path,
+            slurm_pod(tmp_path, nodes=2, processes=1),
+            tiny_model,
+            max_steps=60,
+            save_steps=10,
+            eval_steps=10,
+        )
         first = start_snakemake(work, config, "first", env)
-        run_dir = wait_until(lambda: (d := run_folder(tmp_path)) and (d / "output").is_dir()
-                             and checkpoints(d) and logged_steps(d)[-1] % 10 >= 3 and d, 300,
-                             "a checkpoint of the two-node training", first)
+        run_dir = wait_until(
+            lambda: (
+                (d := run_folder(tmp_path))
+                and (d / "output").is_dir()
+                and checkpoints(d)
+                and logged_steps(d)[-1] % 10 >= 3
+                and d
+            ),
+            300,
+            "a checkpoint of the two-node training",
+            first,
+        )
         job = (run_dir / "slurm_job").read_text().strip()
         two.client("scancel", job)
         last = max(checkpoints(run_dir))

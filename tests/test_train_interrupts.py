@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers.sshd import style_run_config
 from helpers.workflow import LLAMAFACTORY_CLI, REPO, snakemake, wait_until
 
@@ -29,8 +30,21 @@ ADAPTER = "lora_adapters/style_peft"
 def start_snakemake(work: Path, config: Path, name: str) -> subprocess.Popen:
     """snakemake in its own process group, as in a terminal (so Ctrl-C reaches all of it)."""
     out = open(work.parent / f"{name}.out", "w")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-           str(work), "--cores", "2", "--configfile", str(config), "--", ADAPTER]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        "--configfile",
+        str(config),
+        "--",
+        ADAPTER,
+    ]
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -39,7 +53,11 @@ def output_of(work: Path, name: str) -> str:
 
 
 def run_dir_of(tmp: Path) -> Path | None:
-    found = [p for p in (tmp / "pod").glob("style-*") if (p / "run.sh").exists()] if (tmp / "pod").exists() else []
+    found = (
+        [p for p in (tmp / "pod").glob("style-*") if (p / "run.sh").exists()]
+        if (tmp / "pod").exists()
+        else []
+    )
     return found[0] if found else None
 
 
@@ -71,11 +89,15 @@ def alive(pid: int) -> bool:
 
 
 def complete_checkpoints(run_dir: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "output").glob("checkpoint-*")
-                  if (p / "trainer_state.json").exists())
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in (run_dir / "output").glob("checkpoint-*")
+        if (p / "trainer_state.json").exists()
+    )
 
 
 # ------------------------------------------- Ctrl-C of the local snakemake, then an sshd outage
+
 
 @pytest.fixture(scope="module")
 def followed(tmp_path_factory, sshd, tiny_model):
@@ -83,37 +105,47 @@ def followed(tmp_path_factory, sshd, tiny_model):
     tmp = tmp_path_factory.mktemp("follow")
     work = tmp / "work"
     work.mkdir()
-    config = style_run_config(tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, max_steps=1200, save_steps=100, eval_steps=100)
+    config = style_run_config(
+        tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, max_steps=1200, save_steps=100, eval_steps=100
+    )
     seen: dict = {}
 
     first = start_snakemake(work, config, "first")
-    run_dir = wait_until(lambda: (d := run_dir_of(tmp)) and newest_step(d) >= 50 and d, 240,
-                         "training to reach step 50", first)
+    run_dir = wait_until(
+        lambda: (d := run_dir_of(tmp)) and newest_step(d) >= 50 and d, 240, "training to reach step 50", first
+    )
     seen["pid"] = int((run_dir / "pid").read_text())
-    os.killpg(first.pid, signal.SIGINT)            # Ctrl-C in the terminal
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in the terminal
     first.wait(timeout=60)
     seen["first_rc"] = first.returncode
     seen["step_at_interrupt"] = newest_step(run_dir)
     seen["alive_after_interrupt"] = alive(seen["pid"])
-    wait_until(lambda: newest_step(run_dir) >= seen["step_at_interrupt"] + 10, 60,
-               "training to go on without snakemake")
+    wait_until(
+        lambda: newest_step(run_dir) >= seen["step_at_interrupt"] + 10,
+        60,
+        "training to go on without snakemake",
+    )
 
     wait_log = work / "logs/style/wait_training.log"
-    wait_log.unlink(missing_ok=True)               # (snakemake starts a job's log anew anyway)
+    wait_log.unlink(missing_ok=True)  # (snakemake starts a job's log anew anyway)
     second = start_snakemake(work, config, "second")
 
     def new_wait_log() -> str:
         return wait_log.read_text() if wait_log.exists() else ""
 
-    wait_until(lambda: "following" in new_wait_log() and " step " in new_wait_log().split("following", 1)[1],
-               120, "the second snakemake to follow the training", second)
+    wait_until(
+        lambda: "following" in new_wait_log() and " step " in new_wait_log().split("following", 1)[1],
+        120,
+        "the second snakemake to follow the training",
+        second,
+    )
     seen["reattach_log"] = new_wait_log()
     seen["step_at_reattach"] = newest_step(run_dir)
-    sshd.stop()                                    # the pod's sshd goes away ...
+    sshd.stop()  # the pod's sshd goes away ...
     outage_start = newest_step(run_dir)
     time.sleep(6)
     seen["steps_during_outage"] = newest_step(run_dir) - outage_start
-    sshd.start()                                   # ... and comes back
+    sshd.start()  # ... and comes back
     second.wait(timeout=300)
     seen["second_rc"] = second.returncode
     seen["second_out"] = output_of(work, "second")
@@ -145,15 +177,32 @@ def test_sshd_outage_during_wait_is_ridden_out(followed):
 
 # ------------------------------------------------------ the training killed on the pod, resumed
 
+
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, sshd, tiny_model):
     work = tmp_path / "work"
     work.mkdir()
-    config = style_run_config(tmp_path, sshd.pod(tmp_path, LLAMAFACTORY_CLI), tiny_model, max_steps=300, save_steps=25, eval_steps=25)
+    config = style_run_config(
+        tmp_path,
+        sshd.pod(tmp_path, LLAMAFACTORY_CLI),
+        tiny_model,
+        max_steps=300,
+        save_steps=25,
+        eval_steps=25,
+    )
     first = start_snakemake(work, config, "first")
-    run_dir = wait_until(lambda: (d := run_dir_of(tmp_path)) and len(complete_checkpoints(d)) >= 2
-                         and newest_step(d) % 25 >= 3 and d, 240, "two checkpoints", first)
+    run_dir = wait_until(
+        lambda: (
+            (d := run_dir_of(tmp_path))
+            and len(complete_checkpoints(d)) >= 2
+            and newest_step(d) % 25 >= 3
+            and d
+        ),
+        240,
+        "two checkpoints",
+        first,
+    )
     pid = int((run_dir / "pid").read_text())
-    os.killpg(os.getpgid(pid), signal.SIGKILL)     # the pod's process dies (as in a pod restart)
+    os.killpg(os.getpgid(pid), signal.SIGKILL)  # the pod's process dies (as in a pod restart)
     last = max(complete_checkpoints(run_dir))
     killed_at = newest_step(run_dir)
     assert killed_at < 300
@@ -168,7 +217,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, sshd, tiny_m
     assert "resuming" in proc.stderr
     attempts = (run_dir / "attempts.log").read_text().splitlines()
     assert [a.split()[0] for a in attempts if a.startswith("start")] == ["start", "start"]
-    assert attempts[-2].split()[-1] == str(last)   # the second attempt started from checkpoint-<last>
+    assert attempts[-2].split()[-1] == str(last)  # the second attempt started from checkpoint-<last>
     log = (run_dir / "train.log").read_text()
     # transformers' own account of where it went on:
     assert "Resuming training from checkpoint with epoch" in log
@@ -176,7 +225,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, sshd, tiny_m
     steps = logged_steps(run_dir)
     restart = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
     assert steps.count(1) == 1, "training never went back to step 0"
-    if restart:                                    # steps logged after the checkpoint are redone
+    if restart:  # steps logged after the checkpoint are redone
         assert steps[restart[0]] == last + 1
     assert steps[-1] == 300
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())

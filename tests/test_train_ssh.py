@@ -11,14 +11,20 @@ import json
 from pathlib import Path
 
 import pytest
+
 from helpers.sshd import style_run_config
 from helpers.workflow import LLAMAFACTORY_CLI, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
 ADAPTER = "lora_adapters/style_peft"
-ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json", "trainer_state.json",
-                 "trainer_log.jsonl", "training_summary.json"}
+ADAPTER_FILES = {
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "trainer_state.json",
+    "trainer_log.jsonl",
+    "training_summary.json",
+}
 
 
 def sha256(path: Path) -> str:
@@ -38,8 +44,14 @@ def trained(tmp_path_factory, sshd, tiny_model):
     work = tmp / "work"
     proc = snakemake(work, ADAPTER, "results/style/train/loss.svg", configfile=config)
     launch = json.loads((work / "results/style/train/launch.json").read_text())
-    return {"tmp": tmp, "work": work, "config": config, "proc": proc, "launch": launch,
-            "run_dir": tmp / "pod" / launch["run_id"]}
+    return {
+        "tmp": tmp,
+        "work": work,
+        "config": config,
+        "proc": proc,
+        "launch": launch,
+        "run_dir": tmp / "pod" / launch["run_id"],
+    }
 
 
 def test_full_run_produces_a_peft_adapter_that_differs_from_the_base(trained, tiny_model):
@@ -71,16 +83,19 @@ def test_full_run_produces_a_peft_adapter_that_differs_from_the_base(trained, ti
     assert (trained["work"] / "results/style/train/loss.svg").read_text().startswith("<svg")
     assert "step 20/20" in (trained["work"] / "logs/style/wait_training.log").read_text()
     # The remote log is mirrored locally, byte for byte.
-    assert (trained["work"] / "logs/style/train_remote.log").read_bytes() == \
-        (trained["run_dir"] / "train.log").read_bytes()
+    assert (trained["work"] / "logs/style/train_remote.log").read_bytes() == (
+        trained["run_dir"] / "train.log"
+    ).read_bytes()
 
 
 def test_fetched_files_match_the_pods_sha256_and_no_optimizer_state(trained):
     adapter = trained["work"] / ADAPTER
     summary = json.loads((adapter / "training_summary.json").read_text())
     chosen = trained["run_dir"] / "output" / f"checkpoint-{summary['best_step']}"
-    on_pod = {name: chosen / name for name in ("adapter_model.safetensors", "adapter_config.json",
-                                                "trainer_state.json")}
+    on_pod = {
+        name: chosen / name
+        for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json")
+    }
     on_pod["trainer_log.jsonl"] = trained["run_dir"] / "output" / "trainer_log.jsonl"
     for name, remote in on_pod.items():
         assert sha256(adapter / name) == sha256(remote) == summary["sha256"][name], name
@@ -122,10 +137,25 @@ def test_an_edit_to_the_executor_code_retrains_nothing(trained):
     for script in ("remote_train.py", "executor.py", "preflight.py", "best_checkpoint.py"):
         with open(copy / "scripts" / script, "a") as handle:
             handle.write("\n# an edit that changes no output\n")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(copy / "Snakefile"),
-                           "--directory", str(trained["work"]), "--cores", "1", "-n",
-                           f"--configfile={trained['config']}", "--", ADAPTER],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(copy / "Snakefile"),
+            "--directory",
+            str(trained["work"]),
+            "--cores",
+            "1",
+            "-n",
+            f"--configfile={trained['config']}",
+            "--",
+            ADAPTER,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
 
@@ -141,18 +171,25 @@ def test_resubmitting_the_same_inputs_attaches_instead_of_training_again(trained
 
 # ------------------------------------------------------------------------- preflight failures
 
+
 @pytest.fixture(scope="module")
 def preflight_work(tmp_path_factory, sshd, tiny_model):
     """A workdir whose data stage is built, to try broken pods on."""
     tmp = tmp_path_factory.mktemp("preflight")
     config = style_run_config(tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model)
-    snakemake(tmp / "work", "results/style/llamafactory/train.yaml", "results/style/data/train.jsonl",
-              "results/style/llamafactory/dataset_info.json", configfile=config)
+    snakemake(
+        tmp / "work",
+        "results/style/llamafactory/train.yaml",
+        "results/style/data/train.jsonl",
+        "results/style/llamafactory/dataset_info.json",
+        configfile=config,
+    )
     return tmp
 
 
 def _unreachable(sshd, tmp):
     from helpers.sshd import free_port
+
     return sshd.pod(tmp, LLAMAFACTORY_CLI, port=free_port()), {}
 
 
@@ -178,15 +215,21 @@ def _changed_host_key(sshd, tmp):
     return sshd.pod(tmp, LLAMAFACTORY_CLI, known_hosts=str(known)), {}
 
 
-@pytest.mark.parametrize("broken,message", [
-    (_unreachable, "the pod does not answer"),
-    (_wrong_key, "the pod refused the key"),
-    (_missing_cli, "llamafactory-cli: not found on the pod"),
-    (_bf16_on_cpu, "no NVIDIA GPU (nvidia-smi not found), but the profile sets bf16: True"),
-    (_changed_host_key, "host key is not the one remembered"),
-    (_deepspeed_not_installed, "deepspeed: does not import (ModuleNotFoundError: No module named "
-                               "'deepspeed'), but deepspeed: deepspeed/ds_z2.json needs deepspeed>="),
-])
+@pytest.mark.parametrize(
+    "broken,message",
+    [
+        (_unreachable, "the pod does not answer"),
+        (_wrong_key, "the pod refused the key"),
+        (_missing_cli, "llamafactory-cli: not found on the pod"),
+        (_bf16_on_cpu, "no NVIDIA GPU (nvidia-smi not found), but the profile sets bf16: True"),
+        (_changed_host_key, "host key is not the one remembered"),
+        (
+            _deepspeed_not_installed,
+            "deepspeed: does not import (ModuleNotFoundError: No module named "
+            "'deepspeed'), but deepspeed: deepspeed/ds_z2.json needs deepspeed>=",
+        ),
+    ],
+)
 def test_preflight_failures_launch_nothing(preflight_work, sshd, tiny_model, broken, message):
     tmp = preflight_work
     pod, overrides = broken(sshd, tmp)

@@ -31,10 +31,27 @@ def test_metadata_names_the_missing_training_summary(tmp_path):
     peft = tmp_path / "peft"
     peft.mkdir()
     out = tmp_path / "mlx" / "metadata.json"
-    proc = run_script("lora_style.mlx.metadata", "--run", "r", "--base-model", "models/b-4bit-mlx",
-                      "--base-model-id", "org/b", "--lora-rank", "8", "--lora-alpha", "32",
-                      "--template", "qwen", "--validation", tmp_path / "validation.json",
-                      "--peft", peft, "--output", out)
+    proc = run_script(
+        "lora_style.mlx.metadata",
+        "--run",
+        "r",
+        "--base-model",
+        "models/b-4bit-mlx",
+        "--base-model-id",
+        "org/b",
+        "--lora-rank",
+        "8",
+        "--lora-alpha",
+        "32",
+        "--template",
+        "qwen",
+        "--validation",
+        tmp_path / "validation.json",
+        "--peft",
+        peft,
+        "--output",
+        out,
+    )
     assert_clean_error(proc, "training_summary.json: missing (written by the training stage)")
     assert not out.exists()
 

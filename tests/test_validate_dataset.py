@@ -8,6 +8,7 @@ import re
 import shutil
 
 import pytest
+
 from helpers.workflow import SAMPLE_DATA, run_script
 
 GOOD = {"instruction": "Rewrite in Lovecraft's style.", "input": "A cellar.", "output": "Nameless."}
@@ -22,8 +23,7 @@ def validate(tmp_path, content: bytes, *extra, env: dict | None = None):
     src.parent.mkdir(parents=True, exist_ok=True)
     src.write_bytes(content)
     out, report = tmp_path / "out" / "train.jsonl", tmp_path / "out" / "validation.json"
-    proc = run_script("validate_dataset.py", src, "--output", out, "--report", report, *extra,
-                      env=env)
+    proc = run_script("validate_dataset.py", src, "--output", out, "--report", report, *extra, env=env)
     return proc, src, out, report
 
 
@@ -70,12 +70,19 @@ def test_extra_keys_are_dropped_and_counted(tmp_path):
 
 
 def test_invalid_json_names_line_and_column(tmp_path):
-    assert_rejected(tmp_path, line(GOOD) + b'{"instruction": "a", "input": "b",\n', 2,
-                    "invalid JSON at column", "one complete JSON object")
+    assert_rejected(
+        tmp_path,
+        line(GOOD) + b'{"instruction": "a", "input": "b",\n',
+        2,
+        "invalid JSON at column",
+        "one complete JSON object",
+    )
 
 
 def test_line_that_is_not_an_object(tmp_path):
-    assert_rejected(tmp_path, line(GOOD) + b'["a", "b", "c"]\n' + b'"text"\n', 2, "an array, not a JSON object")
+    assert_rejected(
+        tmp_path, line(GOOD) + b'["a", "b", "c"]\n' + b'"text"\n', 2, "an array, not a JSON object"
+    )
     assert_rejected(tmp_path, line(GOOD) + b'"text"\n', 2, "a string, not a JSON object")
 
 
@@ -96,11 +103,12 @@ def test_missing_input_hint_says_empty_string(tmp_path):
     assert_rejected(tmp_path, line(obj), 1, 'use "" for an empty input')
 
 
-@pytest.mark.parametrize("value,kind", [(3, "a number"), (None, "null"), (["x"], "an array"),
-                                        ({"a": 1}, "an object"), (True, "true/false")])
+@pytest.mark.parametrize(
+    "value,kind",
+    [(3, "a number"), (None, "null"), (["x"], "an array"), ({"a": 1}, "an object"), (True, "true/false")],
+)
 def test_non_string_field(tmp_path, value, kind):
-    assert_rejected(tmp_path, line({**GOOD, "output": value}), 1,
-                    f'field "output" is {kind}, not a string')
+    assert_rejected(tmp_path, line({**GOOD, "output": value}), 1, f'field "output" is {kind}, not a string')
 
 
 def test_blank_output(tmp_path):
@@ -108,8 +116,12 @@ def test_blank_output(tmp_path):
 
 
 def test_blank_prompt(tmp_path):
-    assert_rejected(tmp_path, line({**GOOD, "instruction": "", "input": " "}), 1,
-                    '"instruction" and "input" are both blank')
+    assert_rejected(
+        tmp_path,
+        line({**GOOD, "instruction": "", "input": " "}),
+        1,
+        '"instruction" and "input" are both blank',
+    )
 
 
 def test_empty_input_with_instruction_is_fine(tmp_path):
@@ -124,8 +136,9 @@ def test_invalid_utf8(tmp_path):
 
 def test_an_escaped_lone_surrogate_is_named_not_a_traceback(tmp_path):
     bad = b'{"instruction": "ok", "input": "", "output": "half a pair: \\ud800"}\n'
-    assert_rejected(tmp_path, line(GOOD) + bad, 2, 'field "output" holds a lone surrogate',
-                    "\\ud800", "fix the escape")
+    assert_rejected(
+        tmp_path, line(GOOD) + bad, 2, 'field "output" holds a lone surrogate', "\\ud800", "fix the escape"
+    )
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n", b"\xef\xbb\xbf\r\n"])
@@ -153,16 +166,18 @@ def test_a_failed_run_removes_stale_outputs(tmp_path):
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    proc = run_script("validate_dataset.py", tmp_path / "nope.jsonl", "--output", tmp_path / "o",
-                      "--report", tmp_path / "r")
+    proc = run_script(
+        "validate_dataset.py", tmp_path / "nope.jsonl", "--output", tmp_path / "o", "--report", tmp_path / "r"
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "cannot read the file" in proc.stderr and "data:" in proc.stderr
 
 
 def test_token_counts_and_cutoff_len_with_a_tokenizer(tmp_path, tiny_model):
     long = {**GOOD, "output": "eldritch " * 200}
-    proc, _, out, report = validate(tmp_path, line(GOOD) + line(long),
-                                    "--tokenizer", tiny_model, "--cutoff-len", "100")
+    proc, _, out, report = validate(
+        tmp_path, line(GOOD) + line(long), "--tokenizer", tiny_model, "--cutoff-len", "100"
+    )
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(report.read_text())
     assert stats["cutoff_len"] == 100
@@ -208,14 +223,22 @@ def cache_tokenizer(tmp_path, repo_id: str, tiny_model) -> None:
 
 
 def test_a_hub_model_without_the_hub_gives_character_counts_and_says_why(tmp_path):
-    proc, _, out, report = validate(tmp_path, SAMPLE_DATA.read_bytes(), "--tokenizer",
-                                    "Qwen/Qwen2.5-32B", "--cutoff-len", "2048",
-                                    env=hub_env(tmp_path))
+    proc, _, out, report = validate(
+        tmp_path,
+        SAMPLE_DATA.read_bytes(),
+        "--tokenizer",
+        "Qwen/Qwen2.5-32B",
+        "--cutoff-len",
+        "2048",
+        env=hub_env(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(report.read_text())
     assert stats["tokens"]["counted"] is False
-    assert "HF_HUB_OFFLINE is set and Qwen/Qwen2.5-32B is not in the Hugging Face cache" in \
-        stats["tokens"]["why"]
+    assert (
+        "HF_HUB_OFFLINE is set and Qwen/Qwen2.5-32B is not in the Hugging Face cache"
+        in stats["tokens"]["why"]
+    )
     assert "over_cutoff_len" not in stats and stats["cutoff_len"] == 2048
     assert stats["chars"]["output"]["max"] > 0 and out.exists()
     assert "warning: no token counts: HF_HUB_OFFLINE is set" in proc.stderr
@@ -225,20 +248,27 @@ def test_a_hub_model_without_the_hub_gives_character_counts_and_says_why(tmp_pat
 def test_an_unreachable_hub_is_no_reason_to_stop(tmp_path):
     """The hub's address answers nothing (a closed port here): the report says so."""
     env = hub_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
-    proc, _, _, report = validate(tmp_path, SAMPLE_DATA.read_bytes(), "--tokenizer", "acme/tiny",
-                                  env=env)
+    proc, _, _, report = validate(tmp_path, SAMPLE_DATA.read_bytes(), "--tokenizer", "acme/tiny", env=env)
     assert proc.returncode == 0, proc.stderr
     why = json.loads(report.read_text())["tokens"]["why"]
-    assert why.startswith("the Hugging Face hub cannot be reached (no network?) and acme/tiny is "
-                          "not in the Hugging Face cache"), why
+    assert why.startswith(
+        "the Hugging Face hub cannot be reached (no network?) and acme/tiny is not in the Hugging Face cache"
+    ), why
 
 
 def test_a_hub_models_cached_tokenizer_counts_tokens_as_a_local_one(tmp_path, tiny_model):
     cache_tokenizer(tmp_path, "acme/tiny", tiny_model)
     counts = {}
     for name, tokenizer in {"hub": "acme/tiny", "local": str(tiny_model)}.items():
-        proc, _, _, report = validate(tmp_path / name, SAMPLE_DATA.read_bytes(), "--tokenizer",
-                                      tokenizer, "--cutoff-len", "300", env=hub_env(tmp_path))
+        proc, _, _, report = validate(
+            tmp_path / name,
+            SAMPLE_DATA.read_bytes(),
+            "--tokenizer",
+            tokenizer,
+            "--cutoff-len",
+            "300",
+            env=hub_env(tmp_path),
+        )
         assert proc.returncode == 0, proc.stderr
         counts[name] = json.loads(report.read_text())
     assert counts["hub"]["tokens"]["tokenizer"] == "acme/tiny"
@@ -249,6 +279,7 @@ def test_a_hub_models_cached_tokenizer_counts_tokens_as_a_local_one(tmp_path, ti
 
 
 # ---------------------------------------------- one streaming pass (make bench: performance rows)
+
 
 def _jsonschema_messages(obj: dict) -> list[str]:
     """The messages the validator gave when it checked each line with jsonschema (before the
@@ -266,8 +297,10 @@ def _jsonschema_messages(obj: dict) -> list[str]:
                 messages.append(f'missing field "{name}"; add "{name}": "..."{hint}')
         elif error.validator == "type":
             name = error.path[0]
-            messages.append(f'field "{name}" is {describe(error.instance)}, not a string; '
-                            f'write it as a JSON string ("{name}": "...")')
+            messages.append(
+                f'field "{name}" is {describe(error.instance)}, not a string; '
+                f'write it as a JSON string ("{name}": "...")'
+            )
     return list(dict.fromkeys(messages))
 
 
@@ -291,20 +324,25 @@ def test_plain_type_checks_are_the_schemas_rule_with_its_messages():
         if expected:
             assert example is None and messages == expected, obj
         checked += 1
-    assert checked == 9 ** 3
+    assert checked == 9**3
 
 
 def test_a_valid_file_is_written_byte_for_byte_as_before(tmp_path):
     """The normalised copy: keys in field order, extra keys dropped, non-ASCII kept, one LF."""
-    rows = [{"output": "é \"q\"", "input": "", "instruction": "a\\b", "x": 1},
-            {"instruction": "中文", "input": "\u00e9", "output": "😀"}]
+    rows = [
+        {"output": 'é "q"', "input": "", "instruction": "a\\b", "x": 1},
+        {"instruction": "中文", "input": "\u00e9", "output": "😀"},
+    ]
     content = b"".join(line(r) for r in rows)
     proc, _, out, report = validate(tmp_path, content)
     assert proc.returncode == 0, proc.stderr
-    expected = "".join(json.dumps({k: r[k] for k in ("instruction", "input", "output")},
-                                  ensure_ascii=False) + "\n" for r in rows).encode()
+    expected = "".join(
+        json.dumps({k: r[k] for k in ("instruction", "input", "output")}, ensure_ascii=False) + "\n"
+        for r in rows
+    ).encode()
     assert out.read_bytes() == expected
     import hashlib
+
     assert json.loads(report.read_text())["sha256"] == hashlib.sha256(expected).hexdigest()
 
 
@@ -320,12 +358,15 @@ def peak_rss_mib(args: list) -> float:
 
     from helpers.workflow import SCRIPTS
 
-    probe = ("import re, sys; import lora_style.data.validate as v;"
-             "code = v.main(sys.argv[2:]);"
-             "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024);"
-             "sys.exit(code)")
-    proc = subprocess.run([sys.executable, "-c", probe, str(SCRIPTS), *map(str, args)],
-                          capture_output=True, text=True)
+    probe = (
+        "import re, sys; import lora_style.data.validate as v;"
+        "code = v.main(sys.argv[2:]);"
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024);"
+        "sys.exit(code)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(SCRIPTS), *map(str, args)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     return float(proc.stdout.strip().splitlines()[-1])
 
@@ -334,9 +375,12 @@ def test_memory_is_flat_in_the_files_size(tmp_path):
     """Streamed: 40 MB of data costs about what 1 MB does (the whole file used to be in memory
     several times over)."""
     small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+
     def rows(count: int) -> bytes:  # distinct examples: duplicates are listed in the report
-        return b"".join(line({**GOOD, "output": f"{i}: " + "Nameless things in the cellar. " * 20})
-                        for i in range(count))
+        return b"".join(
+            line({**GOOD, "output": f"{i}: " + "Nameless things in the cellar. " * 20}) for i in range(count)
+        )
+
     small.write_bytes(rows(1_000))
     big.write_bytes(rows(60_000))
     assert big.stat().st_size > 40e6
@@ -355,8 +399,19 @@ def test_a_huge_line_is_counted_to_cutoff_len_not_tokenised_whole(tmp_path, tiny
     src = tmp_path / "huge.jsonl"
     src.write_bytes(content)
     out = tmp_path / "out"
-    peak = peak_rss_mib([src, "--output", out / "t.jsonl", "--report", out / "r.json",
-                         "--tokenizer", tiny_model, "--cutoff-len", "100"])
+    peak = peak_rss_mib(
+        [
+            src,
+            "--output",
+            out / "t.jsonl",
+            "--report",
+            out / "r.json",
+            "--tokenizer",
+            tiny_model,
+            "--cutoff-len",
+            "100",
+        ]
+    )
     stats = json.loads((out / "r.json").read_text())
     assert stats["over_cutoff_len_lines"] == [2] and stats["duplicates"] == 1
     assert stats["tokens"]["counted_to_cutoff_lines"] == [2]
@@ -371,8 +426,10 @@ def test_counting_a_long_example_in_chunks_gives_the_whole_count(tiny_model, mon
     from lora_style.data import token_counts
     from lora_style.data.token_counts import token_lengths
 
-    examples = [{**GOOD, "output": "The eldritch cellar, 1928: nameless  things... " * 300},
-                {**GOOD, "output": "x" * 5000 + " y"}]  # a chunk with no gap between words
+    examples = [
+        {**GOOD, "output": "The eldritch cellar, 1928: nameless  things... " * 300},
+        {**GOOD, "output": "x" * 5000 + " y"},
+    ]  # a chunk with no gap between words
     whole = token_lengths(examples, str(tiny_model))
     monkeypatch.setattr(token_counts, "CHUNK_CHARS", 1000)
     assert token_lengths(examples, str(tiny_model)) == whole

@@ -57,7 +57,7 @@ GUIDE_TOKENS_PER_S = GUIDE_STEPS_PER_MIN * GUIDE_TOKENS_PER_STEP / 60
 # rest of the profile runs there as it is: bitsandbytes 0.50 quantises to NF4 on a CPU too, bf16
 # is the CPU's autocast, and paged_adamw_32bit falls back to unpaged AdamW (it warns).
 CPU_OVERRIDES = {"use_cpu": True}
-WARMUP_STEPS = 2   # first steps (kernel selection, allocator growth), left out of the medians
+WARMUP_STEPS = 2  # first steps (kernel selection, allocator growth), left out of the medians
 
 
 def say(text: str) -> None:
@@ -97,10 +97,15 @@ def step_figures(records: list[dict]) -> dict:
         values = [r[key] for r in records if r.get(key) is not None]
         if values:
             peaks[key] = max(values)
-    return {"steps": len(steps), "step_s": seconds, "tokens_per_step": tokens,
-            "real_tokens_per_step": statistics.median(real) if real else None,
-            "tokens_per_s": tokens / seconds if seconds and tokens else None,
-            "steps_per_min": 60 / seconds if seconds else None, **peaks}
+    return {
+        "steps": len(steps),
+        "step_s": seconds,
+        "tokens_per_step": tokens,
+        "real_tokens_per_step": statistics.median(real) if real else None,
+        "tokens_per_s": tokens / seconds if seconds and tokens else None,
+        "steps_per_min": 60 / seconds if seconds else None,
+        **peaks,
+    }
 
 
 def nvidia_smi_peak(csv_path: Path) -> float | None:
@@ -124,18 +129,25 @@ def make_data(path: Path, tokens: int, seed: int = 0) -> int:
     import random
 
     rng = random.Random(seed)
-    words = sorted({w for text in corpus_texts([str(ROOT / "data/training/lovecraft/train_sft.jsonl")])
-                    for w in text.split()})
+    words = sorted(
+        {
+            w
+            for text in corpus_texts([str(ROOT / "data/training/lovecraft/train_sft.jsonl")])
+            for w in text.split()
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     count = written = 0
     with path.open("w", encoding="utf-8") as f:
         while written < tokens:
             length = rng.randint(300, 900)
-            example = {"instruction": "Rewrite the following passage in the style of H. P. Lovecraft.",
-                       "input": " ".join(rng.choices(words, k=40)),
-                       "output": " ".join(rng.choices(words, k=length))}
+            example = {
+                "instruction": "Rewrite the following passage in the style of H. P. Lovecraft.",
+                "input": " ".join(rng.choices(words, k=40)),
+                "output": " ".join(rng.choices(words, k=length)),
+            }
             f.write(json.dumps(example) + "\n")
-            written += length + 40 + 30   # the template's tokens, roughly
+            written += length + 40 + 30  # the template's tokens, roughly
             count += 1
     return count
 
@@ -145,8 +157,12 @@ def make_data(path: Path, tokens: int, seed: int = 0) -> int:
 
 def build_args(model_dir: Path, steps: int, every: int, cpu: bool) -> dict:
     """The run's training arguments, as the graph builds them: the profile plus overrides."""
-    overrides = {"max_steps": steps, "eval_steps": every, "save_steps": every,
-                 **(CPU_OVERRIDES if cpu else {})}
+    overrides = {
+        "max_steps": steps,
+        "eval_steps": every,
+        "save_steps": every,
+        **(CPU_OVERRIDES if cpu else {}),
+    }
     return train_args(RUN, {"profile": PROFILE, "base_model": str(model_dir), "overrides": overrides})
 
 
@@ -158,9 +174,17 @@ class Sampler:
         if shutil.which("nvidia-smi"):
             self.file = csv_path.open("w")
             self.proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=timestamp,index,memory.used,memory.total,"
-                 "utilization.gpu,power.draw,clocks.sm", "--format=csv,nounits", "-lms", "500"],
-                stdout=self.file, stderr=subprocess.STDOUT)
+                [
+                    "nvidia-smi",
+                    "--query-gpu=timestamp,index,memory.used,memory.total,"
+                    "utilization.gpu,power.draw,clocks.sm",
+                    "--format=csv,nounits",
+                    "-lms",
+                    "500",
+                ],
+                stdout=self.file,
+                stderr=subprocess.STDOUT,
+            )
 
     def stop(self) -> None:
         if self.proc:
@@ -175,16 +199,31 @@ def run_blocks(blocks: int, ns, work: Path, logs: Path, data: Path, examples: in
     shutil.rmtree(model_dir, ignore_errors=True)
     say(f"\n== {blocks} blocks: building the model on {ns.device}")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(HERE / "make_model.py"), "--blocks", str(blocks),
-                           "--output", str(model_dir), "--device", ns.device,
-                           "--shrink", str(ns.shrink)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "make_model.py"),
+            "--blocks",
+            str(blocks),
+            "--output",
+            str(model_dir),
+            "--device",
+            ns.device,
+            "--shrink",
+            str(ns.shrink),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         say(proc.stdout + proc.stderr)
         raise SystemExit(f"error: make_model.py failed for {blocks} blocks")
     result["model"] = json.loads(proc.stdout.strip().splitlines()[-1])
     result["model_s"] = round(time.monotonic() - t0, 1)
-    say(f"   {result['model']['params'] / 1e6:,.0f} M parameters, "
-        f"{result['model']['bytes_on_disk'] / GB:.1f} GB on disk, {result['model_s']} s")
+    say(
+        f"   {result['model']['params'] / 1e6:,.0f} M parameters, "
+        f"{result['model']['bytes_on_disk'] / GB:.1f} GB on disk, {result['model_s']} s"
+    )
 
     # The run's files, as the graph writes them, and its folder, as launch.py stages it.
     args = build_args(model_dir, ns.steps, ns.every, ns.cpu)
@@ -193,11 +232,16 @@ def run_blocks(blocks: int, ns, work: Path, logs: Path, data: Path, examples: in
     write_yaml(args, str(inputs / "train.yaml"))
     (inputs / "dataset_info.json").write_text(json.dumps(dataset_info(RUN), indent=2))
     shutil.copy(inputs / "train.yaml", logs / f"train-{blocks}.yaml")
-    settings = {"name": "gpucheck", "executor": "local", "remote_dir": str(work / "pod"),
-                "llamafactory_cli": ns.cli}
+    settings = {
+        "name": "gpucheck",
+        "executor": "local",
+        "remote_dir": str(work / "pod"),
+        "llamafactory_cli": ns.cli,
+    }
     ex = LocalExecutor(settings, work)
-    files = launch.RunFiles.load(RUN, str(inputs / "train.yaml"), str(data),
-                                 str(inputs / "dataset_info.json"))
+    files = launch.RunFiles.load(
+        RUN, str(inputs / "train.yaml"), str(data), str(inputs / "dataset_info.json")
+    )
     run_dir = work / "pod" / files.run_id
     shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -215,15 +259,20 @@ def run_blocks(blocks: int, ns, work: Path, logs: Path, data: Path, examples: in
     # run.sh as launch.sh starts it on a pod (a session of its own), in the foreground here.
     steps_file = logs / f"steps-{blocks}.jsonl"
     steps_file.unlink(missing_ok=True)
-    env = dict(os.environ, GPU_CHECK_STEPS=str(steps_file), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(HERE / "hook"), os.environ.get("PYTHONPATH")) if p))
+    env = dict(
+        os.environ,
+        GPU_CHECK_STEPS=str(steps_file),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(HERE / "hook"), os.environ.get("PYTHONPATH")) if p),
+    )
     sampler = Sampler(logs / f"nvidia-smi-{blocks}.csv")
     say(f"   training: sh {run_dir}/run.sh {ns.cli}")
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(["sh", str(run_dir / "run.sh"), ns.cli], env=env,
-                              start_new_session=True, timeout=ns.train_timeout)
+        proc = subprocess.run(
+            ["sh", str(run_dir / "run.sh"), ns.cli], env=env, start_new_session=True, timeout=ns.train_timeout
+        )
         result["exit_code"] = proc.returncode
     except subprocess.TimeoutExpired:
         result["exit_code"] = "timeout"
@@ -237,21 +286,30 @@ def run_blocks(blocks: int, ns, work: Path, logs: Path, data: Path, examples: in
         if (run_dir / "output" / name).is_file():
             shutil.copy(run_dir / "output" / name, logs / f"{Path(name).stem}-{blocks}{Path(name).suffix}")
 
-    records = [json.loads(line) for line in steps_file.read_text().splitlines()] if steps_file.is_file() else []
+    records = (
+        [json.loads(line) for line in steps_file.read_text().splitlines()] if steps_file.is_file() else []
+    )
     result.update(step_figures(records))
     result["nvidia_smi_peak_gb"] = nvidia_smi_peak(logs / f"nvidia-smi-{blocks}.csv")
     begin = next((r for r in records if r["event"] == "train_begin"), None)
     result["load_peak_reserved"] = begin.get("max_reserved") if begin else None
-    result["evaluations"] = {r["step"]: r["metrics"].get("eval_loss") for r in records
-                             if r["event"] == "evaluate"}
-    checkpoints = sorted(int(p.name.split("-")[1]) for p in (run_dir / "output").glob("checkpoint-*")
-                         if (p / "trainer_state.json").is_file())
+    result["evaluations"] = {
+        r["step"]: r["metrics"].get("eval_loss") for r in records if r["event"] == "evaluate"
+    }
+    checkpoints = sorted(
+        int(p.name.split("-")[1])
+        for p in (run_dir / "output").glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+    )
     result["checkpoints"] = checkpoints
     state = run_dir / "output" / "trainer_state.json"
     if checkpoints and state.is_file():
         chosen = select_checkpoint(json.loads(state.read_text())["log_history"], checkpoints)
-        result["best_checkpoint"] = {"step": chosen.step, "eval_loss": chosen.eval_loss,
-                                     "selected_by": chosen.selected_by}
+        result["best_checkpoint"] = {
+            "step": chosen.step,
+            "eval_loss": chosen.eval_loss,
+            "selected_by": chosen.selected_by,
+        }
     # What preflight estimates for this very model (from its config.json, as for a local base).
     result["estimate_gb"] = report.memory.total if report.memory else None
     if not ns.keep_models:
@@ -265,14 +323,29 @@ def run_blocks(blocks: int, ns, work: Path, logs: Path, data: Path, examples: in
 def machine_facts(cli: str) -> dict:
     facts = {"python": sys.version.split()[0], "platform": platform.platform(), "cli": cli}
     from importlib import metadata
-    for name in ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "tokenizers",
-                 "bitsandbytes", "llamafactory", "huggingface_hub", "numpy", "pandas", "fsspec"):
+
+    for name in (
+        "torch",
+        "transformers",
+        "accelerate",
+        "peft",
+        "trl",
+        "datasets",
+        "tokenizers",
+        "bitsandbytes",
+        "llamafactory",
+        "huggingface_hub",
+        "numpy",
+        "pandas",
+        "fsspec",
+    ):
         try:
             facts[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             facts[name] = None
     try:
         import torch
+
         facts["cuda"] = torch.version.cuda
         facts["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError as exc:
@@ -313,11 +386,18 @@ print(json.dumps(out))
 
 def summarise(results: list[dict], facts: dict, args_full: dict, cpu: bool) -> dict:
     full = estimate_memory(QWEN25["32"], args_full)
-    summary = {"facts": facts, "cpu_rehearsal": cpu, "runs": results,
-               "preflight_estimate_64_blocks_gb": round(full.total, 2),
-               "preflight_estimate_64_blocks": full.describe(),
-               "guide": {"steps_per_min": GUIDE_STEPS_PER_MIN, "tokens_per_s": round(GUIDE_TOKENS_PER_S, 1),
-                         "gpu": "A100 SXM 80GB"}}
+    summary = {
+        "facts": facts,
+        "cpu_rehearsal": cpu,
+        "runs": results,
+        "preflight_estimate_64_blocks_gb": round(full.total, 2),
+        "preflight_estimate_64_blocks": full.describe(),
+        "guide": {
+            "steps_per_min": GUIDE_STEPS_PER_MIN,
+            "tokens_per_s": round(GUIDE_TOKENS_PER_S, 1),
+            "gpu": "A100 SXM 80GB",
+        },
+    }
     usable = [r for r in results if r.get("step_s")]
     if len({r["blocks"] for r in usable}) >= 2:
         memory_key = "max_reserved" if all(r.get("max_reserved") for r in usable) else "max_rss"
@@ -326,14 +406,19 @@ def summarise(results: list[dict], facts: dict, args_full: dict, cpu: bool) -> d
         tokens = statistics.median(r["tokens_per_step"] for r in usable)
         estimate = extrapolate({r["blocks"]: r["estimate_gb"] for r in usable})
         summary["at_64_blocks"] = {
-            "memory_key": memory_key, "memory_gb": memory, "step_s": step,
-            "tokens_per_step": tokens, "tokens_per_s": tokens / step["value"],
-            "steps_per_min": 60 / step["value"], "steps_per_hour": 3600 / step["value"],
+            "memory_key": memory_key,
+            "memory_gb": memory,
+            "step_s": step,
+            "tokens_per_step": tokens,
+            "tokens_per_s": tokens / step["value"],
+            "steps_per_min": 60 / step["value"],
+            "steps_per_hour": 3600 / step["value"],
             "estimate_line_gb": estimate,
             "memory_vs_estimate": memory["value"] / full.total,
             "speed_vs_guide": (tokens / step["value"]) / GUIDE_TOKENS_PER_S,
             # A line that falls with more blocks is noise (a shared CPU), not a figure.
-            "memory_line_ok": memory["per_block"] > 0, "step_line_ok": step["per_block"] > 0,
+            "memory_line_ok": memory["per_block"] > 0,
+            "step_line_ok": step["per_block"] > 0,
         }
     return summary
 
@@ -342,17 +427,22 @@ def table(summary: dict) -> str:
     def num(value, fmt="{:.2f}"):
         return "-" if value is None else fmt.format(value)
 
-    lines = [f"# GPU check ({'CPU rehearsal' if summary['cpu_rehearsal'] else summary['facts'].get('gpu')})",
-             "", "| blocks | exit | steps | s/step | tokens/step | tokens/s | peak GB (cuda reserved; CPU: RSS) | "
-             "nvidia-smi peak GB | preflight estimate GB | eval_loss | checkpoints |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU check ({'CPU rehearsal' if summary['cpu_rehearsal'] else summary['facts'].get('gpu')})",
+        "",
+        "| blocks | exit | steps | s/step | tokens/step | tokens/s | peak GB (cuda reserved; CPU: RSS) | "
+        "nvidia-smi peak GB | preflight estimate GB | eval_loss | checkpoints |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary["runs"]:
         peak = r.get("max_reserved", r.get("max_rss"))
         evals = ", ".join(f"{k}: {v:.3f}" for k, v in r.get("evaluations", {}).items() if v is not None)
-        lines.append(f"| {r['blocks']} | {r.get('exit_code')} | {r.get('steps')} | {num(r.get('step_s'))} | "
-                     f"{num(r.get('tokens_per_step'), '{:.0f}')} | {num(r.get('tokens_per_s'), '{:.0f}')} | "
-                     f"{num(peak and peak / GB)} | {num(r.get('nvidia_smi_peak_gb'))} | "
-                     f"{num(r.get('estimate_gb'))} | {evals or '-'} | {r.get('checkpoints')} |")
+        lines.append(
+            f"| {r['blocks']} | {r.get('exit_code')} | {r.get('steps')} | {num(r.get('step_s'))} | "
+            f"{num(r.get('tokens_per_step'), '{:.0f}')} | {num(r.get('tokens_per_s'), '{:.0f}')} | "
+            f"{num(peak and peak / GB)} | {num(r.get('nvidia_smi_peak_gb'))} | "
+            f"{num(r.get('estimate_gb'))} | {evals or '-'} | {r.get('checkpoints')} |"
+        )
     full = summary.get("at_64_blocks")
     lines.append("")
     if full:
@@ -362,20 +452,26 @@ def table(summary: dict) -> str:
             lines.append(
                 f"- memory ({full['memory_key']}): {m['fixed']:.2f} + {m['per_block']:.3f} x 64 = "
                 f"**{m['value']:.1f} GB**; preflight estimates {summary['preflight_estimate_64_blocks_gb']:.1f} GB "
-                f"({full['memory_vs_estimate']:.2f}x): {summary['preflight_estimate_64_blocks']}")
+                f"({full['memory_vs_estimate']:.2f}x): {summary['preflight_estimate_64_blocks']}"
+            )
         else:
             lines.append(f"- memory: no usable line (per block {m['per_block']:.3f} GB: noise)")
-        lines.append(f"- preflight's own line over these block counts: {full['estimate_line_gb']['fixed']:.2f} + "
-                     f"{full['estimate_line_gb']['per_block']:.3f} x 64 GB")
+        lines.append(
+            f"- preflight's own line over these block counts: {full['estimate_line_gb']['fixed']:.2f} + "
+            f"{full['estimate_line_gb']['per_block']:.3f} x 64 GB"
+        )
         if s["per_block"] > 0:
             lines.append(
                 f"- step: {s['fixed']:.2f} + {s['per_block']:.3f} x 64 = **{s['value']:.1f} s**, "
                 f"{full['steps_per_min']:.2f} steps/min ({full['steps_per_hour']:.0f}/h), "
                 f"{full['tokens_per_s']:.0f} tokens/s; the guide: {GUIDE_STEPS_PER_MIN} steps/min, "
-                f"{GUIDE_TOKENS_PER_S:.0f} tokens/s on an A100 ({full['speed_vs_guide']:.2f}x)")
+                f"{GUIDE_TOKENS_PER_S:.0f} tokens/s on an A100 ({full['speed_vs_guide']:.2f}x)"
+            )
         else:
-            lines.append(f"- step: no usable line (per block {s['per_block']:.3f} s: timing noise, "
-                         "e.g. a shared CPU; rerun, or take block counts further apart)")
+            lines.append(
+                f"- step: no usable line (per block {s['per_block']:.3f} s: timing noise, "
+                "e.g. a shared CPU; rerun, or take block counts further apart)"
+            )
     else:
         lines.append("No extrapolation: it needs two block counts that both trained.")
     bnb = summary.get("bitsandbytes")
@@ -384,8 +480,16 @@ def table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_out(out: Path, logs: Path, results: list[dict], facts: dict, args_full: dict, cpu: bool,
-              bnb: dict, started: float) -> str:
+def write_out(
+    out: Path,
+    logs: Path,
+    results: list[dict],
+    facts: dict,
+    args_full: dict,
+    cpu: bool,
+    bnb: dict,
+    started: float,
+) -> str:
     """summary.json, summary.md and logs.tar.gz in OUT; returns the table."""
     summary = summarise(results, facts, args_full, cpu)
     summary["bitsandbytes"] = bnb
@@ -441,8 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for blocks in ns.blocks:
         results.append(run_blocks(blocks, ns, work, logs, data, examples))
-        say("   " + json.dumps({k: v for k, v in results[-1].items()
-                                if k not in ("model", "preflight")}))
+        say("   " + json.dumps({k: v for k, v in results[-1].items() if k not in ("model", "preflight")}))
         # After every block count, so a call cut off at its time limit still brings figures back.
         text = write_out(out, logs, results, facts, args_full, ns.cpu, bnb, started)
     say("\n" + text)

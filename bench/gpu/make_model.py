@@ -56,15 +56,15 @@ def model_config(blocks: int, shrink: int = 1) -> dict:
             hidden_size=hidden,
             intermediate_size=round_up(QWEN25_32B["intermediate_size"] / shrink, 64),
             num_attention_heads=heads,
-            num_key_value_heads=max(1, heads * QWEN25_32B["num_key_value_heads"]
-                                    // QWEN25_32B["num_attention_heads"]),
+            num_key_value_heads=max(
+                1, heads * QWEN25_32B["num_key_value_heads"] // QWEN25_32B["num_attention_heads"]
+            ),
             vocab_size=round_up(QWEN25_32B["vocab_size"] / shrink, 64),
         )
     return config
 
 
-def make_model(blocks: int, output: str, device: str = "cuda", shrink: int = 1,
-               seed: int = 0) -> dict:
+def make_model(blocks: int, output: str, device: str = "cuda", shrink: int = 1, seed: int = 0) -> dict:
     """Write the model and its tokenizer to `output`; returns what was built, with timings."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -75,11 +75,16 @@ def make_model(blocks: int, output: str, device: str = "cuda", shrink: int = 1,
     shape = model_config(blocks, shrink)
     tokenizer = build_tokenizer(corpus_texts([str(SAMPLE_DATA)]), min(4096, shape["vocab_size"]))
     if len(tokenizer) > shape["vocab_size"]:
-        raise SystemExit(f"error: the tokenizer has {len(tokenizer)} ids, over the vocabulary "
-                         f"{shape['vocab_size']}")
+        raise SystemExit(
+            f"error: the tokenizer has {len(tokenizer)} ids, over the vocabulary {shape['vocab_size']}"
+        )
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    config = Qwen2Config(**shape, bos_token_id=tokenizer.eos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    config = Qwen2Config(
+        **shape,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # made in bf16 on the GPU itself: no fp32 copy, no transfer
@@ -96,9 +101,18 @@ def make_model(blocks: int, output: str, device: str = "cuda", shrink: int = 1,
     tokenizer.save_pretrained(output)
     saved = time.monotonic()
     size = sum(p.stat().st_size for p in Path(output).rglob("*") if p.is_file())
-    return {"blocks": blocks, "shrink": shrink, "device": device, "dtype": str(dtype).split(".")[-1],
-            "params": params, "bytes_on_disk": size, "tokenizer_ids": len(tokenizer),
-            "build_s": round(built - start, 1), "save_s": round(saved - built, 1), "config": shape}
+    return {
+        "blocks": blocks,
+        "shrink": shrink,
+        "device": device,
+        "dtype": str(dtype).split(".")[-1],
+        "params": params,
+        "bytes_on_disk": size,
+        "tokenizer_ids": len(tokenizer),
+        "build_s": round(built - start, 1),
+        "save_s": round(saved - built, 1),
+        "config": shape,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

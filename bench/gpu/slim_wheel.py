@@ -35,8 +35,10 @@ def slim(wheel: Path, keep: set[str], output: Path) -> list[str]:
         kept_native = [n for n in names if NATIVE.match(n) and not dropped(n, keep)]
         missing = keep - {NATIVE.match(n).group(1) for n in kept_native}
         if missing:
-            raise SystemExit(f"error: {wheel.name} has no library for {', '.join(sorted(missing))}; "
-                             f"it has {', '.join(sorted(NATIVE.match(n).group(1) for n in names if NATIVE.match(n)))}")
+            raise SystemExit(
+                f"error: {wheel.name} has no library for {', '.join(sorted(missing))}; "
+                f"it has {', '.join(sorted(NATIVE.match(n).group(1) for n in names if NATIVE.match(n)))}"
+            )
         tmp = output.with_name(output.name + ".tmp")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
             for info in src.infolist():
@@ -46,8 +48,9 @@ def slim(wheel: Path, keep: set[str], output: Path) -> list[str]:
                 data = src.read(info)
                 if info.filename.endswith(".dist-info/RECORD"):
                     lines = data.decode("utf-8").splitlines(keepends=True)
-                    data = "".join(line for line in lines
-                                   if not dropped(line.split(",", 1)[0], keep)).encode("utf-8")
+                    data = "".join(line for line in lines if not dropped(line.split(",", 1)[0], keep)).encode(
+                        "utf-8"
+                    )
                 out = zipfile.ZipInfo(info.filename, info.date_time)
                 out.external_attr = info.external_attr
                 out.compress_type = zipfile.ZIP_DEFLATED
@@ -59,16 +62,22 @@ def slim(wheel: Path, keep: set[str], output: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("wheel", type=Path)
-    parser.add_argument("--keep", nargs="+", default=["cpu", "cuda130"],
-                        help="backends whose library stays (default: cpu cuda130)")
+    parser.add_argument(
+        "--keep",
+        nargs="+",
+        default=["cpu", "cuda130"],
+        help="backends whose library stays (default: cpu cuda130)",
+    )
     parser.add_argument("--output", type=Path, help="default: replace the wheel in place")
     args = parser.parse_args(argv)
     before = args.wheel.stat().st_size
     output = args.output or args.wheel
     removed = slim(args.wheel, set(args.keep), output)
     after = output.stat().st_size
-    print(f"{output.name}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
-          f"(kept {', '.join(args.keep)}; dropped {len(removed)} libraries)")
+    print(
+        f"{output.name}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
+        f"(kept {', '.join(args.keep)}; dropped {len(removed)} libraries)"
+    )
     return 0
 
 

@@ -11,9 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 class UserError(Exception):
@@ -41,8 +41,7 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError,
-                     what: str = "") -> dict:
+def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError, what: str = "") -> dict:
     """A JSON object from a file, or `error` with the file, the line and what it should be."""
     path = Path(path)
     if not path.is_file():

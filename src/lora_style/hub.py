@@ -57,26 +57,31 @@ def why(exc: BaseException, repo_id: str) -> str:
     """A hub failure in the user's words."""
     said = (str(exc).strip().splitlines() or [""])[0]
     if isinstance(exc, GatedRepoError):
-        return (f"{repo_id} is gated: accept its conditions on https://huggingface.co/{repo_id} "
-                "and set HF_TOKEN (or run `hf auth login`)")
+        return (
+            f"{repo_id} is gated: accept its conditions on https://huggingface.co/{repo_id} "
+            "and set HF_TOKEN (or run `hf auth login`)"
+        )
     if isinstance(exc, RepositoryNotFoundError):
-        return (f"{repo_id} is not on the Hugging Face hub, or is private (check base_model; "
-                "for a private model set HF_TOKEN)")
+        return (
+            f"{repo_id} is not on the Hugging Face hub, or is private (check base_model; "
+            "for a private model set HF_TOKEN)"
+        )
     if isinstance(exc, LocalEntryNotFoundError):
         if constants.HF_HUB_OFFLINE:
             return f"HF_HUB_OFFLINE is set and {repo_id} is not in the Hugging Face cache"
         cause = exc.__cause__  # what the network said
         said = f" ({type(cause).__name__}: {cause})" if cause else ""
-        return (f"the Hugging Face hub cannot be reached (no network?) and {repo_id} is not in "
-                f"the Hugging Face cache{said}")
+        return (
+            f"the Hugging Face hub cannot be reached (no network?) and {repo_id} is not in "
+            f"the Hugging Face cache{said}"
+        )
     return f"downloading {repo_id} failed: {type(exc).__name__}: {said}"
 
 
 def download_model(repo_id: str, allow_patterns: list[str]) -> Path:
     """The model's files that match allow_patterns, with progress bars; the snapshot folder."""
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns,
-                                      tqdm_class=ProgressBar))
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, tqdm_class=ProgressBar))
     except HUB_FAILURES as exc:
         raise HubError(why(exc, repo_id)) from None
 
@@ -88,8 +93,9 @@ def download_tokenizer(repo_id: str) -> Path:
     except HUB_FAILURES as exc:
         raise HubError(why(exc, repo_id)) from None
     if not (folder / "tokenizer.json").is_file():
-        raise HubError(f"{repo_id} has no tokenizer.json (only a slow tokenizer's files), which "
-                       "token counts need")
+        raise HubError(
+            f"{repo_id} has no tokenizer.json (only a slow tokenizer's files), which token counts need"
+        )
     return folder
 
 

@@ -28,8 +28,11 @@ def training_estimate(run: str, cfg: dict, args: dict, pod: dict, workdir: Path)
             examples = 0  # validate_dataset names the missing file
     # A rented pod: RunPod's list price from the last catalog read (.state/runpod/catalog.json),
     # never a request (a dry run opens no connection).
-    listed = (runpod_catalog.list_price(workdir, pod.get("gpu_type"), pod["cloud_type"])
-              if pod.get("provider") == "runpod" else None)
+    listed = (
+        runpod_catalog.list_price(workdir, pod.get("gpu_type"), pod["cloud_type"])
+        if pod.get("provider") == "runpod"
+        else None
+    )
     return cost.estimate(run, args, cfg["profile"], pod, examples, listed)
 
 
@@ -45,15 +48,21 @@ def plan_line(run: str, planned_rules: set[str], estimate) -> str:
 
 def placeholder_pods(runs: dict, pods: dict) -> list[str]:
     """The pods runs train on whose host is still the shipped placeholder."""
-    return sorted({cfg["pod"] for cfg in runs.values()
-                   if pods[cfg["pod"]].get("host") == POD_PLACEHOLDER
-                   and not pods[cfg["pod"]].get("provider")})
+    return sorted(
+        {
+            cfg["pod"]
+            for cfg in runs.values()
+            if pods[cfg["pod"]].get("host") == POD_PLACEHOLDER and not pods[cfg["pod"]].get("provider")
+        }
+    )
 
 
 def placeholder_advice(name: str) -> str:
-    return (f"pods.{name}.host is the placeholder {POD_PLACEHOLDER}: replace it with your pod's "
-            "address (RunPod: Connect -> 'SSH over exposed TCP' shows `ssh root@<IP> -p <PORT>`; "
-            "set host and port), or rent one from the graph with provider: runpod")
+    return (
+        f"pods.{name}.host is the placeholder {POD_PLACEHOLDER}: replace it with your pod's "
+        "address (RunPod: Connect -> 'SSH over exposed TCP' shows `ssh root@<IP> -p <PORT>`; "
+        "set host and port), or rent one from the graph with provider: runpod"
+    )
 
 
 def refused_placeholder(runs: dict, pods: dict, planned: list[tuple[str, str]]) -> str | None:

@@ -38,8 +38,9 @@ def _fill(slots: list[str], content: str) -> str:
     return "".join(slot.replace("{{content}}", content) for slot in slots)
 
 
-def render_prompt(instruction: str, input: str = "", template: dict | None = None,
-                  system: str | None = None) -> str:
+def render_prompt(
+    instruction: str, input: str = "", template: dict | None = None, system: str | None = None
+) -> str:
     """Everything before the response, ending where the model starts writing."""
     template = template or load_template()
     system = system if system is not None else template["default_system"]
@@ -49,12 +50,10 @@ def render_prompt(instruction: str, input: str = "", template: dict | None = Non
     return text + _fill(template["format_user"], user_content(instruction, input))
 
 
-def render_training_text(instruction: str, input: str, output: str,
-                         template: dict | None = None) -> str:
+def render_training_text(instruction: str, input: str, output: str, template: dict | None = None) -> str:
     """Prompt plus response, as one training example is tokenised."""
     template = template or load_template()
-    return (render_prompt(instruction, input, template)
-            + _fill(template["format_assistant"], output))
+    return render_prompt(instruction, input, template) + _fill(template["format_assistant"], output)
 
 
 def split_guide_prompt(prompt: str) -> tuple[str, str]:

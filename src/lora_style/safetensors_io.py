@@ -51,8 +51,9 @@ def read_header(path: Path, error: type[Exception] = SafetensorsError) -> tuple[
         if not 0 <= begin <= end <= data_size:
             raise error(f"{path}: tensor {name} lies outside the file (truncated download?)")
         if info["dtype"] in DTYPE_SIZES and end - begin != tensor_bytes(info):
-            raise error(f"{path}: tensor {name} has {end - begin} bytes for shape "
-                        f"{info['shape']} of {info['dtype']}")
+            raise error(
+                f"{path}: tensor {name} has {end - begin} bytes for shape {info['shape']} of {info['dtype']}"
+            )
     return header, 8 + length
 
 
@@ -60,13 +61,11 @@ class TensorReader:
     """Reads tensors of one safetensors file into two buffers reused for every tensor (the
     bytes as stored, and a transposed copy), so memory never exceeds twice the largest tensor."""
 
-    def __init__(self, handle, header: dict, data_start: int,
-                 error: type[Exception] = SafetensorsError):
+    def __init__(self, handle, header: dict, data_start: int, error: type[Exception] = SafetensorsError):
         import numpy as np
 
         self.np, self.handle, self.data_start, self.error = np, handle, data_start, error
-        largest = max((end - begin for begin, end in (i["data_offsets"] for i in header.values())),
-                      default=0)
+        largest = max((end - begin for begin, end in (i["data_offsets"] for i in header.values())), default=0)
         self.raw, self.out = bytearray(largest), bytearray(largest)
 
     def read(self, info: dict, transpose: bool = False):
@@ -100,10 +99,10 @@ def transpose_into(dst, src) -> None:
 
     rows, cols = src.shape
     if rows <= cols:  # lora_A [r, in] -> [in, r]: blocks of 16 source rows
-        parts = [(src[i:i + 16], dst[:, i:i + 16]) for i in range(0, rows, 16)]
+        parts = [(src[i : i + 16], dst[:, i : i + 16]) for i in range(0, rows, 16)]
     else:  # lora_B [out, r] -> [r, out]: already fast; split for the cores only
         step = -(-rows // 4)
-        parts = [(src[i:i + step], dst[:, i:i + step]) for i in range(0, rows, step)]
+        parts = [(src[i : i + step], dst[:, i : i + step]) for i in range(0, rows, step)]
     if src.nbytes < (1 << 20) or (os.cpu_count() or 1) < 2:
         for part_src, part_dst in parts:
             np.copyto(part_dst, part_src.T)
@@ -128,8 +127,11 @@ def write_safetensors(path: Path, tensors: list[tuple[str, dict, object]], metad
     header, offset = {}, 0
     for name, info, _ in tensors:
         nbytes = tensor_bytes(info)
-        header[name] = {"dtype": info["dtype"], "shape": list(info["shape"]),
-                        "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": info["dtype"],
+            "shape": list(info["shape"]),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     header["__metadata__"] = metadata
     blob = json.dumps(header, separators=(",", ":")).encode()

@@ -87,8 +87,17 @@ def build_model(vocab_size: int, layers: int, hidden: int, intermediate: int, se
     return Qwen2ForCausalLM(config).eval()
 
 
-def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int = 0, seq_len: int = 128,
-             batch_size: int = 8, lr: float = 5e-3, warmup: int = 20) -> float:
+def pretrain(
+    model,
+    tokenizer,
+    texts: list[str],
+    steps: int,
+    seed: int = 0,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    lr: float = 5e-3,
+    warmup: int = 20,
+) -> float:
     """Train `model` as a causal LM on `texts`, each ended by <|endoftext|>, in random windows
     of one stream; returns the last batch's loss. A progress line every 50 steps."""
     import torch
@@ -97,36 +106,47 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int = 0, seq_
     for text in texts:
         ids += tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
     if len(ids) <= seq_len:
-        raise SystemExit(f"error: the corpus has {len(ids)} tokens; pretraining needs more than "
-                         f"{seq_len}")
+        raise SystemExit(f"error: the corpus has {len(ids)} tokens; pretraining needs more than {seq_len}")
     stream = torch.tensor(ids)
     windows = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     # Linear warm-up, then cosine decay to zero.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-    print(f"pretraining {steps} steps on {len(ids)} tokens ({len(texts)} texts), "
-          f"batch {batch_size} x {seq_len}", flush=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+    )
+    print(
+        f"pretraining {steps} steps on {len(ids)} tokens ({len(texts)} texts), "
+        f"batch {batch_size} x {seq_len}",
+        flush=True,
+    )
     model.train()
     start = time.monotonic()
     for step in range(1, steps + 1):
         starts = torch.randint(0, len(ids) - seq_len, (batch_size,), generator=windows)
-        batch = torch.stack([stream[s:s + seq_len] for s in starts.tolist()])
+        batch = torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
         if step % 50 == 0 or step == steps:
-            print(f"step {step}/{steps}: loss {loss.item():.3f}, {time.monotonic() - start:.0f} s",
-                  flush=True)
+            print(
+                f"step {step}/{steps}: loss {loss.item():.3f}, {time.monotonic() - start:.0f} s", flush=True
+            )
     model.eval()
     return loss.item()
 
 
-def make_tiny_model(corpus: list[str], output: str, layers: int = 2, hidden: int = 64,
-                    intermediate: int = 128, vocab_size: int = 4096, seed: int = 0,
-                    pretrain_steps: int = 0) -> Path:
+def make_tiny_model(
+    corpus: list[str],
+    output: str,
+    layers: int = 2,
+    hidden: int = 64,
+    intermediate: int = 128,
+    vocab_size: int = 4096,
+    seed: int = 0,
+    pretrain_steps: int = 0,
+) -> Path:
     out = Path(output)
     texts = corpus_texts(corpus)
     tokenizer = build_tokenizer(texts, vocab_size)
@@ -148,20 +168,34 @@ def make_tiny_model(corpus: list[str], output: str, layers: int = 2, hidden: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", nargs="+", required=True,
-                        help="JSONL files: the tokenizer's and the pretraining's text")
+    parser.add_argument(
+        "--corpus", nargs="+", required=True, help="JSONL files: the tokenizer's and the pretraining's text"
+    )
     parser.add_argument("--output", required=True, help="model directory to write")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--intermediate", type=int, default=128)
-    parser.add_argument("--vocab-size", type=int, default=4096,
-                        help="at most; BPE stops when every word of the corpus is one token")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4096,
+        help="at most; BPE stops when every word of the corpus is one token",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pretrain-steps", type=int, default=0,
-                        help="causal-LM steps on the corpus (0: random weights)")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=0, help="causal-LM steps on the corpus (0: random weights)"
+    )
     args = parser.parse_args(argv)
-    make_tiny_model(args.corpus, args.output, args.layers, args.hidden, args.intermediate,
-                    args.vocab_size, args.seed, args.pretrain_steps)
+    make_tiny_model(
+        args.corpus,
+        args.output,
+        args.layers,
+        args.hidden,
+        args.intermediate,
+        args.vocab_size,
+        args.seed,
+        args.pretrain_steps,
+    )
     return 0
 
 

@@ -50,26 +50,43 @@ from helpers.openapi import Invalid, Operation, contract
 from helpers.sshd import Sshd, free_port, keygen
 
 # Details RunPod answers with, for fail_next(...) in tests.
-NO_INSTANCES = ("There are no longer any instances available with the requested specifications. "
-                "Please refresh and try again.")
+NO_INSTANCES = (
+    "There are no longer any instances available with the requested specifications. "
+    "Please refresh and try again."
+)
 NO_FREE_GPUS = "There are not enough free GPUs on the host machine to start this pod."
 INSUFFICIENT_BALANCE = "Insufficient balance: add credit to your account to rent this pod."
 RATE_LIMITED = "rate limit exceeded for the minute window"
-V1_RETIRED = ("RunPod's REST API v1 is retired; the API is v2 and lives under /v2 "
-              "(e.g. POST /v2/pods).")
+V1_RETIRED = "RunPod's REST API v1 is retired; the API is v2 and lives under /v2 (e.g. POST /v2/pods)."
 POD_NOT_FOUND = "The requested Pod does not exist."
 
 LOCALHOST = "127.0.0.1"
-PROXY_HOST = "ssh.runpod.test"     # RunPod's SSH proxy: shown, never reachable (.test resolves not)
-DEFAULT_DISK_GB = 20               # runpodctl's default container disk
-ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
-           "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
-           "ERROR": ["start", "terminate"], "TERMINATED": []}
+PROXY_HOST = "ssh.runpod.test"  # RunPod's SSH proxy: shown, never reachable (.test resolves not)
+DEFAULT_DISK_GB = 20  # runpodctl's default container disk
+ACTIONS = {
+    "PROVISIONING": ["stop", "terminate"],
+    "STARTING": ["stop", "terminate"],
+    "RUNNING": ["stop", "restart", "terminate"],
+    "EXITED": ["start", "terminate"],
+    "ERROR": ["start", "terminate"],
+    "TERMINATED": [],
+}
 BOOTING = ("PROVISIONING", "STARTING")
-TITLES = {422: "Unprocessable Entity"}    # RFC 9457's example; Python 3.13 renames the phrase
-HANDLED = {"getSshKeys", "updateSshKeys", "listPods", "createPod", "getPod", "deletePod",
-           "podAction", "listGpuTypes", "getGpuType", "listPodBilling", "listNetworkVolumes",
-           "getNetworkVolume"}
+TITLES = {422: "Unprocessable Entity"}  # RFC 9457's example; Python 3.13 renames the phrase
+HANDLED = {
+    "getSshKeys",
+    "updateSshKeys",
+    "listPods",
+    "createPod",
+    "getPod",
+    "deletePod",
+    "podAction",
+    "listGpuTypes",
+    "getGpuType",
+    "listPodBilling",
+    "listNetworkVolumes",
+    "getNetworkVolume",
+}
 
 Request = namedtuple("Request", "method path query body auth")
 Request.__doc__ = """One request as the fake saw it: path under /v2 ("/pods/<id>/action"; the
@@ -82,14 +99,18 @@ Answer = namedtuple("Answer", "status payload headers drop", defaults=({}, False
 class Problem(Exception):
     """An RFC 9457 problem answer."""
 
-    def __init__(self, status: int, detail: str, errors: list[str] | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self, status: int, detail: str, errors: list[str] | None = None, headers: dict | None = None
+    ):
         super().__init__(detail)
         self.status, self.detail, self.errors, self.headers = status, detail, errors, headers or {}
 
     def body(self) -> dict:
-        out = {"title": TITLES.get(self.status) or HTTPStatus(self.status).phrase,
-               "status": self.status, "detail": self.detail}
+        out = {
+            "title": TITLES.get(self.status) or HTTPStatus(self.status).phrase,
+            "status": self.status,
+            "detail": self.detail,
+        }
         if self.errors is not None:
             out["errors"] = list(self.errors)
         return out
@@ -147,31 +168,36 @@ class FakeVolume:
     path: Path
 
     def json(self) -> dict:
-        return {"id": self.id, "name": self.name, "size": self.size,
-                "dataCenter": self.data_center, "type": "STANDARD"}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "size": self.size,
+            "dataCenter": self.data_center,
+            "type": "STANDARD",
+        }
 
 
 @dataclass
 class FakePod:
     id: str
     name: str
-    created_body: dict           # the POST /pods body as sent
-    pod_key: str                 # the pod-scoped RUNPOD_API_KEY
-    gpu_type: str | None         # None for a CPU pod
-    gpu_count: int               # 0 for a CPU pod
-    cpu: dict | None             # {"id", "vcpuCount", "memory"} for a CPU pod
+    created_body: dict  # the POST /pods body as sent
+    pod_key: str  # the pod-scoped RUNPOD_API_KEY
+    gpu_type: str | None  # None for a CPU pod
+    gpu_count: int  # 0 for a CPU pod
+    cpu: dict | None  # {"id", "vcpuCount", "memory"} for a CPU pod
     cloud: str
-    cost_per_hr: float           # USD/h while billed
+    cost_per_hr: float  # USD/h while billed
     machine_id: str
     data_center: str
-    volume_id: str | None        # the network volume mounted, if any
-    mount: str | None            # "persistent", "network" or None (the container disk)
-    workspace: Path              # the local folder the pod's mount (or container disk) is
-    authorized_keys: str         # what its sshd lets in ("" nobody)
-    root: Path                   # the pod's sshd folders, one per start
+    volume_id: str | None  # the network volume mounted, if any
+    mount: str | None  # "persistent", "network" or None (the container disk)
+    workspace: Path  # the local folder the pod's mount (or container disk) is
+    authorized_keys: str  # what its sshd lets in ("" nobody)
+    root: Path  # the pod's sshd folders, one per start
     status: str = "PROVISIONING"
     status_reason: str = ""
-    error: str | None = None     # fail_pod's message
+    error: str | None = None  # fail_pod's message
     sshd: Sshd | None = None
     start_count: int = 0
     boot_polls_left: int = 0
@@ -179,7 +205,7 @@ class FakePod:
     created_at: str = ""
     started_at: str | None = None
     login_env: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)   # [(unix time, status)], for billing
+    history: list = field(default_factory=list)  # [(unix time, status)], for billing
     proxy_user: str = ""
     _running_since: float | None = None
 
@@ -218,19 +244,19 @@ class FakeRunPod:
         self.root.mkdir(parents=True, exist_ok=True)
         self.user_key = user_key
         self.client_key = Path(client_key) if client_key else keygen(self.root / "client_key")
-        self.ssh_keys: list[str] = []        # the account's registered keys
+        self.ssh_keys: list[str] = []  # the account's registered keys
         # A fixed path for the live pod's /workspace (configs name it before any pod exists): a
         # symlink to what the most recently booted pod mounts there.
         self.workspace = self.root / "workspace"
-        self.boot_polls = 1                  # GETs of a started pod that still show it booting
-        self.prices = dict(market.PRICES)    # Secure Cloud $/h per GPU
+        self.boot_polls = 1  # GETs of a started pod that still show it booting
+        self.prices = dict(market.PRICES)  # Secure Cloud $/h per GPU
         self.default_price = 1.0
-        self.unavailable: set[str] = set()   # GPU ids out of stock: creating on them fails
-        self.billing_lag_seconds = 0.0       # usage newer than this is not billed yet
-        self.pods: dict[str, FakePod] = {}   # every pod ever created, terminated ones included
+        self.unavailable: set[str] = set()  # GPU ids out of stock: creating on them fails
+        self.billing_lag_seconds = 0.0  # usage newer than this is not billed yet
+        self.pods: dict[str, FakePod] = {}  # every pod ever created, terminated ones included
         self.volumes: dict[str, FakeVolume] = {}
         self.requests: list[Request] = []
-        self.violations: list[str] = []      # the fake's own failures: a non-empty list is a bug
+        self.violations: list[str] = []  # the fake's own failures: a non-empty list is a bug
         self.spec = contract()
         self.lock = threading.RLock()
         self._faults: list[dict] = []
@@ -251,13 +277,13 @@ class FakeRunPod:
     def client_public_key(self) -> str:
         return Path(f"{self.client_key}.pub").read_text().strip()
 
-    def start(self) -> "FakeRunPod":
+    def start(self) -> FakeRunPod:
         self._server = ThreadingHTTPServer((LOCALHOST, 0), _Handler)
         self._server.daemon_threads = True
         self._server.fake = self
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1}, name="fake-runpod",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="fake-runpod", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -271,7 +297,7 @@ class FakeRunPod:
             for pod in self.pods.values():
                 self._halt(pod)
 
-    def __enter__(self) -> "FakeRunPod":
+    def __enter__(self) -> FakeRunPod:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -281,29 +307,44 @@ class FakeRunPod:
 
     def assert_no_violations(self) -> None:
         if self.violations:
-            raise AssertionError("the fake RunPod broke its own spec:\n"
-                                 + "\n".join(self.violations))
+            raise AssertionError("the fake RunPod broke its own spec:\n" + "\n".join(self.violations))
 
     # --- test controls ---
 
-    def fail_next(self, method: str, path_regex: str, status: int, detail: str, times: int = 1,
-                  retry_after: int | None = None) -> None:
+    def fail_next(
+        self,
+        method: str,
+        path_regex: str,
+        status: int,
+        detail: str,
+        times: int = 1,
+        retry_after: int | None = None,
+    ) -> None:
         """The next `times` requests whose path under /v2 fullmatches `path_regex` get this
         problem (with a Retry-After header if given), before authentication and validation, and
         change nothing."""
         with self.lock:
-            self._faults.append({"kind": "fail", "method": method.upper(),
-                                 "regex": re.compile(path_regex), "times": times,
-                                 "problem": Problem(status, detail, headers=(
-                                     {"Retry-After": str(retry_after)}
-                                     if retry_after is not None else {}))})
+            self._faults.append(
+                {
+                    "kind": "fail",
+                    "method": method.upper(),
+                    "regex": re.compile(path_regex),
+                    "times": times,
+                    "problem": Problem(
+                        status,
+                        detail,
+                        headers=({"Retry-After": str(retry_after)} if retry_after is not None else {}),
+                    ),
+                }
+            )
 
     def drop_next(self, method: str, path_regex: str, times: int = 1) -> None:
         """The next `times` matching requests are carried out, but the connection closes without
         an answer (the client sees the server disconnect)."""
         with self.lock:
-            self._faults.append({"kind": "drop", "method": method.upper(),
-                                 "regex": re.compile(path_regex), "times": times})
+            self._faults.append(
+                {"kind": "drop", "method": method.upper(), "regex": re.compile(path_regex), "times": times}
+            )
 
     def interrupt(self, pod_id: str, reason: str = "Stopped by RunPod") -> None:
         """RunPod stops the pod on its own (a host failing, maintenance)."""
@@ -333,14 +374,14 @@ class FakeRunPod:
             self._set_status(pod, "ERROR", message)
             self._halt(pod)
 
-    def add_network_volume(self, volume_id: str, data_center: str = "EU-RO-1", size: int = 50,
-                           name: str | None = None) -> Path:
+    def add_network_volume(
+        self, volume_id: str, data_center: str = "EU-RO-1", size: int = 50, name: str | None = None
+    ) -> Path:
         """A network volume; its folder (returned) outlives every pod that mounts it."""
         with self.lock:
             path = self.root / "volumes" / volume_id
             path.mkdir(parents=True, exist_ok=True)
-            self.volumes[volume_id] = FakeVolume(volume_id, name or volume_id, size, data_center,
-                                                 path)
+            self.volumes[volume_id] = FakeVolume(volume_id, name or volume_id, size, data_center, path)
             return path
 
     def workspace_of(self, pod_id: str) -> Path:
@@ -355,8 +396,9 @@ class FakeRunPod:
     def calls(self, method: str, path_regex: str) -> list[Request]:
         """The requests so far with this method and a path under /v2 that fullmatches."""
         with self.lock:
-            return [r for r in self.requests
-                    if r.method == method.upper() and re.fullmatch(path_regex, r.path)]
+            return [
+                r for r in self.requests if r.method == method.upper() and re.fullmatch(path_regex, r.path)
+            ]
 
     def runpodctl_script(self, path: Path) -> Path:
         """An executable stand-in for RunPod's `runpodctl` that knows `runpodctl pod stop POD_ID`
@@ -370,26 +412,31 @@ class FakeRunPod:
 
     # --- one request ---
 
-    def serve(self, method: str, path: str, query: dict[str, list[str]], headers,
-              raw_body: bytes) -> Answer:
+    def serve(self, method: str, path: str, query: dict[str, list[str]], headers, raw_body: bytes) -> Answer:
         """The answer to one request; never raises."""
         try:
             with self.lock:
                 return self._serve(method, path, query, headers, raw_body)
-        except Exception as exc:   # a bug in the fake: say so in the answer and in .violations
+        except Exception as exc:  # a bug in the fake: say so in the answer and in .violations
             self.violations.append(f"{method} {path}: {traceback.format_exc()}")
             return Answer(500, Problem(500, f"fake RunPod failed: {exc!r}").body())
 
     def _serve(self, method, path, query, headers, raw_body) -> Answer:
-        rel = path[len("/v2"):] if path == "/v2" or path.startswith("/v2/") else None
+        rel = path[len("/v2") :] if path == "/v2" or path.startswith("/v2/") else None
         try:
             body = json.loads(raw_body) if raw_body else None
         except ValueError:
-            body = None          # recorded as None; refused below if the operation takes a body
+            body = None  # recorded as None; refused below if the operation takes a body
         auth, auth_pod = self._auth(headers)
-        self.requests.append(Request(method, rel if rel is not None else path,
-                                     {k: v[0] if len(v) == 1 else v for k, v in query.items()},
-                                     body, auth))
+        self.requests.append(
+            Request(
+                method,
+                rel if rel is not None else path,
+                {k: v[0] if len(v) == 1 else v for k, v in query.items()},
+                body,
+                auth,
+            )
+        )
         if rel is None:
             return self._checked(None, method, path, Problem(404, V1_RETIRED))
         drop = False
@@ -400,8 +447,9 @@ class FakeRunPod:
                     self._faults.remove(fault)
                 if fault["kind"] == "fail":
                     problem = fault["problem"]
-                    return self._checked(None, method, path, Problem(
-                        problem.status, problem.detail, headers=problem.headers))
+                    return self._checked(
+                        None, method, path, Problem(problem.status, problem.detail, headers=problem.headers)
+                    )
                 drop = True
                 break
         if method == "GET" and rel == "/openapi.json":
@@ -417,9 +465,16 @@ class FakeRunPod:
         op = ops.get(method)
         if op is None:
             allowed = ", ".join(sorted(ops))
-            return self._checked(None, method, path, Problem(
-                405, f"{method} is not allowed on {template}; allowed: {allowed}.",
-                headers={"Allow": allowed}))
+            return self._checked(
+                None,
+                method,
+                path,
+                Problem(
+                    405,
+                    f"{method} is not allowed on {template}; allowed: {allowed}.",
+                    headers={"Allow": allowed},
+                ),
+            )
         try:
             if auth == "none":
                 raise Problem(401, "missing or invalid bearer token")
@@ -429,8 +484,7 @@ class FakeRunPod:
             content_type = headers.get("Content-Type") or ""
             body = self.spec.body(op, raw_body, content_type)
             if op.id not in HANDLED:
-                raise Problem(501, f"The fake RunPod does not model {op.id} "
-                                   f"({method} {template}).")
+                raise Problem(501, f"The fake RunPod does not model {op.id} ({method} {template}).")
             status, payload = getattr(self, "_" + op.id)(params, body)
         except Invalid as exc:
             return self._checked(op, method, path, Problem(exc.status, exc.detail, exc.errors))
@@ -449,10 +503,12 @@ class FakeRunPod:
             content_type = "application/json" if payload is not None else None
         problems = self.spec.answer_problems(op, status, payload, content_type)
         if problems:
-            self.violations.append(f"{method} {path} answered {status} against the spec: "
-                                   + "; ".join(problems))
-            return Answer(500, Problem(500, "fake RunPod answered against the spec: "
-                                       + "; ".join(problems)).body())
+            self.violations.append(
+                f"{method} {path} answered {status} against the spec: " + "; ".join(problems)
+            )
+            return Answer(
+                500, Problem(500, "fake RunPod answered against the spec: " + "; ".join(problems)).body()
+            )
         return Answer(status, payload, headers)
 
     def _auth(self, headers) -> tuple[str, str | None]:
@@ -497,8 +553,7 @@ class FakeRunPod:
         return 200, {"keys": list(self.ssh_keys)}
 
     def _listPods(self, params, body):
-        return 200, {"pods": [self._pod_json(p) for p in self.pods.values()
-                              if p.status != "TERMINATED"]}
+        return 200, {"pods": [self._pod_json(p) for p in self.pods.values() if p.status != "TERMINATED"]}
 
     def _getPod(self, params, body):
         pod = self._pod(params["id"])
@@ -521,8 +576,9 @@ class FakeRunPod:
         pod = self._pod(params["id"])
         action = body["action"]
         if action not in ACTIONS[pod.status]:
-            raise Problem(409, f"Cannot {action} a pod that is {pod.status}; allowed: "
-                               f"{', '.join(ACTIONS[pod.status])}.")
+            raise Problem(
+                409, f"Cannot {action} a pod that is {pod.status}; allowed: {', '.join(ACTIONS[pod.status])}."
+            )
         if action == "terminate":
             self._terminate(pod)
             return 204, None
@@ -532,7 +588,7 @@ class FakeRunPod:
             if pod.host_gpus_taken and pod.gpu_type:
                 raise Problem(400, NO_FREE_GPUS)
             self._boot(pod, "Started by user")
-        else:                                  # restart: a new container on the same GPUs
+        else:  # restart: a new container on the same GPUs
             self._halt(pod, wipe_container=True)
             self._boot(pod, "Restarted by user")
         return 200, self._pod_json(pod)
@@ -554,11 +610,11 @@ class FakeRunPod:
         env = body.get("env", {})
         if any("\n" in v or "\r" in v for v in env.values()):
             raise Problem(501, "The fake RunPod cannot carry a line break in an env value.")
-        bad_ports = [p for p in body.get("ports", [])
-                     if not re.fullmatch(r"[1-9]\d{0,4}/(tcp|udp|http)", p)]
+        bad_ports = [p for p in body.get("ports", []) if not re.fullmatch(r"[1-9]\d{0,4}/(tcp|udp|http)", p)]
         if bad_ports:
-            raise Problem(400, f"Ports must read PORT/tcp, PORT/udp or PORT/http, not "
-                               f"{', '.join(bad_ports)}.")
+            raise Problem(
+                400, f"Ports must read PORT/tcp, PORT/udp or PORT/http, not {', '.join(bad_ports)}."
+            )
         cloud = body.get("cloud", "SECURE")
 
         volume = None
@@ -569,8 +625,11 @@ class FakeRunPod:
             if volume is None:
                 raise Problem(404, f"Network volume {volume_id} not found.")
             if body.get("dataCenterIds") and volume.data_center not in wanted:
-                raise Problem(400, f"Network volume {volume_id} is in {volume.data_center}, "
-                                   "which dataCenterIds does not include.")
+                raise Problem(
+                    400,
+                    f"Network volume {volume_id} is in {volume.data_center}, "
+                    "which dataCenterIds does not include.",
+                )
             wanted = [volume.data_center]
         centers = [dc for dc in wanted if dc in market.DATA_CENTERS]
 
@@ -579,9 +638,11 @@ class FakeRunPod:
             gpu_type, count, cpu = gpu["id"], gpu.get("count", 1), None
             if gpu.get("allowedCudaVersions") and gpu.get("minCudaVersion"):
                 raise Problem(400, "allowedCudaVersions and minCudaVersion are exclusive.")
-            if not (centers and market.in_stock(gpu_type, cloud, count, self.unavailable)
-                    and market.cuda_allowed(gpu.get("allowedCudaVersions"),
-                                            gpu.get("minCudaVersion"))):
+            if not (
+                centers
+                and market.in_stock(gpu_type, cloud, count, self.unavailable)
+                and market.cuda_allowed(gpu.get("allowedCudaVersions"), gpu.get("minCudaVersion"))
+            ):
                 raise Problem(400, NO_INSTANCES)
             cost = market.price(self.prices, gpu_type, cloud, self.default_price) * count
         else:
@@ -591,8 +652,7 @@ class FakeRunPod:
             if flavor not in market.CPU_FLAVORS or not centers:
                 raise Problem(400, NO_INSTANCES)
             gpu_type, count = None, 0
-            cpu = {"id": flavor, "vcpuCount": vcpus,
-                   "memory": vcpus * market.CPU_FLAVORS[flavor]}
+            cpu = {"id": flavor, "vcpuCount": vcpus, "memory": vcpus * market.CPU_FLAVORS[flavor]}
             cost = self.prices.get(flavor, self.default_price)
 
         pod_id, machine_id = random_id(), random_id(12)
@@ -603,18 +663,30 @@ class FakeRunPod:
         else:
             mount, workspace = None, self.root / "containers" / pod_id / "workspace"
         workspace.mkdir(parents=True, exist_ok=True)
-        if body.get("startSsh"):     # RunPod's PUBLIC_KEY, unless the body sets its own
+        if body.get("startSsh"):  # RunPod's PUBLIC_KEY, unless the body sets its own
             authorized = env.get("PUBLIC_KEY") or "".join(f"{k}\n" for k in self.ssh_keys)
         else:
             authorized = ""
         pod = FakePod(
-            id=pod_id, name=body["name"], created_body=json.loads(json.dumps(body)),
+            id=pod_id,
+            name=body["name"],
+            created_body=json.loads(json.dumps(body)),
             pod_key="rpa_" + random_id(40, string.ascii_uppercase + string.digits),
-            gpu_type=gpu_type, gpu_count=count, cpu=cpu, cloud=cloud,
-            cost_per_hr=round(cost, 4), machine_id=machine_id, data_center=centers[0],
-            volume_id=volume.id if volume else None, mount=mount, workspace=workspace,
-            authorized_keys=authorized, root=self.root / "pods" / pod_id,
-            created_at=now_iso(), proxy_user=f"{pod_id}-{secrets.token_hex(4)}")
+            gpu_type=gpu_type,
+            gpu_count=count,
+            cpu=cpu,
+            cloud=cloud,
+            cost_per_hr=round(cost, 4),
+            machine_id=machine_id,
+            data_center=centers[0],
+            volume_id=volume.id if volume else None,
+            mount=mount,
+            workspace=workspace,
+            authorized_keys=authorized,
+            root=self.root / "pods" / pod_id,
+            created_at=now_iso(),
+            proxy_user=f"{pod_id}-{secrets.token_hex(4)}",
+        )
         self.pods[pod_id] = pod
         self._boot(pod, "Rented by user", status="PROVISIONING")
         return 201, self._pod_json(pod)
@@ -623,7 +695,7 @@ class FakeRunPod:
         gpus = self._catalog(params)
         countries = set(params.get("countryCodes", []))
         if countries and not any(market.country(dc) in countries for dc in market.DATA_CENTERS):
-            gpus = []                            # every type is in every data center here
+            gpus = []  # every type is in every data center here
         return 200, {"gpus": gpus}
 
     def _getGpuType(self, params, body):
@@ -632,26 +704,28 @@ class FakeRunPod:
         return 200, self._catalog(params, [params["id"]])[0]
 
     def _catalog(self, params, ids=None) -> list[dict]:
-        filters = [n for n in ("count", "cloud", "countryCodes", "cudaVersions", "minCudaVersion")
-                   if n in params]
+        filters = [
+            n for n in ("count", "cloud", "countryCodes", "cudaVersions", "minCudaVersion") if n in params
+        ]
         if "include" in params and "product" not in params:
             raise Problem(400, "include=AVAILABILITY requires product.")
         if "include" not in params and ("product" in params or filters):
             named = ["product"] if "product" in params else []
-            raise Problem(400, f"{', '.join(named + filters)}: valid only with "
-                               "include=AVAILABILITY.")
+            raise Problem(400, f"{', '.join(named + filters)}: valid only with include=AVAILABILITY.")
         if "cudaVersions" in params and "minCudaVersion" in params:
             raise Problem(400, "cudaVersions and minCudaVersion are exclusive.")
         availability = None
         if "include" in params:
             availability = {
-                "cloud": params.get("cloud", "SECURE"), "count": params.get("count", 1),
+                "cloud": params.get("cloud", "SECURE"),
+                "count": params.get("count", 1),
                 "countries": set(params.get("countryCodes", [])),
-                "cuda_ok": market.cuda_allowed(params.get("cudaVersions"),
-                                               params.get("minCudaVersion"))}
-        return [market.gpu_type_json(gpu_id, self.prices, self.default_price, self.unavailable,
-                                     availability)
-                for gpu_id in (ids or market.GPUS)]
+                "cuda_ok": market.cuda_allowed(params.get("cudaVersions"), params.get("minCudaVersion")),
+            }
+        return [
+            market.gpu_type_json(gpu_id, self.prices, self.default_price, self.unavailable, availability)
+            for gpu_id in (ids or market.GPUS)
+        ]
 
     def _listNetworkVolumes(self, params, body):
         return 200, {"networkVolumes": [v.json() for v in self.volumes.values()]}
@@ -673,8 +747,9 @@ class FakeRunPod:
             for _ in range(params["lastN"] - 1):
                 start = market.bucket_start(start - datetime.timedelta(microseconds=1), size)
         else:
-            start = market.bucket_start(_moment(params, "startTime")
-                                        or now - datetime.timedelta(days=30), size)
+            start = market.bucket_start(
+                _moment(params, "startTime") or now - datetime.timedelta(days=30), size
+            )
             end = _moment(params, "endTime") or now
             if market.bucket_start(end, size) != end:
                 end = market.next_bucket(market.bucket_start(end, size), size)
@@ -691,21 +766,44 @@ class FakeRunPod:
                 if begin.timestamp() >= until:
                     break
                 amounts = market.amounts(
-                    pod.history, until, begin.timestamp(), finish.timestamp(),
-                    cost_per_hr=pod.cost_per_hr, gpu=pod.gpu_type is not None,
+                    pod.history,
+                    until,
+                    begin.timestamp(),
+                    finish.timestamp(),
+                    cost_per_hr=pod.cost_per_hr,
+                    gpu=pod.gpu_type is not None,
                     disk_gb=pod.created_body.get("disk", DEFAULT_DISK_GB),
-                    volume_gb=(pod.created_body["mounts"]["persistent"]["size"]
-                               if pod.mount == "persistent" else 0))
+                    volume_gb=(
+                        pod.created_body["mounts"]["persistent"]["size"] if pod.mount == "persistent" else 0
+                    ),
+                )
                 if amounts["totalAmount"] > 0:
-                    records.append({"startTime": market.iso(begin), "endTime": market.iso(finish),
-                                    "podId": pod.id, **amounts})
-        totals = {key: round(sum(r[key] for r in records), 6)
-                  for key in ("totalAmount", "gpuAmount", "cpuAmount", "diskAmount")}
-        return 200, {"records": records, "metadata": {
-            "query": {"startTime": market.iso(start), "endTime": market.iso(end),
-                      "bucketSize": size, "podId": params.get("podId")},
-            "recordCount": len(records), "uniquePodCount": len({r["podId"] for r in records}),
-            "totals": totals}}
+                    records.append(
+                        {
+                            "startTime": market.iso(begin),
+                            "endTime": market.iso(finish),
+                            "podId": pod.id,
+                            **amounts,
+                        }
+                    )
+        totals = {
+            key: round(sum(r[key] for r in records), 6)
+            for key in ("totalAmount", "gpuAmount", "cpuAmount", "diskAmount")
+        }
+        return 200, {
+            "records": records,
+            "metadata": {
+                "query": {
+                    "startTime": market.iso(start),
+                    "endTime": market.iso(end),
+                    "bucketSize": size,
+                    "podId": params.get("podId"),
+                },
+                "recordCount": len(records),
+                "uniquePodCount": len({r["podId"] for r in records}),
+                "totals": totals,
+            },
+        }
 
     # --- the pod's machine ---
 
@@ -734,21 +832,25 @@ class FakeRunPod:
             "RUNPOD_GPU_COUNT": str(pod.gpu_count),
             "RUNPOD_DC_ID": pod.data_center,
         }
-        pod.sshd = Sshd(pod.root / f"boot-{pod.start_count}", client_key=self.client_key,
-                        env=pod.login_env, port=port,
-                        authorized_keys=pod.authorized_keys).start()
+        pod.sshd = Sshd(
+            pod.root / f"boot-{pod.start_count}",
+            client_key=self.client_key,
+            env=pod.login_env,
+            port=port,
+            authorized_keys=pod.authorized_keys,
+        ).start()
         pod.boot_polls_left = self.boot_polls
         pod._running_since = None
         self._set_status(pod, status, reason)
 
     def _stop(self, pod: FakePod, reason: str) -> None:
-        self._set_status(pod, "EXITED", reason)   # first: a pod stopping itself dies in _halt
+        self._set_status(pod, "EXITED", reason)  # first: a pod stopping itself dies in _halt
         self._halt(pod, wipe_container=True)
 
     def _terminate(self, pod: FakePod) -> None:
         self._set_status(pod, "TERMINATED", "Terminated by user")
         self._halt(pod)
-        if pod.mount != "network":           # a network volume is only detached
+        if pod.mount != "network":  # a network volume is only detached
             shutil.rmtree(pod.workspace, ignore_errors=True)
 
     def _halt(self, pod: FakePod, wipe_container: bool = False) -> None:
@@ -768,26 +870,43 @@ class FakeRunPod:
         direct = None
         if running and "22/tcp" in ports:
             user = getpass.getuser()
-            direct = {"host": LOCALHOST, "port": pod.sshd.port, "username": user,
-                      "command": f"ssh {user}@{LOCALHOST} -p {pod.sshd.port}"}
+            direct = {
+                "host": LOCALHOST,
+                "port": pod.sshd.port,
+                "username": user,
+                "command": f"ssh {user}@{LOCALHOST} -p {pod.sshd.port}",
+            }
         out = {
-            "id": pod.id, "name": pod.name, "status": pod.status,
+            "id": pod.id,
+            "name": pod.name,
+            "status": pod.status,
             "actions": list(ACTIONS[pod.status]),
-            "image": body.get("image", ""), "args": body.get("args", ""),
+            "image": body.get("image", ""),
+            "args": body.get("args", ""),
             "disk": body.get("disk", DEFAULT_DISK_GB),
             "mounts": json.loads(json.dumps(body.get("mounts", {}))),
-            "ports": list(ports), "env": dict(body.get("env", {})),
+            "ports": list(ports),
+            "env": dict(body.get("env", {})),
             "registry": body.get("registry"),
-            "cloud": pod.cloud, "dataCenterId": pod.data_center,
+            "cloud": pod.cloud,
+            "dataCenterId": pod.data_center,
             "cudaVersion": market.HOST_CUDA if pod.gpu_type else None,
-            "ssh": {"proxy": {"host": PROXY_HOST, "port": 22, "username": pod.proxy_user,
-                              "command": f"ssh {pod.proxy_user}@{PROXY_HOST}"},
-                    "direct": direct},
+            "ssh": {
+                "proxy": {
+                    "host": PROXY_HOST,
+                    "port": 22,
+                    "username": pod.proxy_user,
+                    "command": f"ssh {pod.proxy_user}@{PROXY_HOST}",
+                },
+                "direct": direct,
+            },
             "template": None,
             "cost": 0.0 if pod.status in ("EXITED", "TERMINATED") else pod.cost_per_hr,
-            "locked": False, "globalNetworking": {"enabled": False},
+            "locked": False,
+            "globalNetworking": {"enabled": False},
             "runtime": self._runtime(pod, ports) if running else None,
-            "createdAt": pod.created_at, "startedAt": pod.started_at,
+            "createdAt": pod.created_at,
+            "startedAt": pod.started_at,
         }
         if pod.gpu_type:
             out["gpu"] = {"id": pod.gpu_type, "count": pod.gpu_count}
@@ -801,11 +920,17 @@ class FakeRunPod:
         for entry in ports:
             number, kind = entry.split("/")
             public = pod.sshd.port if entry == "22/tcp" else None
-            published.append({"private": int(number), "public": public, "type": kind,
-                              "ip": LOCALHOST if public else None})
+            published.append(
+                {"private": int(number), "public": public, "type": kind, "ip": LOCALHOST if public else None}
+            )
         uptime = int(time.time() - pod._running_since) if pod._running_since else 0
-        return {"uptime": uptime, "gpus": [{"util": 0, "memoryUtil": 0}] * pod.gpu_count,
-                "cpu": {"util": 0}, "memory": {"util": 0}, "ports": published}
+        return {
+            "uptime": uptime,
+            "gpus": [{"util": 0, "memoryUtil": 0}] * pod.gpu_count,
+            "cpu": {"util": 0},
+            "memory": {"util": 0},
+            "ports": published,
+        }
 
 
 def _moment(params: dict, name: str) -> datetime.datetime | None:
@@ -818,8 +943,9 @@ def _moment(params: dict, name: str) -> datetime.datetime | None:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        raise Problem(422, "Request validation failed.",
-                      [f"query.{name}: {text!r} is not an RFC 3339 date-time"])
+        raise Problem(
+            422, "Request validation failed.", [f"query.{name}: {text!r} is not an RFC 3339 date-time"]
+        )
     return moment
 
 
@@ -855,22 +981,23 @@ class _Handler(BaseHTTPRequestHandler):
         raw_body = self.rfile.read(length) if length else b""
         query = parse_qs(url.query, keep_blank_values=True)
         answer = fake.serve(self.command, url.path, query, self.headers, raw_body)
-        if answer.drop:                  # carried out; the answer is lost on the way
+        if answer.drop:  # carried out; the answer is lost on the way
             self.close_connection = True
             return
         data = b"" if answer.payload is None else json.dumps(answer.payload).encode()
         try:
             self.send_response(answer.status)
             if answer.payload is not None:
-                self.send_header("Content-Type", "application/problem+json"
-                                 if answer.status >= 400 else "application/json")
+                self.send_header(
+                    "Content-Type", "application/problem+json" if answer.status >= 400 else "application/json"
+                )
             for name, value in answer.headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
-            pass                 # the caller died, e.g. a pod process that stopped its own pod
+            pass  # the caller died, e.g. a pod process that stopped its own pod
 
     do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _handle
 

@@ -16,8 +16,9 @@ def token_ids(model_dir: Path, text: str = TEXT) -> list[int]:
     return AutoTokenizer.from_pretrained(model_dir).encode(text, add_special_tokens=False)
 
 
-def make_peft_adapter(base: Path, out: Path, ids: list[int] | None = None, seed: int = 0,
-                      **lora) -> tuple[np.ndarray, np.ndarray]:
+def make_peft_adapter(
+    base: Path, out: Path, ids: list[int] | None = None, seed: int = 0, **lora
+) -> tuple[np.ndarray, np.ndarray]:
     """Save a PEFT adapter trained in name only: lora_B (and DoRA's magnitude) are perturbed so
     the adapter changes the logits. Returns (base logits, PEFT logits) for `ids`."""
     import torch

@@ -49,7 +49,7 @@ def load_spec(path: Path = SPEC_PATH) -> dict:
 
 
 @functools.cache
-def contract() -> "Spec":
+def contract() -> Spec:
     """The spec, ready to check requests and answers (one per process: validators are cached)."""
     return Spec(load_spec())
 
@@ -62,8 +62,9 @@ def pointer(*parts: str) -> str:
 def _may_be_object(schema: dict) -> bool:
     kind = schema.get("type")
     kinds = kind if isinstance(kind, list) else [kind]
-    return (kind is None and any(k in schema for k in ("$ref", "properties", *_PART_LIST))) \
-        or "object" in kinds
+    return (
+        kind is None and any(k in schema for k in ("$ref", "properties", *_PART_LIST))
+    ) or "object" in kinds
 
 
 def strict_schema(schema, whole: bool = False):
@@ -111,23 +112,26 @@ def strict_spec(spec: dict) -> dict:
     walk(out["paths"])
     for name in ("parameters", "responses", "headers", "requestBodies"):
         walk(out["components"].get(name, {}))
-    out["components"]["schemas"] = {name: strict_schema(schema)
-                                    for name, schema in out["components"]["schemas"].items()}
+    out["components"]["schemas"] = {
+        name: strict_schema(schema) for name, schema in out["components"]["schemas"].items()
+    }
     return out
 
 
 class Operation:
     """One operation of the spec: method, path template, its declared parameters and bodies."""
 
-    def __init__(self, spec: "Spec", template: str, method: str):
+    def __init__(self, spec: Spec, template: str, method: str):
         self.spec, self.template, self.method = spec, template, method.upper()
         item = spec.raw["paths"][template]
         self.op = item[method]
         self.id = self.op["operationId"]
         self.where = pointer("paths", template, method)
         params = {}
-        for at, declared in ((pointer("paths", template, "parameters"), item.get("parameters", [])),
-                             (self.where + "/parameters", self.op.get("parameters", []))):
+        for at, declared in (
+            (pointer("paths", template, "parameters"), item.get("parameters", [])),
+            (self.where + "/parameters", self.op.get("parameters", [])),
+        ):
             for index, param in enumerate(declared):
                 where = f"{at}/{index}"
                 if "$ref" in param:
@@ -160,11 +164,14 @@ class Spec:
         self.raw = raw
         self.strict = strict_spec(raw)
         self.registry = referencing.Registry().with_resource(
-            SPEC_URI, DRAFT202012.create_resource(self.strict))
+            SPEC_URI, DRAFT202012.create_resource(self.strict)
+        )
         self.routes = []
         for template, item in raw["paths"].items():
-            parts = [f"(?P<{seg[1:-1]}>[^/]+)" if seg.startswith("{") and seg.endswith("}")
-                     else re.escape(seg) for seg in template.strip("/").split("/")]
+            parts = [
+                f"(?P<{seg[1:-1]}>[^/]+)" if seg.startswith("{") and seg.endswith("}") else re.escape(seg)
+                for seg in template.strip("/").split("/")
+            ]
             ops = {m.upper(): Operation(self, template, m) for m in item if m in METHODS}
             self.routes.append((re.compile("/" + "/".join(parts)), template, ops))
         # Literal segments win over parameters: /v2/registries/delegations is not registry
@@ -200,15 +207,14 @@ class Spec:
         """A validator of the (strict) schema at JSON pointer `where`, used whole."""
         if where not in self._validators:
             root = strict_schema({"$ref": f"{SPEC_URI}#{where}"}, whole=True)
-            self._validators[where] = jsonschema.Draft202012Validator(root,
-                                                                      registry=self.registry)
+            self._validators[where] = jsonschema.Draft202012Validator(root, registry=self.registry)
         return self._validators[where]
 
     def problems(self, instance, where: str, prefix: str = "$") -> list[str]:
         """Every way `instance` breaks the schema at `where`, each as `location: what is wrong`."""
         out = []
         for error in self.validator(where).iter_errors(instance):
-            if error.context:                   # anyOf/oneOf: the branch that came closest
+            if error.context:  # anyOf/oneOf: the branch that came closest
                 error = best_match(error.context)
             message = error.message
             if error.validator == "unevaluatedProperties":
@@ -264,8 +270,7 @@ class Spec:
 
     # --- requests ---
 
-    def parameters(self, op: Operation, path_params: dict[str, str],
-                   query: dict[str, list[str]]) -> dict:
+    def parameters(self, op: Operation, path_params: dict[str, str], query: dict[str, list[str]]) -> dict:
         """Path and query parameters typed as their schemas say and valid against them.
 
         A query parameter the operation does not declare is a 400; a value against its schema a
@@ -274,23 +279,27 @@ class Spec:
         unknown = sorted(name for name in query if ("query", name) not in op.params)
         if unknown:
             known = sorted(name for where, name in op.params if where == "query")
-            raise Invalid(400, f"Unknown query parameter {', '.join(map(repr, unknown))}: "
-                               f"{op.id} takes {', '.join(known) or 'none'}.")
+            raise Invalid(
+                400,
+                f"Unknown query parameter {', '.join(map(repr, unknown))}: "
+                f"{op.id} takes {', '.join(known) or 'none'}.",
+            )
         values, errors = {}, []
         for (where, name), (param, schema_at) in op.params.items():
             if where == "path":
                 raw = [path_params[name]]
             elif where == "query" and name in query:
                 raw = query[name]
-            else:                              # absent: the handler knows its default
+            else:  # absent: the handler knows its default
                 if param.get("required"):
                     errors.append(f"{where}.{name}: required")
                 continue
             schema = self._schema_of(param["schema"])
             if len(raw) > 1:
-                errors.append(f"{where}.{name}: given {len(raw)} times"
-                              + ("; a list is one comma-separated value"
-                                 if schema.get("type") == "array" else ""))
+                errors.append(
+                    f"{where}.{name}: given {len(raw)} times"
+                    + ("; a list is one comma-separated value" if schema.get("type") == "array" else "")
+                )
                 continue
             if schema.get("type") == "array":
                 item_type = self._schema_of(schema.get("items", {})).get("type")
@@ -332,11 +341,12 @@ class Spec:
 
     # --- answers ---
 
-    def answer_problems(self, op: Operation | None, status: int, payload,
-                        content_type: str | None) -> list[str]:
+    def answer_problems(
+        self, op: Operation | None, status: int, payload, content_type: str | None
+    ) -> list[str]:
         """How an answer breaks the spec: an undeclared status, a body where none is declared
         (or none where one is), a body against its schema."""
-        if op is None:                         # outside every operation: a problem body
+        if op is None:  # outside every operation: a problem body
             return self.problems(payload, pointer("components", "schemas", "ErrorResponse"))
         found = op.response(status)
         if found is None or (status < 400 and str(status) not in op.op["responses"]):
@@ -346,8 +356,7 @@ class Spec:
         if payload is None:
             return [f"{op.id} {status} declares a body ({', '.join(content)})"] if content else []
         if content_type not in content:
-            return [(f"{op.id} {status} declares {', '.join(content) or 'no body'}, "
-                     f"not {content_type}")]
+            return [(f"{op.id} {status} declares {', '.join(content) or 'no body'}, not {content_type}")]
         return self.problems(payload, where + pointer("content", content_type, "schema"))
 
 

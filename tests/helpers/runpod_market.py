@@ -27,9 +27,9 @@ COMMUNITY_SHARE = 0.8
 
 @dataclass(frozen=True)
 class GpuKind:
-    name: str            # the catalog's short name
-    memory: int          # GB of VRAM
-    max_secure: int      # the largest pod of this type, per cloud (0: not offered there)
+    name: str  # the catalog's short name
+    memory: int  # GB of VRAM
+    max_secure: int  # the largest pod of this type, per cloud (0: not offered there)
     max_community: int
 
 
@@ -54,14 +54,14 @@ DATA_CENTERS = {
     "CA-MTL-1": "CA Montreal 1",
 }
 CPU_FLAVORS = {"cpu3c": 2, "cpu3g": 4, "cpu3m": 8, "cpu5c": 2, "cpu5g": 4, "cpu5m": 8}  # GB/vCPU
-HOST_CUDA = "12.8"   # what every GPU host reports
+HOST_CUDA = "12.8"  # what every GPU host reports
 
 # Pod disk, as RunPod's storage page prices it: container disk and volume $0.10/GB/month while the
 # pod runs, the volume $0.20/GB/month while it is stopped; a month is 30 days here.
 DISK_RUNNING_PER_GB_MONTH = 0.10
 VOLUME_STOPPED_PER_GB_MONTH = 0.20
 HOURS_PER_MONTH = 720
-BILLED_STATUSES = ("PROVISIONING", "STARTING", "RUNNING", "ERROR")   # the compute is reserved
+BILLED_STATUSES = ("PROVISIONING", "STARTING", "RUNNING", "ERROR")  # the compute is reserved
 
 
 def country(data_center: str) -> str:
@@ -86,29 +86,41 @@ def in_stock(gpu_id: str, cloud: str, count: int, unavailable: set[str]) -> bool
     return gpu_id not in unavailable and 1 <= count <= max_count(gpu_id, cloud)
 
 
-def gpu_type_json(gpu_id: str, prices: dict, default_price: float, unavailable: set[str],
-                  availability: dict | None) -> dict:
+def gpu_type_json(
+    gpu_id: str, prices: dict, default_price: float, unavailable: set[str], availability: dict | None
+) -> dict:
     """A GpuType of the catalog; `availability` (cloud, count, countries) adds stock."""
     kind = GPUS[gpu_id]
     out = {
-        "id": gpu_id, "name": kind.name, "pool": None, "manufacturer": "NVIDIA",
-        "memory": kind.memory, "secure": kind.max_secure > 0,
+        "id": gpu_id,
+        "name": kind.name,
+        "pool": None,
+        "manufacturer": "NVIDIA",
+        "memory": kind.memory,
+        "secure": kind.max_secure > 0,
         "community": kind.max_community > 0,
-        "price": {cloud.lower(): price(prices, gpu_id, cloud, default_price)
-                  for cloud in ("SECURE", "COMMUNITY")},
+        "price": {
+            cloud.lower(): price(prices, gpu_id, cloud, default_price) for cloud in ("SECURE", "COMMUNITY")
+        },
         "maxCount": {"secure": kind.max_secure, "community": kind.max_community},
     }
     if availability is not None:
-        stocked = in_stock(gpu_id, availability["cloud"], availability["count"], unavailable) \
+        stocked = (
+            in_stock(gpu_id, availability["cloud"], availability["count"], unavailable)
             and availability["cuda_ok"]
-        centers = [dc for dc in DATA_CENTERS
-                   if not availability["countries"] or country(dc) in availability["countries"]]
+        )
+        centers = [
+            dc
+            for dc in DATA_CENTERS
+            if not availability["countries"] or country(dc) in availability["countries"]
+        ]
         level = "HIGH" if stocked and centers else "NONE"
         out["availability"] = level
         if level != "NONE":
-            out["dataCenters"] = [{"id": dc, "name": DATA_CENTERS[dc], "availability": level}
-                                  for dc in centers]
-        if availability["cuda_ok"]:             # the filters narrow the list too
+            out["dataCenters"] = [
+                {"id": dc, "name": DATA_CENTERS[dc], "availability": level} for dc in centers
+            ]
+        if availability["cuda_ok"]:  # the filters narrow the list too
             out["cudaVersions"] = [{"version": HOST_CUDA, "available": level != "NONE"}]
     return out
 
@@ -120,13 +132,13 @@ def cuda_allowed(allowed: list[str] | None, minimum: str | None) -> bool:
         return HOST_CUDA in allowed
     if minimum:
         floor = tuple(int(x) for x in minimum.split("."))
-        return host[:len(floor)] >= floor
+        return host[: len(floor)] >= floor
     return True
 
 
 # --- billing -------------------------------------------------------------------------------------
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def iso(moment: datetime.datetime) -> str:
@@ -140,11 +152,11 @@ def bucket_start(moment: datetime.datetime, size: str) -> datetime.datetime:
     day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
     if size == "day":
         return day
-    if size == "week":                     # ISO weeks start on Monday
+    if size == "week":  # ISO weeks start on Monday
         return day - datetime.timedelta(days=day.weekday())
     if size == "month":
         return day.replace(day=1)
-    return day.replace(month=1, day=1)     # year
+    return day.replace(month=1, day=1)  # year
 
 
 def next_bucket(start: datetime.datetime, size: str) -> datetime.datetime:
@@ -163,8 +175,17 @@ def buckets(start: datetime.datetime, end: datetime.datetime, size: str):
         start = following
 
 
-def amounts(history: list[tuple[float, str]], until: float, begin: float, end: float, *,
-            cost_per_hr: float, gpu: bool, disk_gb: int, volume_gb: int) -> dict:
+def amounts(
+    history: list[tuple[float, str]],
+    until: float,
+    begin: float,
+    end: float,
+    *,
+    cost_per_hr: float,
+    gpu: bool,
+    disk_gb: int,
+    volume_gb: int,
+) -> dict:
     """What a pod cost in [begin, end), from its status history [(unix time, status)] up to
     `until`: compute at `cost_per_hr` while billed, disk as DISK_* above."""
     gpu_usd = cpu_usd = disk_usd = 0.0
@@ -180,16 +201,17 @@ def amounts(history: list[tuple[float, str]], until: float, begin: float, end: f
             disk_usd += hours * (disk_gb + volume_gb) * DISK_RUNNING_PER_GB_MONTH / HOURS_PER_MONTH
         elif status == "EXITED":
             disk_usd += hours * volume_gb * VOLUME_STOPPED_PER_GB_MONTH / HOURS_PER_MONTH
-    out = {"gpuAmount": round(gpu_usd, 6), "cpuAmount": round(cpu_usd, 6),
-           "diskAmount": round(disk_usd, 6)}
+    out = {"gpuAmount": round(gpu_usd, 6), "cpuAmount": round(cpu_usd, 6), "diskAmount": round(disk_usd, 6)}
     out["totalAmount"] = round(sum(out.values()), 6)
     return out
 
 
 def billed_seconds(history: list[tuple[float, str]], until: float) -> float:
-    return sum(max(0.0, min(next_since, until) - since)
-               for since, next_since, status in intervals(history, until)
-               if status in BILLED_STATUSES)
+    return sum(
+        max(0.0, min(next_since, until) - since)
+        for since, next_since, status in intervals(history, until)
+        if status in BILLED_STATUSES
+    )
 
 
 def intervals(history: list[tuple[float, str]], until: float):

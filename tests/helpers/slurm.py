@@ -27,9 +27,11 @@ CLIENTS = ("sbatch", "squeue", "sinfo", "scancel", "scontrol")
 
 
 def missing_binaries() -> list[str]:
-    found = {name: shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
-        for name in (*DAEMONS, *CLIENTS)}
+    found = {
+        name: shutil.which(name)
+        or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+        for name in (*DAEMONS, *CLIENTS)
+    }
     return [name for name, path in found.items() if not path]
 
 
@@ -80,47 +82,54 @@ class SlurmCluster:
         memory = max(256, int(_memory_mb() * 0.8 / len(self.names)))
         several = len(self.names) > 1
         node = "%n" if several else ""
-        self.conf.write_text("\n".join([
-            "ClusterName=loratest",
-            f"SlurmctldHost={self.host}(127.0.0.1)",
-            f"SlurmctldPort={free_port()}",
-            *([] if several else [f"SlurmdPort={free_port()}"]),
-            "SlurmUser=root",
-            "SlurmdUser=root",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            f"AuthInfo=socket={self.munge_socket}",
-            f"StateSaveLocation={r / 'ctld'}",
-            f"SlurmdSpoolDir={r / 'spool' / node}",
-            f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / f'slurmd{node}.pid'}",
-            f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / f'slurmd{node}.log'}",
-            "SlurmctldDebug=info",
-            "SlurmdDebug=info",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core",
-            "SchedulerType=sched/backfill",
-            "AccountingStorageType=accounting_storage/none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "JobCompType=jobcomp/none",
-            "MpiDefault=none",
-            "ReturnToService=2",
-            "GresTypes=gpu",
-            # A cancelled or timed-out job's processes get SIGTERM, then SIGKILL this much later.
-            "KillWait=5",
-            # Ended jobs stay visible to squeue this long (no accounting here to ask afterwards).
-            "MinJobAge=3600",
-            "SchedulerParameters=sched_interval=2",
-            *(f"NodeName={name} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} Gres=gpu:2 "
-              + (f"NodeHostname={self.host} Port={free_port()} " if several else "")
-              + "State=UNKNOWN" for name in self.names),
-            f"PartitionName=debug Nodes={','.join(self.names)} Default=YES MaxTime=INFINITE State=UP",
-            f"PartitionName=short Nodes={','.join(self.names)} MaxTime=2 State=UP",
-            "",
-        ]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=loratest",
+                    f"SlurmctldHost={self.host}(127.0.0.1)",
+                    f"SlurmctldPort={free_port()}",
+                    *([] if several else [f"SlurmdPort={free_port()}"]),
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={self.munge_socket}",
+                    f"StateSaveLocation={r / 'ctld'}",
+                    f"SlurmdSpoolDir={r / 'spool' / node}",
+                    f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={r / f'slurmd{node}.pid'}",
+                    f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={r / 'log' / f'slurmd{node}.log'}",
+                    "SlurmctldDebug=info",
+                    "SlurmdDebug=info",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "SchedulerType=sched/backfill",
+                    "AccountingStorageType=accounting_storage/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "JobCompType=jobcomp/none",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "GresTypes=gpu",
+                    # A cancelled or timed-out job's processes get SIGTERM, then SIGKILL this much later.
+                    "KillWait=5",
+                    # Ended jobs stay visible to squeue this long (no accounting here to ask afterwards).
+                    "MinJobAge=3600",
+                    "SchedulerParameters=sched_interval=2",
+                    *(
+                        f"NodeName={name} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} Gres=gpu:2 "
+                        + (f"NodeHostname={self.host} Port={free_port()} " if several else "")
+                        + "State=UNKNOWN"
+                        for name in self.names
+                    ),
+                    f"PartitionName=debug Nodes={','.join(self.names)} Default=YES MaxTime=INFINITE State=UP",
+                    f"PartitionName=short Nodes={','.join(self.names)} MaxTime=2 State=UP",
+                    "",
+                ]
+            )
+        )
         # gres/gpu counts device files: two empty files per node stand in for /dev/nvidia0 and 1.
         gres = ["AutoDetect=off"]
         for name in self.names:
@@ -133,16 +142,26 @@ class SlurmCluster:
     def _spawn(self, argv: list[str], name: str) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")
         env = {**os.environ, **self.env}
-        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        )
 
-    def start(self, timeout: float = 180) -> "SlurmCluster":
+    def start(self, timeout: float = 180) -> SlurmCluster:
         self._write_config()
         r = self.root
-        self._spawn([_binary("munged"), "-F", "-f", f"--socket={self.munge_socket}",
-                     f"--key-file={r / 'munge' / 'munge.key'}", f"--pid-file={r / 'munge' / 'munged.pid'}",
-                     f"--log-file={r / 'log' / 'munged.log'}", f"--seed-file={r / 'munge' / 'seed'}"],
-                    "munged")
+        self._spawn(
+            [
+                _binary("munged"),
+                "-F",
+                "-f",
+                f"--socket={self.munge_socket}",
+                f"--key-file={r / 'munge' / 'munge.key'}",
+                f"--pid-file={r / 'munge' / 'munged.pid'}",
+                f"--log-file={r / 'log' / 'munged.log'}",
+                f"--seed-file={r / 'munge' / 'seed'}",
+            ],
+            "munged",
+        )
         self._wait(lambda: self.munge_socket.exists(), 30, "munged to open its socket")
         self._spawn([_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld")
         for name in self.names:
@@ -153,8 +172,11 @@ class SlurmCluster:
 
     def _node_idle(self) -> bool:
         states = self.client("sinfo", "-h", "-N", "-o", "%N %T", check=False).stdout.split("\n")
-        ready = {line.split()[0] for line in states
-                 if line.strip() and line.split()[1].startswith(("idle", "mixed", "allocated"))}
+        ready = {
+            line.split()[0]
+            for line in states
+            if line.strip() and line.split()[1].startswith(("idle", "mixed", "allocated"))
+        }
         return ready >= set(self.names)
 
     def _wait(self, condition, timeout: float, what: str) -> None:
@@ -176,8 +198,14 @@ class SlurmCluster:
 
     def client(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run a Slurm client command (sbatch, squeue, scancel, ...) against this cluster."""
-        return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=60,
-                              env={**os.environ, **self.env})
+        return subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+            env={**os.environ, **self.env},
+        )
 
     def job_state(self, job: str) -> str:
         return self.client("squeue", "-h", "-t", "all", "-j", job, "-o", "%T", check=False).stdout.strip()
@@ -202,9 +230,14 @@ def start_cluster(root: Path, nodes: int = 1) -> SlurmCluster:
     import pytest
 
     missing = missing_binaries()
-    why = (f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurmctld "
-           "slurmd slurm-client munge" if missing else
-           "" if os.geteuid() == 0 else "slurmd must run as root here")
+    why = (
+        f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurmctld "
+        "slurmd slurm-client munge"
+        if missing
+        else ""
+        if os.geteuid() == 0
+        else "slurmd must run as root here"
+    )
     if why:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the Slurm tests: {why}")

@@ -27,8 +27,9 @@ def free_port() -> int:
 
 
 def keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lora-test", "-f", str(path)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lora-test", "-f", str(path)], check=True
+    )
     return path
 
 
@@ -44,8 +45,14 @@ def setenv_line(env: dict[str, str]) -> str:
 
 
 class Sshd:
-    def __init__(self, root: Path, client_key: Path | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None, authorized_keys: str | None = None):
+    def __init__(
+        self,
+        root: Path,
+        client_key: Path | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        authorized_keys: str | None = None,
+    ):
         """`client_key`: authorize this existing key (its .pub beside it) instead of a new one;
         `env`: more variables for every login, after OMP_NUM_THREADS; `port`: listen there;
         `authorized_keys`: the authorized_keys file's text instead of client_key's .pub ("" lets
@@ -55,38 +62,43 @@ class Sshd:
         self.port = port or free_port()
         self.host_key = keygen(root / "ssh_host_ed25519_key")
         self.client_key = client_key or keygen(root / "client_key")
-        self.other_key = keygen(root / "unauthorized_key")   # a key the pod does not know
+        self.other_key = keygen(root / "unauthorized_key")  # a key the pod does not know
         if authorized_keys is None:
             authorized_keys = Path(f"{self.client_key}.pub").read_text()
         (root / "authorized_keys").write_text(authorized_keys)
         os.chmod(root / "authorized_keys", 0o600)
         self.config = root / "sshd_config"
-        self.config.write_text("\n".join([
-            f"Port {self.port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {self.host_key}",
-            f"PidFile {root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {root / 'authorized_keys'}",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes",
-            "StrictModes no",      # tmp folders are not a home directory
-            "UsePAM no",
-            "LogLevel VERBOSE",
-            # One torch thread: on a 2-core CI machine two spinning OpenMP threads slow down ten
-            # times whenever anything else runs (the tests, snakemake, sshd itself).
-            setenv_line({"OMP_NUM_THREADS": "1", **(env or {})}),
-            "",
-        ]))
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {root / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {root / 'authorized_keys'}",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "StrictModes no",  # tmp folders are not a home directory
+                    "UsePAM no",
+                    "LogLevel VERBOSE",
+                    # One torch thread: on a 2-core CI machine two spinning OpenMP threads slow down ten
+                    # times whenever anything else runs (the tests, snakemake, sshd itself).
+                    setenv_line({"OMP_NUM_THREADS": "1", **(env or {})}),
+                    "",
+                ]
+            )
+        )
         self.log = root / "sshd.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 10) -> "Sshd":
+    def start(self, timeout: float = 10) -> Sshd:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -147,8 +159,18 @@ def style_run_config(tmp: Path, pod: dict, tiny_model: Path, **overrides) -> Pat
     """A config with one run, `style`, training the tiny model on `pod` (e.g. Sshd.pod(...))."""
     from helpers.workflow import SAMPLE_DATA, write_config
 
-    return write_config(tmp / "config.yaml", {
-        "runs": {"style": {"data": str(SAMPLE_DATA), "base_model": str(tiny_model),
-                           "profile": "tiny_cpu", "pod": "testpod", "overrides": overrides}},
-        "pods": {"testpod": pod},
-    })
+    return write_config(
+        tmp / "config.yaml",
+        {
+            "runs": {
+                "style": {
+                    "data": str(SAMPLE_DATA),
+                    "base_model": str(tiny_model),
+                    "profile": "tiny_cpu",
+                    "pod": "testpod",
+                    "overrides": overrides,
+                }
+            },
+            "pods": {"testpod": pod},
+        },
+    )

@@ -24,40 +24,57 @@ POD_VENV = Path(os.environ.get("LORA_POD_VENV", REPO / ".venv-pod"))
 POD_PYTHON = POD_VENV / "bin" / "python"
 LLAMAFACTORY_CLI = POD_VENV / "bin" / "llamafactory-cli"
 
+
 def run_script(name: str, *args, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
     """Run a command line with the local interpreter: scripts/<name>.py as a user types it, or a
     module (`lora_style.mlx.metadata`) as the rules run it."""
     command = [str(SCRIPTS / name)] if name.endswith(".py") else ["-m", name]
-    return subprocess.run([sys.executable, *command, *map(str, args)],
-                          capture_output=True, text=True, check=check, **kwargs)
+    return subprocess.run(
+        [sys.executable, *command, *map(str, args)], capture_output=True, text=True, check=check, **kwargs
+    )
 
 
 def run_pod_python(*args, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run the pod environment's interpreter (LLaMA-Factory installed)."""
     if not POD_PYTHON.exists():
         pytest.fail(f"{POD_PYTHON} missing: run `make venvs` (or set LORA_POD_VENV)")
-    proc = subprocess.run([str(POD_PYTHON), *map(str, args)], capture_output=True,
-                          text=True, **kwargs)
+    proc = subprocess.run([str(POD_PYTHON), *map(str, args)], capture_output=True, text=True, **kwargs)
     if check and proc.returncode != 0:
         pytest.fail(f"pod python failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
-def snakemake(workdir: Path, *args, configfile: Path | None = None, check: bool = True,
-              timeout: float = 900, snakefile: Path = REPO / "Snakefile",
-              env: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path,
+    *args,
+    configfile: Path | None = None,
+    check: bool = True,
+    timeout: float = 900,
+    snakefile: Path = REPO / "Snakefile",
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run the real workflow in `workdir` (its own results/, logs/, lora_adapters/).
 
     `args` are passed as they are (flags and targets); the config file in `configfile`
     is merged over the repository's config/config.yaml, as for `make demo`.
     """
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
-           "--directory", str(workdir), "--cores", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+    ]
     if configfile:
         cmd.append(f"--configfile={configfile}")  # the = form: targets after it stay targets
     cmd += list(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc

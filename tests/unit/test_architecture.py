@@ -18,8 +18,15 @@ from helpers.workflow import REPO
 
 SRC = REPO / "src"
 LAYERS = [
-    {"lora_style", "lora_style.fileio", "lora_style.safetensors_io", "lora_style.hub",
-     "lora_style.prompt_format", "lora_style.paths", "lora_style.tiny_model"},
+    {
+        "lora_style",
+        "lora_style.fileio",
+        "lora_style.safetensors_io",
+        "lora_style.hub",
+        "lora_style.prompt_format",
+        "lora_style.paths",
+        "lora_style.tiny_model",
+    },
     {"lora_style.config"},
     {"lora_style.data"},
     {"lora_style.training"},
@@ -39,8 +46,12 @@ def imports_of(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
-               and "TYPE_CHECKING" in ast.unparse(block.test) for node in ast.walk(block)}
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -50,8 +61,9 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
-                                + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     modules = {module_name(p) for p in SRC.rglob("*.py")}
@@ -70,8 +82,9 @@ def layer(module: str) -> int:
 
 
 def test_imports_go_one_way():
-    wrong = [f"{a} imports {b}" for a, targets in graph().items() for b in sorted(targets)
-             if layer(b) > layer(a)]
+    wrong = [
+        f"{a} imports {b}" for a, targets in graph().items() for b in sorted(targets) if layer(b) > layer(a)
+    ]
     assert wrong == [], "an import against the direction (docs/architecture.md):\n" + "\n".join(wrong)
 
 
@@ -83,7 +96,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = "done"

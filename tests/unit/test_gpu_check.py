@@ -10,13 +10,14 @@ import sys
 import zipfile
 
 import pytest
-from helpers.workflow import REPO
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 from lora_style.config.train_yaml import load_profile, train_args
 from lora_style.training import estimate
 from lora_style.training.preflight import run_packages
+
+from helpers.workflow import REPO
 
 GPU = REPO / "bench" / "gpu"
 
@@ -36,10 +37,24 @@ slim_wheel = load("slim_wheel")
 
 def test_the_model_has_qwen25_32b_shapes_block_for_block():
     full = make_model.model_config(64)
-    assert {k: full[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
-                                 "num_key_value_heads", "vocab_size", "num_hidden_layers")} == {
-        "hidden_size": 5120, "intermediate_size": 27648, "num_attention_heads": 40,
-        "num_key_value_heads": 8, "vocab_size": 152064, "num_hidden_layers": 64}
+    assert {
+        k: full[k]
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "vocab_size",
+            "num_hidden_layers",
+        )
+    } == {
+        "hidden_size": 5120,
+        "intermediate_size": 27648,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "vocab_size": 152064,
+        "num_hidden_layers": 64,
+    }
     assert full["tie_word_embeddings"] is False
     assert make_model.model_config(4) == {**full, "num_hidden_layers": 4}
     # The same size preflight's table gives Qwen2.5-32B (its q/k/v biases aside).
@@ -53,16 +68,25 @@ def test_the_cpu_shrink_keeps_the_head_size_and_widths_of_64():
     assert small["hidden_size"] // small["num_attention_heads"] == 128
     assert small["num_key_value_heads"] >= 1
     assert small["intermediate_size"] % 64 == 0 and small["vocab_size"] % 64 == 0
-    assert small["vocab_size"] >= 3500   # the sample data's tokenizer fits: every id in range
+    assert small["vocab_size"] >= 3500  # the sample data's tokenizer fits: every id in range
     assert make_model.model_config(2, shrink=1) == make_model.model_config(2)
 
 
 def test_the_run_trains_with_the_32b_profiles_own_4bit_settings(tmp_path):
     args = check.build_args(tmp_path / "model-8", 16, 8, cpu=False)
-    for key, value in {"quantization_bit": 4, "bf16": True, "optim": "paged_adamw_32bit",
-                       "flash_attn": "sdpa", "gradient_checkpointing": True, "lora_rank": 64,
-                       "lora_target": "all", "cutoff_len": 2048, "packing": True,
-                       "per_device_train_batch_size": 1, "gradient_accumulation_steps": 16}.items():
+    for key, value in {
+        "quantization_bit": 4,
+        "bf16": True,
+        "optim": "paged_adamw_32bit",
+        "flash_attn": "sdpa",
+        "gradient_checkpointing": True,
+        "lora_rank": 64,
+        "lora_target": "all",
+        "cutoff_len": 2048,
+        "packing": True,
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 16,
+    }.items():
         assert args[key] == value, key
     # The profile's arguments as the graph builds them, except what the check must change.
     graph = train_args("gpucheck", {"profile": check.PROFILE, "base_model": str(tmp_path / "model-8")})
@@ -86,14 +110,26 @@ def test_a_line_through_two_block_counts_is_extrapolated_to_64():
 
 
 def step(n, seconds, tokens=32768, reserved=0):
-    return {"event": "step", "step": n, "begin": 100.0 * n, "end": 100.0 * n + seconds,
-            "tokens": tokens, "real_tokens": tokens - 8, "max_reserved": reserved}
+    return {
+        "event": "step",
+        "step": n,
+        "begin": 100.0 * n,
+        "end": 100.0 * n + seconds,
+        "tokens": tokens,
+        "real_tokens": tokens - 8,
+        "max_reserved": reserved,
+    }
 
 
 def test_step_figures_leave_out_the_warm_up_and_take_medians():
-    records = [{"event": "train_begin", "max_reserved": 5e9}, step(1, 30.0, reserved=6e9),
-               step(2, 9.0, reserved=7e9), step(3, 2.0, reserved=7e9), step(4, 2.2, reserved=8e9),
-               step(5, 2.1, reserved=7e9)]
+    records = [
+        {"event": "train_begin", "max_reserved": 5e9},
+        step(1, 30.0, reserved=6e9),
+        step(2, 9.0, reserved=7e9),
+        step(3, 2.0, reserved=7e9),
+        step(4, 2.2, reserved=8e9),
+        step(5, 2.1, reserved=7e9),
+    ]
     figures = check.step_figures(records)
     assert figures["steps"] == 5
     assert figures["step_s"] == pytest.approx(2.1)
@@ -105,8 +141,16 @@ def test_step_figures_leave_out_the_warm_up_and_take_medians():
 
 def test_the_summary_sets_64_blocks_beside_preflight_and_the_guide(tmp_path):
     args = check.build_args(tmp_path / "m", 16, 8, cpu=False)
-    runs = [{"blocks": b, "step_s": 0.5 + 0.25 * b, "tokens_per_step": 32768,
-             "max_reserved": (4 + 0.6 * b) * 1e9, "estimate_gb": 5 + 1.05 * b} for b in (4, 8)]
+    runs = [
+        {
+            "blocks": b,
+            "step_s": 0.5 + 0.25 * b,
+            "tokens_per_step": 32768,
+            "max_reserved": (4 + 0.6 * b) * 1e9,
+            "estimate_gb": 5 + 1.05 * b,
+        }
+        for b in (4, 8)
+    ]
     summary = check.summarise(runs, {"gpu": "test"}, args, cpu=False)
     # preflight's estimate for the full model: the "about 71 GB" that decides whether a pod fits.
     assert summary["preflight_estimate_64_blocks_gb"] == pytest.approx(71.2, abs=0.5)
@@ -129,16 +173,23 @@ def test_the_summary_sets_64_blocks_beside_preflight_and_the_guide(tmp_path):
 
 def test_nvidia_smi_samples_give_the_peak_in_gb(tmp_path):
     csv = tmp_path / "nvidia-smi.csv"
-    csv.write_text("timestamp, index, memory.used [MiB], memory.total [MiB]\n"
-                   "2026/11/13 10:00:00.000, 0, 1024, 81559\n"
-                   "2026/11/13 10:00:00.500, 0, 40960, 81559\n")
+    csv.write_text(
+        "timestamp, index, memory.used [MiB], memory.total [MiB]\n"
+        "2026/11/13 10:00:00.000, 0, 1024, 81559\n"
+        "2026/11/13 10:00:00.500, 0, 40960, 81559\n"
+    )
     assert check.nvidia_smi_peak(csv) == pytest.approx(40960 * 2**20 / 1e9)
     assert check.nvidia_smi_peak(tmp_path / "none.csv") is None
 
 
 # LLaMA-Factory 0.9.5's declared caps (its METADATA), which the carried wheels must meet.
-LLAMAFACTORY_PINS = ["transformers<=5.6.0,>=4.55.0", "peft<=0.18.1,>=0.18.0", "trl<=0.24.0,>=0.18.0",
-                     "datasets<=4.0.0,>=2.16.0", "accelerate<=1.11.0,>=1.3.0"]
+LLAMAFACTORY_PINS = [
+    "transformers<=5.6.0,>=4.55.0",
+    "peft<=0.18.1,>=0.18.0",
+    "trl<=0.24.0,>=0.18.0",
+    "datasets<=4.0.0,>=2.16.0",
+    "accelerate<=1.11.0,>=1.3.0",
+]
 
 
 def wheels() -> dict[str, Version]:
@@ -155,14 +206,26 @@ def wheels() -> dict[str, Version]:
 
 def test_the_wheels_are_the_training_paths_missing_packages_at_llamafactorys_versions():
     pins = wheels()
-    assert set(pins) == {"llamafactory", "transformers", "tokenizers", "peft", "trl", "accelerate",
-                         "datasets", "dill", "multiprocess", "fsspec", "omegaconf", "bitsandbytes"}
+    assert set(pins) == {
+        "llamafactory",
+        "transformers",
+        "tokenizers",
+        "peft",
+        "trl",
+        "accelerate",
+        "datasets",
+        "dill",
+        "multiprocess",
+        "fsspec",
+        "omegaconf",
+        "bitsandbytes",
+    }
     assert pins["llamafactory"] == Version("0.9.5")
     for pin in LLAMAFACTORY_PINS:
         req = Requirement(pin)
         assert pins[req.name] in req.specifier, pin
     assert pins["tokenizers"] in Requirement("tokenizers>=0.22.0,<=0.23.0").specifier  # transformers 5.6
-    (need,) = run_packages({"quantization_bit": 4})   # what preflight asks of the pod
+    (need,) = run_packages({"quantization_bit": 4})  # what preflight asks of the pod
     assert pins["bitsandbytes"] in Requirement(need.requirement).specifier
     # Never the web UI's or the API server's: `llamafactory-cli train` imports none of them.
     assert not {"gradio", "fastapi", "uvicorn", "modelscope", "av", "torchdata"} & set(pins)
@@ -174,8 +237,10 @@ def fake_wheel(path, backends):
         for name in ["bitsandbytes/__init__.py", *(f"bitsandbytes/libbitsandbytes_{b}.so" for b in backends)]:
             z.writestr(name, b"x" * 1000)
             record.append(f"{name},sha256=abc,1000")
-        z.writestr("bitsandbytes-0.50.2.dist-info/RECORD", "\n".join(record + [
-            "bitsandbytes-0.50.2.dist-info/RECORD,,"]) + "\n")
+        z.writestr(
+            "bitsandbytes-0.50.2.dist-info/RECORD",
+            "\n".join(record + ["bitsandbytes-0.50.2.dist-info/RECORD,,"]) + "\n",
+        )
 
 
 def test_the_slim_bitsandbytes_wheel_keeps_cpu_and_cuda130_only(tmp_path):
@@ -184,11 +249,13 @@ def test_the_slim_bitsandbytes_wheel_keeps_cpu_and_cuda130_only(tmp_path):
     first, second = tmp_path / "a.whl", tmp_path / "b.whl"
     removed = slim_wheel.slim(wheel, {"cpu", "cuda130"}, first)
     slim_wheel.slim(wheel, {"cpu", "cuda130"}, second)
-    assert first.read_bytes() == second.read_bytes()          # repeatable
+    assert first.read_bytes() == second.read_bytes()  # repeatable
     assert len(removed) == 4
     with zipfile.ZipFile(first) as z:
         assert sorted(n for n in z.namelist() if n.endswith(".so")) == [
-            "bitsandbytes/libbitsandbytes_cpu.so", "bitsandbytes/libbitsandbytes_cuda130.so"]
+            "bitsandbytes/libbitsandbytes_cpu.so",
+            "bitsandbytes/libbitsandbytes_cuda130.so",
+        ]
         record = z.read("bitsandbytes-0.50.2.dist-info/RECORD").decode()
         assert "cuda118" not in record and "cuda130" in record and "__init__.py" in record
     with pytest.raises(SystemExit, match="cuda132"):
@@ -223,12 +290,17 @@ def test_the_hook_records_steps_tokens_and_memory_from_inside_the_trainer(tmp_pa
     callback.on_train_begin(None, state, None)
     callback.on_step_begin(None, state, None)
     for _ in range(2):
-        trainer.training_step(None, {"input_ids": torch.ones(1, 2048, dtype=torch.long),
-                                     "attention_mask": torch.tensor([[1] * 2040 + [0] * 8])})
+        trainer.training_step(
+            None,
+            {
+                "input_ids": torch.ones(1, 2048, dtype=torch.long),
+                "attention_mask": torch.tensor([[1] * 2040 + [0] * 8]),
+            },
+        )
     state.global_step = 1
     callback.on_step_end(None, state, None)
     records = [json.loads(line) for line in steps_file.read_text().splitlines()]
     assert [r["event"] for r in records] == ["hooked", "train_begin", "step"]
     assert records[-1]["tokens"] == 4096 and records[-1]["real_tokens"] == 4080
     assert records[-1]["end"] >= records[-1]["begin"]
-    assert records[-1]["max_rss"] > 0   # no GPU here: the process's peak RSS
+    assert records[-1]["max_rss"] > 0  # no GPU here: the process's peak RSS

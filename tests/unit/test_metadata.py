@@ -7,19 +7,35 @@ import json
 
 import pytest
 import yaml
-from helpers.workflow import REPO, SAMPLE_DATA
 
 from lora_style.config.train_yaml import train_args
 from lora_style.data.validate import main as validate
 from lora_style.mlx import metadata as write_metadata
 from lora_style.prompt_format import load_template, render_prompt
 
-SUMMARY = {"run": "lovecraft", "run_id": "lovecraft-20260101-120000", "best_step": 600,
-           "best_eval_loss": 0.358, "selected_by": "min_eval_loss", "total_steps": 1500,
-           "wall_time_s": 25200.0, "llamafactory_version": "0.9.5", "sha256": {},
-           "gpu_time": {"attempts": 2, "wall_seconds": 25200.0, "gpus": 1, "gpu_hours": 7.0,
-                        "usd_per_hour": 1.89, "usd": 13.23},
-           "estimate": {"steps": 600, "gpu_hours": 7.14, "usd": 13.5}, "cut_by_budget": False}
+from helpers.workflow import REPO, SAMPLE_DATA
+
+SUMMARY = {
+    "run": "lovecraft",
+    "run_id": "lovecraft-20260101-120000",
+    "best_step": 600,
+    "best_eval_loss": 0.358,
+    "selected_by": "min_eval_loss",
+    "total_steps": 1500,
+    "wall_time_s": 25200.0,
+    "llamafactory_version": "0.9.5",
+    "sha256": {},
+    "gpu_time": {
+        "attempts": 2,
+        "wall_seconds": 25200.0,
+        "gpus": 1,
+        "gpu_hours": 7.0,
+        "usd_per_hour": 1.89,
+        "usd": 13.23,
+    },
+    "estimate": {"steps": 600, "gpu_hours": 7.14, "usd": 13.5},
+    "cut_by_budget": False,
+}
 
 
 @pytest.fixture
@@ -28,19 +44,46 @@ def inputs(tmp_path):
     run_cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["runs"]["lovecraft"]
     args = train_args("lovecraft", run_cfg)
     validation = tmp_path / "validation.json"
-    assert validate([str(SAMPLE_DATA), "--output", str(tmp_path / "train.jsonl"),
-                     "--report", str(validation)]) == 0
+    assert (
+        validate([str(SAMPLE_DATA), "--output", str(tmp_path / "train.jsonl"), "--report", str(validation)])
+        == 0
+    )
     peft = tmp_path / "lovecraft_peft"
     peft.mkdir()
-    (peft / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": args["lora_rank"], "lora_alpha": args["lora_alpha"],
-         "use_rslora": False, "base_model_name_or_path": run_cfg["base_model"]}))
+    (peft / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": args["lora_rank"],
+                "lora_alpha": args["lora_alpha"],
+                "use_rslora": False,
+                "base_model_name_or_path": run_cfg["base_model"],
+            }
+        )
+    )
     (peft / "training_summary.json").write_text(json.dumps(SUMMARY))
-    argv = ["--run", "lovecraft", "--author", run_cfg["author"],
-            "--base-model", "models/Qwen2.5-32B-4bit-mlx", "--base-model-id", run_cfg["base_model"],
-            "--lora-rank", str(args["lora_rank"]), "--lora-alpha", str(args["lora_alpha"]),
-            "--template", args["template"], "--validation", str(validation), "--peft", str(peft),
-            "--output", str(tmp_path / "mlx" / "metadata.json")]
+    argv = [
+        "--run",
+        "lovecraft",
+        "--author",
+        run_cfg["author"],
+        "--base-model",
+        "models/Qwen2.5-32B-4bit-mlx",
+        "--base-model-id",
+        run_cfg["base_model"],
+        "--lora-rank",
+        str(args["lora_rank"]),
+        "--lora-alpha",
+        str(args["lora_alpha"]),
+        "--template",
+        args["template"],
+        "--validation",
+        str(validation),
+        "--peft",
+        str(peft),
+        "--output",
+        str(tmp_path / "mlx" / "metadata.json"),
+    ]
     return run_cfg, args, tmp_path, argv
 
 
@@ -77,8 +120,9 @@ def test_fields_match_the_config_and_the_data(inputs):
 
 def test_no_eval_gives_null_eval_loss(inputs):
     _, _, tmp_path, argv = inputs
-    (tmp_path / "lovecraft_peft" / "training_summary.json").write_text(json.dumps(
-        {**SUMMARY, "best_eval_loss": None, "selected_by": "last_checkpoint"}))
+    (tmp_path / "lovecraft_peft" / "training_summary.json").write_text(
+        json.dumps({**SUMMARY, "best_eval_loss": None, "selected_by": "last_checkpoint"})
+    )
     assert write_metadata.main(argv) == 0
     meta = json.loads((tmp_path / "mlx" / "metadata.json").read_text())
     assert meta["checkpoint"]["eval_loss"] is None

@@ -12,14 +12,18 @@ from lora_style.training.messages import PodError, Say
 
 # ---------------------------------------------------------------------------- fetch and stop
 
+
 def _finished_run(tmp_path):
     """A finished run folder as the local executor sees it, with one checkpoint."""
     run = tmp_path / "pod" / "style-abc"
     ckpt = run / "output" / "checkpoint-5"
     ckpt.mkdir(parents=True)
     state = json.dumps({"log_history": [{"step": 5, "loss": 1.0}, {"step": 5, "eval_loss": 0.9}]})
-    for name, text in {"adapter_model.safetensors": "weights", "adapter_config.json": "{}",
-                       "trainer_state.json": state}.items():
+    for name, text in {
+        "adapter_model.safetensors": "weights",
+        "adapter_config.json": "{}",
+        "trainer_state.json": state,
+    }.items():
         (ckpt / name).write_text(text)
     (run / "output" / "trainer_state.json").write_text(state)
     (run / "output" / "trainer_log.jsonl").write_text('{"current_steps": 5, "loss": 1.0}\n')
@@ -31,8 +35,17 @@ def _finished_run(tmp_path):
 
 def _fetch(tmp_path, settings, ex):
     out = tmp_path / "work"
-    return fetch.fetch("style", settings, ex, {"run_id": "style-abc"}, {}, out / "style_peft",
-                       out / "summary.json", out / "trainer_state.json", Say("style"))
+    return fetch.fetch(
+        "style",
+        settings,
+        ex,
+        {"run_id": "style-abc"},
+        {},
+        out / "style_peft",
+        out / "summary.json",
+        out / "trainer_state.json",
+        Say("style"),
+    )
 
 
 def test_fetch_lands_the_adapter_then_the_summary(tmp_path):
@@ -41,10 +54,13 @@ def test_fetch_lands_the_adapter_then_the_summary(tmp_path):
     assert summary["best_step"] == 5
     work = tmp_path / "work"
     assert {p.name for p in (work / "style_peft").iterdir()} == {
-        "adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "trainer_log.jsonl",
-        "training_summary.json"}
-    assert sorted(p.name for p in work.iterdir()) == ["style_peft", "summary.json",
-                                                      "trainer_state.json"]
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "trainer_state.json",
+        "trainer_log.jsonl",
+        "training_summary.json",
+    }
+    assert sorted(p.name for p in work.iterdir()) == ["style_peft", "summary.json", "trainer_state.json"]
 
 
 def test_fetch_refuses_a_non_empty_adapter_folder_before_anything_else(tmp_path):
@@ -60,22 +76,30 @@ def test_fetch_refuses_a_non_empty_adapter_folder_before_anything_else(tmp_path)
 
 def test_fetch_writes_no_summary_when_the_adapter_cannot_land(tmp_path, monkeypatch):
     settings, ex = _finished_run(tmp_path)
+
     def land(src, dst):  # the adapter's staging folder cannot be renamed into place
         raise OSError(39, "Directory not empty")
 
     monkeypatch.setattr(fetch, "land", land)
     with pytest.raises(PodError, match="cannot move the downloaded adapter into .*style_peft"):
         _fetch(tmp_path, settings, ex)
-    assert list((tmp_path / "work").iterdir()) == []      # no summary, state or staging left
+    assert list((tmp_path / "work").iterdir()) == []  # no summary, state or staging left
 
 
-@pytest.mark.parametrize("command,cut,message", [
-    ("submit", "preflight", "stopped before the launch; nothing was launched on the pod"),
-    ("submit", "launch", "stopped during the launch, which may be incomplete on the pod. Run "
-                         "snakemake again: it re-attaches to the training if it started"),
-    ("wait", "wait", "stopped following; the training goes on on the pod"),
-    ("fetch", "download", "download stopped; nothing landed. Run snakemake again: it fetches again"),
-])
+@pytest.mark.parametrize(
+    "command,cut,message",
+    [
+        ("submit", "preflight", "stopped before the launch; nothing was launched on the pod"),
+        (
+            "submit",
+            "launch",
+            "stopped during the launch, which may be incomplete on the pod. Run "
+            "snakemake again: it re-attaches to the training if it started",
+        ),
+        ("wait", "wait", "stopped following; the training goes on on the pod"),
+        ("fetch", "download", "download stopped; nothing landed. Run snakemake again: it fetches again"),
+    ],
+)
 def test_ctrl_c_says_what_it_stopped(tmp_path, monkeypatch, capsys, command, cut, message):
     settings, ex = _finished_run(tmp_path)
     monkeypatch.setattr(remote_train, "_stop_on_signals", lambda: None)
@@ -94,19 +118,46 @@ def test_ctrl_c_says_what_it_stopped(tmp_path, monkeypatch, capsys, command, cut
         monkeypatch.setattr(follow, "wait", interrupt)
     else:
         monkeypatch.setattr(fetch, "download_verified", interrupt)
-    for name, text in {"train.yaml": "model_name_or_path: someone/model\n", "train.jsonl": "{}\n", "info.json": "{}"}.items():
+    for name, text in {
+        "train.yaml": "model_name_or_path: someone/model\n",
+        "train.jsonl": "{}\n",
+        "info.json": "{}",
+    }.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "launch.json").write_text(json.dumps({"run_id": "style-abc"}))
     (tmp_path / "finished.json").write_text("{}")
-    files = ["--train-yaml", str(tmp_path / "train.yaml"), "--data", str(tmp_path / "train.jsonl"),
-             "--dataset-info", str(tmp_path / "info.json")]
-    args = {"submit": [*files, "--output", str(tmp_path / "out.json")],
-            "wait": [*files, "--launch", str(tmp_path / "launch.json"), "--output",
-                     str(tmp_path / "out.json"), "--remote-log", str(tmp_path / "remote.log")],
-            "fetch": ["--launch", str(tmp_path / "launch.json"), "--finished",
-                      str(tmp_path / "finished.json"), "--adapter-dir", str(tmp_path / "work/style_peft"),
-                      "--summary", str(tmp_path / "work/s.json"),
-                      "--trainer-state", str(tmp_path / "work/t.json")]}[command]
+    files = [
+        "--train-yaml",
+        str(tmp_path / "train.yaml"),
+        "--data",
+        str(tmp_path / "train.jsonl"),
+        "--dataset-info",
+        str(tmp_path / "info.json"),
+    ]
+    args = {
+        "submit": [*files, "--output", str(tmp_path / "out.json")],
+        "wait": [
+            *files,
+            "--launch",
+            str(tmp_path / "launch.json"),
+            "--output",
+            str(tmp_path / "out.json"),
+            "--remote-log",
+            str(tmp_path / "remote.log"),
+        ],
+        "fetch": [
+            "--launch",
+            str(tmp_path / "launch.json"),
+            "--finished",
+            str(tmp_path / "finished.json"),
+            "--adapter-dir",
+            str(tmp_path / "work/style_peft"),
+            "--summary",
+            str(tmp_path / "work/s.json"),
+            "--trainer-state",
+            str(tmp_path / "work/t.json"),
+        ],
+    }[command]
     monkeypatch.setattr(remote_train, "make_executor", lambda settings: ex)
     rc = remote_train.main([command, "--run", "style", "--pod-settings", json.dumps(settings), *args])
     err = capsys.readouterr().err

@@ -36,11 +36,14 @@ def _memory() -> dict:
     torch = _cuda()
     if torch is None:
         import resource
+
         return {"max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     torch.cuda.synchronize()
-    return {"max_reserved": torch.cuda.max_memory_reserved(),
-            "max_allocated": torch.cuda.max_memory_allocated(),
-            "allocated": torch.cuda.memory_allocated()}
+    return {
+        "max_reserved": torch.cuda.max_memory_reserved(),
+        "max_allocated": torch.cuda.max_memory_allocated(),
+        "allocated": torch.cuda.memory_allocated(),
+    }
 
 
 def _write(record: dict) -> None:
@@ -71,13 +74,28 @@ def _patch(module) -> None:
 
         def on_step_end(self, args, state, control, **kwargs):
             memory = _memory()  # synchronises first
-            _write({"event": "step", "step": state.global_step, "begin": self.begin,
-                    "end": time.monotonic(), "tokens": counted["tokens"] - self.tokens_at_begin,
-                    "real_tokens": int(counted["real_tokens"] - self.real_at_begin), **memory})
+            _write(
+                {
+                    "event": "step",
+                    "step": state.global_step,
+                    "begin": self.begin,
+                    "end": time.monotonic(),
+                    "tokens": counted["tokens"] - self.tokens_at_begin,
+                    "real_tokens": int(counted["real_tokens"] - self.real_at_begin),
+                    **memory,
+                }
+            )
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            _write({"event": "evaluate", "step": state.global_step, "t": time.monotonic(),
-                    "metrics": metrics or {}, **_memory()})
+            _write(
+                {
+                    "event": "evaluate",
+                    "step": state.global_step,
+                    "t": time.monotonic(),
+                    "metrics": metrics or {},
+                    **_memory(),
+                }
+            )
 
         def on_save(self, args, state, control, **kwargs):
             _write({"event": "save", "step": state.global_step, "t": time.monotonic()})

@@ -16,9 +16,11 @@ from lora_style.config import train_yaml
 from lora_style.config.train_yaml import ConfigError
 
 V1_HOSTS = ("rest.runpod.io",)
-V1_GONE = ("names RunPod's REST API v1, which RunPod retired on 2026-11-15. Use v2: "
-           "https://api.runpod.io/v2 (the default: remove api_url). v2 creates pods with a nested "
-           "body, connects through ssh.direct and needs your SSH key registered with RunPod")
+V1_GONE = (
+    "names RunPod's REST API v1, which RunPod retired on 2026-11-15. Use v2: "
+    "https://api.runpod.io/v2 (the default: remove api_url). v2 creates pods with a nested "
+    "body, connects through ssh.direct and needs your SSH key registered with RunPod"
+)
 
 
 def retired_v1(url: str) -> bool:
@@ -35,7 +37,8 @@ def check_pods(pods: dict) -> None:
         if pod.get("max_usd") and not pod.get("provider") and pod.get("gpu_hourly_usd") is None:
             raise ConfigError(
                 f"config: pods.{name}.max_usd needs pods.{name}.gpu_hourly_usd (the price of a "
-                "GPU-hour) to turn dollars into training time; set it, or use max_hours")
+                "GPU-hour) to turn dollars into training time; set it, or use max_hours"
+            )
 
 
 def check_config(runs: dict, pods: dict) -> tuple[dict, dict]:
@@ -47,31 +50,38 @@ def check_config(runs: dict, pods: dict) -> tuple[dict, dict]:
     for run, cfg in runs.items():
         where = f"config: runs.{run}"
         if cfg["pod"] not in pods:
-            raise ConfigError(f"{where}.pod: no pod '{cfg['pod']}' under pods: (known: "
-                              f"{', '.join(pods)})")
+            raise ConfigError(f"{where}.pod: no pod '{cfg['pod']}' under pods: (known: {', '.join(pods)})")
         args[run] = train_yaml.train_args(run, cfg)
         # These reach the jobs' command lines (validate_dataset, metadata): whole numbers only.
         for key in ("cutoff_len", "lora_rank", "lora_alpha"):
             value = args[run].get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ConfigError(f"{where}.overrides.{key}: {value!r} is not a whole number; set "
-                                  f"it in runs.{run}.overrides (or the profile), e.g. {key}: 64")
+                raise ConfigError(
+                    f"{where}.overrides.{key}: {value!r} is not a whole number; set "
+                    f"it in runs.{run}.overrides (or the profile), e.g. {key}: 64"
+                )
         # Inference must render prompts as training did: the run's LLaMA-Factory template.
         if not args[run].get("template"):
-            raise ConfigError(f"{where}: the training arguments have no 'template'; set it in the "
-                              "profile (e.g. template: qwen) so inference can render prompts as "
-                              "training saw them")
+            raise ConfigError(
+                f"{where}: the training arguments have no 'template'; set it in the "
+                "profile (e.g. template: qwen) so inference can render prompts as "
+                "training saw them"
+            )
         # One 4-bit base per base name (models.smk): two different models may not share it.
         base = cfg["base_model"]
         name = train_yaml.base_name(base)
         # The name becomes a path of the graph, models/{name}-4bit-mlx (the `base` wildcard).
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ConfigError(f"{where}.base_model: its folder name '{name}' names "
-                              f"models/{name}-4bit-mlx, which may only use letters, digits, '.', "
-                              "'_' and '-'; rename the folder")
+            raise ConfigError(
+                f"{where}.base_model: its folder name '{name}' names "
+                f"models/{name}-4bit-mlx, which may only use letters, digits, '.', "
+                "'_' and '-'; rename the folder"
+            )
         if base_models.setdefault(name, base) != base:
-            raise ConfigError(f"{where}.base_model '{base}' and '{base_models[name]}' would share "
-                              f"models/{name}-4bit-mlx; rename one of the local model directories")
+            raise ConfigError(
+                f"{where}.base_model '{base}' and '{base_models[name]}' would share "
+                f"models/{name}-4bit-mlx; rename one of the local model directories"
+            )
     return args, base_models
 
 
@@ -89,9 +99,13 @@ def code_version(*paths: Path) -> str:
             continue
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
-            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                    and isinstance(body[0].value, ast.Constant)
-                    and isinstance(body[0].value.value, str)):
+            if (
+                isinstance(body, list)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
         digest.update(ast.dump(tree).encode())
     return digest.hexdigest()[:16]

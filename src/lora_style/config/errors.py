@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import jsonschema
 
-_TYPES = {dict: "a mapping", list: "a list", str: "a string", bool: "true/false",
-          int: "a number", float: "a number", type(None): "empty"}
+_TYPES = {
+    dict: "a mapping",
+    list: "a list",
+    str: "a string",
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+    type(None): "empty",
+}
 
 
 # What each of the schema's patterns means, in the words of a fix (a pattern shown as a regex
@@ -20,18 +27,17 @@ _TYPES = {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"
 _PATTERNS = {
     r"^[^\x00-\x1f\x7f]+$": "must be one line: no newline, tab or other control character",
     r'^[^\x00-\x1f\x7f"\\%]+$': "must be one line without '\"', '\\' or '%' (ssh reads them in "
-                                  "an option's value: its quoting, and %h for the host)",
+    "an option's value: its quoting, and %h for the host)",
     "^[A-Za-z0-9_-]+$": "may only use letters, digits, '_' and '-'",
     "^[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*$": "must be run names (letters, digits, '_' and '-') "
-                                          "separated by commas",
+    "separated by commas",
     "^[A-Za-z0-9_][A-Za-z0-9_.:%-]*$": "must be an IP address, a host name or an ssh alias "
-                                       "(letters, digits and '_.:%-', not starting with '-')",
-    "^[A-Za-z0-9_][A-Za-z0-9_.-]*$": "may only use letters, digits and '_.-', not starting with "
-                                     "'-' or '.'",
+    "(letters, digits and '_.:%-', not starting with '-')",
+    "^[A-Za-z0-9_][A-Za-z0-9_.-]*$": "may only use letters, digits and '_.-', not starting with '-' or '.'",
     "^[A-Za-z0-9_./~+@-]+$": "may only use letters, digits and '_./~+@-': no space or quote (it is "
-                             "handed to rsync, and LLaMA-Factory's launcher splits paths on spaces)",
+    "handed to rsync, and LLaMA-Factory's launcher splits paths on spaces)",
     "^[A-Za-z_][A-Za-z0-9_]*$": "must be the name of an environment variable (letters, digits "
-                                "and '_'), never the key itself",
+    "and '_'), never the key itself",
     "^https?://": "must start with http:// or https://",
     "^[A-Za-z0-9_.-]+$": "may only use letters, digits and '_.-'",
     "^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$": "must be minutes, HH:MM:SS or D-HH:MM:SS",
@@ -51,13 +57,14 @@ def _line(error: jsonschema.ValidationError) -> str:
         hint = ""
         if error.absolute_path and error.absolute_path[0] == "runs":
             hint = "; LLaMA-Factory keys go under overrides:"
-        return (f"{where}: unknown key {', '.join(map(repr, unknown))} "
-                f"(allowed: {', '.join(allowed)}){hint}")
+        return f"{where}: unknown key {', '.join(map(repr, unknown))} (allowed: {', '.join(allowed)}){hint}"
     if error.validator == "required":
         return f"{where}: {error.message.replace('is a required property', 'is missing')}"
     if error.validator == "type":
-        return (f"{where}: {instance!r} is {_TYPES.get(type(instance), type(instance).__name__)}, "
-                f"expected {error.validator_value}")
+        return (
+            f"{where}: {instance!r} is {_TYPES.get(type(instance), type(instance).__name__)}, "
+            f"expected {error.validator_value}"
+        )
     if error.validator == "const":
         return f"{where}: must be {error.validator_value!r} here, not {instance!r}"
     if error.validator == "enum":

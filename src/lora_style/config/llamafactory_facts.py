@@ -34,15 +34,18 @@ def template_spec(name: str) -> dict:
     from llamafactory.data.template import TEMPLATES
 
     if name not in TEMPLATES:
-        raise SystemExit(f"error: LLaMA-Factory has no template '{name}'; "
-                         f"known: {', '.join(sorted(TEMPLATES))}")
+        raise SystemExit(
+            f"error: LLaMA-Factory has no template '{name}'; known: {', '.join(sorted(TEMPLATES))}"
+        )
     template = TEMPLATES[name]
     spec = {"name": name, "llamafactory_version": llamafactory.__version__}
     for part in ("format_prefix", "format_system", "format_user", "format_assistant"):
         slots = getattr(template, part).slots
         if not all(isinstance(slot, str) for slot in slots):
-            raise SystemExit(f"error: template '{name}' uses special-token slots in {part} "
-                             f"({slots!r}); only plain-text templates are supported")
+            raise SystemExit(
+                f"error: template '{name}' uses special-token slots in {part} "
+                f"({slots!r}); only plain-text templates are supported"
+            )
         spec[part] = list(slots)
     spec["default_system"] = template.default_system
     spec["stop_words"] = list(template.stop_words)

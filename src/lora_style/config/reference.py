@@ -46,8 +46,12 @@ def _type(node: dict) -> str:
     if kinds == ["array"] and isinstance(node.get("items"), dict) and "type" in node["items"]:
         text = f"list of {node['items']['type']}"
     bounds = []
-    for word, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
-                       ("exclusiveMaximum", "<")):
+    for word, sign in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+    ):
         if word in node:
             bounds.append(f"{sign} {node[word]}")
     if node.get("minProperties"):

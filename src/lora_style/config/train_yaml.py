@@ -31,7 +31,7 @@ DEEPSPEED_DIR = CONFIG / "deepspeed"
 # Relative to the run's folder on the pod, where training is started.
 DATASET_DIR = "data"
 OUTPUT_DIR = "output"
-RUN_DEEPSPEED_DIR = "deepspeed"   # the run folder's copy of the profile's DeepSpeed config
+RUN_DEEPSPEED_DIR = "deepspeed"  # the run folder's copy of the profile's DeepSpeed config
 RUN_KEYS = ("model_name_or_path", "dataset", "dataset_dir", "output_dir")
 RUN_KEY_SOURCE = {
     "model_name_or_path": "the run's base_model",
@@ -79,8 +79,9 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR, where: str = "pro
         raise ConfigError(f"{path}: a profile is a mapping of LLaMA-Factory keys to values")
     for key in RUN_KEYS:
         if key in profile:
-            raise ConfigError(f"{path}: '{key}' is set per run from {RUN_KEY_SOURCE[key]}; "
-                              "delete it from the profile")
+            raise ConfigError(
+                f"{path}: '{key}' is set per run from {RUN_KEY_SOURCE[key]}; delete it from the profile"
+            )
     check_keys(profile, str(path))
     return profile
 
@@ -103,8 +104,10 @@ def base_model_path(base_model: str, where: str = "base_model") -> str:
     if is_local_model(base_model):
         return os.path.abspath(os.path.expanduser(base_model))
     if not HUB_ID.match(base_model):
-        raise ConfigError(f"{where}: '{base_model}' is neither a hub id (org/name) nor a local "
-                          "directory; write a local directory as ./path or /path")
+        raise ConfigError(
+            f"{where}: '{base_model}' is neither a hub id (org/name) nor a local "
+            "directory; write a local directory as ./path or /path"
+        )
     return base_model
 
 
@@ -138,11 +141,15 @@ def resolve_deepspeed(args: dict, where: str, deepspeed_dir: Path | None = None)
         return {key: value for key, value in args.items() if key != "deepspeed"}
     known = ", ".join(sorted(p.stem for p in deepspeed_dir.glob("*.json"))) or "none"
     if not isinstance(name, str) or not DEEPSPEED_NAME.match(name):
-        raise ConfigError(f"{where}: deepspeed: {name!r} is not the name of a DeepSpeed config; "
-                          f"write one of config/deepspeed/ without .json ({known})")
+        raise ConfigError(
+            f"{where}: deepspeed: {name!r} is not the name of a DeepSpeed config; "
+            f"write one of config/deepspeed/ without .json ({known})"
+        )
     if not (deepspeed_dir / f"{name}.json").is_file():
-        raise ConfigError(f"{where}: deepspeed: '{name}' has no file {deepspeed_dir / name}.json; "
-                          f"known: {known} (or add your JSON there)")
+        raise ConfigError(
+            f"{where}: deepspeed: '{name}' has no file {deepspeed_dir / name}.json; "
+            f"known: {known} (or add your JSON there)"
+        )
     return {**args, "deepspeed": f"{RUN_DEEPSPEED_DIR}/{name}.json"}  # keeps the key's place
 
 
@@ -165,15 +172,13 @@ def train_args(run: str, run_config: dict, profiles_dir: Path = PROFILES_DIR) ->
     where = f"config: runs.{run}.overrides"
     for key in RUN_KEYS:
         if key in overrides:
-            raise ConfigError(f"{where}: '{key}' is set from {RUN_KEY_SOURCE[key]}; "
-                              "remove it from overrides")
+            raise ConfigError(f"{where}: '{key}' is set from {RUN_KEY_SOURCE[key]}; remove it from overrides")
     check_keys(overrides, where)
     args.update(overrides)
     args = with_llamafactory_defaults(args)
     args = resolve_deepspeed(args, f"config: runs.{run} (profile {run_config['profile']} + overrides)")
     return {
-        "model_name_or_path": base_model_path(run_config["base_model"],
-                                              f"config: runs.{run}.base_model"),
+        "model_name_or_path": base_model_path(run_config["base_model"], f"config: runs.{run}.base_model"),
         **args,
         "dataset": dataset_name(run),
         "dataset_dir": DATASET_DIR,

@@ -31,10 +31,14 @@ _TYPE_NAMES = {
 }
 
 BOM = b"\xef\xbb\xbf"
-ARRAY_FILE = ("the file is one JSON array, not JSON Lines; write one object per line, "
-              "e.g. jq -c '.[]' in.json > train_sft.jsonl")
-NO_EXAMPLES = ("the file has no examples; add one JSON object per line "
-               '({"instruction": "...", "input": "...", "output": "..."})')
+ARRAY_FILE = (
+    "the file is one JSON array, not JSON Lines; write one object per line, "
+    "e.g. jq -c '.[]' in.json > train_sft.jsonl"
+)
+NO_EXAMPLES = (
+    "the file has no examples; add one JSON object per line "
+    '({"instruction": "...", "input": "...", "output": "..."})'
+)
 
 
 def describe(value) -> str:
@@ -45,9 +49,9 @@ def field_problems(obj: dict) -> list[str]:
     """Messages for an object that breaks the schema, in jsonschema's order (wrong types by
     field name, then missing fields), each with its fix; [] when the schema holds."""
     messages = [
-        f'field "{name}" is {describe(obj[name])}, not a string; '
-        f'write it as a JSON string ("{name}": "...")'
-        for name in sorted(FIELDS) if name in obj and not isinstance(obj[name], str)
+        f'field "{name}" is {describe(obj[name])}, not a string; write it as a JSON string ("{name}": "...")'
+        for name in sorted(FIELDS)
+        if name in obj and not isinstance(obj[name], str)
     ]
     for name in FIELDS:
         if name not in obj:
@@ -64,9 +68,11 @@ def surrogate_problems(example: dict) -> list[str]:
         try:
             example[name].encode("utf-8")
         except UnicodeEncodeError as exc:
-            messages.append(f'field "{name}" holds a lone surrogate (\\u{ord(example[name][exc.start]):04x}, '
-                            f"character {exc.start + 1}), which is not text; fix the escape, or "
-                            "re-export the file from its source")
+            messages.append(
+                f'field "{name}" holds a lone surrogate (\\u{ord(example[name][exc.start]):04x}, '
+                f"character {exc.start + 1}), which is not text; fix the escape, or "
+                "re-export the file from its source"
+            )
     return messages
 
 
@@ -75,24 +81,32 @@ def line_problems(raw: bytes) -> tuple[dict | None, list[str]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, [f"invalid UTF-8 at byte {exc.start + 1} of the line; "
-                      "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"]
+        return None, [
+            f"invalid UTF-8 at byte {exc.start + 1} of the line; "
+            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ]
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, [f"invalid JSON at column {exc.colno}: {exc.msg}; "
-                      "each line must be one complete JSON object"]
+        return None, [
+            f"invalid JSON at column {exc.colno}: {exc.msg}; each line must be one complete JSON object"
+        ]
     if type(obj) is not dict:
-        return None, [f"the line is {describe(obj)}, not a JSON object; write "
-                      '{"instruction": "...", "input": "...", "output": "..."}']
+        return None, [
+            f"the line is {describe(obj)}, not a JSON object; write "
+            '{"instruction": "...", "input": "...", "output": "..."}'
+        ]
     instruction, input_, output = obj.get("instruction"), obj.get("input"), obj.get("output")
     if not (type(instruction) is str and type(input_) is str and type(output) is str):
         return None, field_problems(obj)
     messages = []
     if not output.strip():
-        messages.append('field "output" is blank; write the response the model should learn, '
-                        "or delete the line")
+        messages.append(
+            'field "output" is blank; write the response the model should learn, or delete the line'
+        )
     if not instruction.strip() and not input_.strip():
-        messages.append('fields "instruction" and "input" are both blank; the prompt would be '
-                        "empty, so write an instruction")
+        messages.append(
+            'fields "instruction" and "input" are both blank; the prompt would be '
+            "empty, so write an instruction"
+        )
     return (None, messages) if messages else (obj, [])

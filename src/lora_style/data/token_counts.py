@@ -18,9 +18,9 @@ from pathlib import Path
 
 from lora_style.prompt_format import load_template, render_training_text
 
-BATCH_CHARS = 4_000_000   # text per encode_batch call: ~200 MB of the tokenizer's encodings
+BATCH_CHARS = 4_000_000  # text per encode_batch call: ~200 MB of the tokenizer's encodings
 BATCH_EXAMPLES = 5_000
-CHUNK_CHARS = 1_000_000   # one example longer than this is tokenised a chunk at a time
+CHUNK_CHARS = 1_000_000  # one example longer than this is tokenised a chunk at a time
 # A cut between two words: a letter, one space, a letter. Qwen2's pre-tokenizer (and GPT-2's)
 # starts a new piece at that space, so no token spans the cut.
 _WORD_GAP = re.compile(r"(?<=\w) (?=\w)")
@@ -54,8 +54,7 @@ class TokenCounter:
         self._chars = 0
 
     def add(self, line: int, example: dict) -> None:
-        text = render_training_text(example["instruction"], example["input"], example["output"],
-                                    self.chat)
+        text = render_training_text(example["instruction"], example["input"], example["output"], self.chat)
         if len(text) > CHUNK_CHARS:
             self.flush()
             self.lines.append(line)

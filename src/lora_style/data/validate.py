@@ -72,6 +72,7 @@ class Problem:
 @dataclass
 class Result:
     """What one pass found: the problems, or the statistics of a valid file."""
+
     problems: list[Problem] = field(default_factory=list)
     examples: int = 0
     blank_lines: int = 0
@@ -124,7 +125,8 @@ class Tokens:
                 self.answer = {
                     "counted": False,
                     "why": f"{exc}; character counts only (to count tokens, run the step again "
-                           "where the hub answers: snakemake --forcerun validate_dataset)"}
+                    "where the hub answers: snakemake --forcerun validate_dataset)",
+                }
                 return
         self.counter = TokenCounter(str(folder), self.template, self.cutoff_len)
 
@@ -187,8 +189,10 @@ def check_stream(handle, out, tokens: Tokens) -> Result:
                 result.dropped_keys[key] = result.dropped_keys.get(key, 0) + 1
         instruction, input_, output = example["instruction"], example["input"], example["output"]
         try:
-            line = (f'{{"instruction": {_quote(instruction)}, "input": {_quote(input_)}, '
-                    f'"output": {_quote(output)}}}\n').encode("utf-8")
+            line = (
+                f'{{"instruction": {_quote(instruction)}, "input": {_quote(input_)}, '
+                f'"output": {_quote(output)}}}\n'
+            ).encode()
         except UnicodeEncodeError:
             result.problems.extend(Problem(number, m) for m in surrogate_problems(example))
             tokens.stop()
@@ -236,8 +240,14 @@ def _length_stats(values) -> dict:
     }
 
 
-def build_report(path: str, result: Result, tokens: dict, lengths: list[int] | None,
-                 lines: list[int], cutoff_len: int | None = None) -> dict:
+def build_report(
+    path: str,
+    result: Result,
+    tokens: dict,
+    lengths: list[int] | None,
+    lines: list[int],
+    cutoff_len: int | None = None,
+) -> dict:
     report = {
         "input": path,
         "examples": result.examples,
@@ -261,15 +271,27 @@ def build_report(path: str, result: Result, tokens: dict, lengths: list[int] | N
     return report
 
 
-def validate_file(path: str, output: str | None = None, tokenizer: str | None = None,
-                  cutoff_len: int | None = None, template: str = "qwen"):
+def validate_file(
+    path: str,
+    output: str | None = None,
+    tokenizer: str | None = None,
+    cutoff_len: int | None = None,
+    template: str = "qwen",
+):
     """Return (result, report or None). Reads the file once; the normalised copy lands at
     `output` only when the file is valid (atomically), never otherwise."""
     try:
         handle = open(path, "rb")
     except OSError as exc:
-        result = Result(problems=[Problem(None, f"cannot read the file ({exc.strerror}); "
-                                                "check the run's `data:` path in config/config.yaml")])
+        result = Result(
+            problems=[
+                Problem(
+                    None,
+                    f"cannot read the file ({exc.strerror}); "
+                    "check the run's `data:` path in config/config.yaml",
+                )
+            ]
+        )
         return result, None
     target = Path(output) if output else None
     if target:
@@ -299,21 +321,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", help="SFT JSONL file (instruction, input, output per line)")
     parser.add_argument("--output", required=True, help="normalised JSONL to write")
     parser.add_argument("--report", required=True, help="JSON report to write")
-    parser.add_argument("--tokenizer",
-                        help="the base model, for token counts: a directory with tokenizer.json, "
-                             "or a hub id (its tokenizer files alone are fetched, cached)")
+    parser.add_argument(
+        "--tokenizer",
+        help="the base model, for token counts: a directory with tokenizer.json, "
+        "or a hub id (its tokenizer files alone are fetched, cached)",
+    )
     parser.add_argument("--cutoff-len", type=int, help="training cutoff_len, to count examples over it")
-    parser.add_argument("--template", default="qwen",
-                        help="the run's LLaMA-Factory template (config/templates/NAME.json), "
-                             "to count tokens as training renders them")
+    parser.add_argument(
+        "--template",
+        default="qwen",
+        help="the run's LLaMA-Factory template (config/templates/NAME.json), "
+        "to count tokens as training renders them",
+    )
     args = parser.parse_args(argv)
 
     # Nothing stale may survive a failed run: remove old outputs before anything else.
     for out in (args.output, args.report):
         Path(out).unlink(missing_ok=True)
     try:
-        result, report = validate_file(args.input, args.output, args.tokenizer, args.cutoff_len,
-                                       args.template)
+        result, report = validate_file(
+            args.input, args.output, args.tokenizer, args.cutoff_len, args.template
+        )
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -321,15 +349,19 @@ def main(argv: list[str] | None = None) -> int:
         for problem in result.problems:
             print(problem.format(args.input), file=sys.stderr)
         count = len(result.problems)
-        print(f"{args.input}: {count} problem{'s' * (count != 1)}; nothing written",
-              file=sys.stderr)
+        print(f"{args.input}: {count} problem{'s' * (count != 1)}; nothing written", file=sys.stderr)
         return 1
     if args.tokenizer and not report["tokens"]["counted"]:
         print(f"warning: no token counts: {report['tokens']['why']}", file=sys.stderr)
     write_atomic(args.report, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
-    print(f"{args.input}: {report['examples']} examples, {report['duplicates']} duplicates"
-          + (f", {report['over_cutoff_len']} over cutoff_len {args.cutoff_len}"
-             if "over_cutoff_len" in report else ""))
+    print(
+        f"{args.input}: {report['examples']} examples, {report['duplicates']} duplicates"
+        + (
+            f", {report['over_cutoff_len']} over cutoff_len {args.cutoff_len}"
+            if "over_cutoff_len" in report
+            else ""
+        )
+    )
     return 0
 
 

@@ -68,8 +68,10 @@ def find_base_config(base: str | None, adapter_cfg: dict) -> tuple[dict | None, 
     if base:
         path = Path(base).expanduser() / "config.json"
         if not path.is_file():
-            raise ConversionError(f"--base {base}: no config.json there; pass the base model's "
-                                  "directory or its MLX conversion (models/<base>-4bit-mlx)")
+            raise ConversionError(
+                f"--base {base}: no config.json there; pass the base model's "
+                "directory or its MLX conversion (models/<base>-4bit-mlx)"
+            )
         return read_json(path), str(path)
     name = adapter_cfg.get("base_model_name_or_path") or ""
     if name:
@@ -88,13 +90,16 @@ def find_base_config(base: str | None, adapter_cfg: dict) -> tuple[dict | None, 
     return None, None
 
 
-
 def mlx_config(plan: Plan, cfg: dict) -> dict:
     return {
         "fine_tune_type": "dora" if plan.dora else "lora",
         "num_layers": plan.num_layers,
-        "lora_parameters": {"rank": plan.rank, "scale": plan.scale, "dropout": plan.dropout,
-                            "keys": plan.keys},
+        "lora_parameters": {
+            "rank": plan.rank,
+            "scale": plan.scale,
+            "dropout": plan.dropout,
+            "keys": plan.keys,
+        },
         # Provenance only; mlx-lm ignores these keys.
         "converted_from": {
             "peft_type": cfg.get("peft_type", "LORA"),
@@ -121,12 +126,18 @@ def output_tensors(plan: Plan, header: dict, reader: TensorReader) -> list:
             info = header[module.parts[part]]
             transpose = part in ("A", "B")
             shape = info["shape"][::-1] if transpose else info["shape"]
-            out.append((f"{prefix}.{suffix}", {"dtype": info["dtype"], "shape": shape},
-                        lambda info=info, transpose=transpose: reader.read(info, transpose)))
+            out.append(
+                (
+                    f"{prefix}.{suffix}",
+                    {"dtype": info["dtype"], "shape": shape},
+                    lambda info=info, transpose=transpose: reader.read(info, transpose),
+                )
+            )
     return sorted(out, key=lambda t: t[0])
 
 
 # --- the check, as mlx-lm reads it ---------------------------------------------------------------
+
 
 def verify(out_dir: Path, base_config: dict | None) -> str:
     """Load the written adapter as mlx-lm does and match every tensor to a LoRA parameter of
@@ -147,13 +158,16 @@ def verify(out_dir: Path, base_config: dict | None) -> str:
         from mlx.utils import tree_flatten
         from mlx_lm.tuner.utils import load_adapters
 
-        model = _model_from_config(base_config)      # lazy: no weights in memory
+        model = _model_from_config(base_config)  # lazy: no weights in memory
         try:
-            load_adapters(model, str(out_dir))         # mlx-lm's own loader wraps the layers
+            load_adapters(model, str(out_dir))  # mlx-lm's own loader wraps the layers
         except ValueError as exc:
             raise ConversionError(f"mlx-lm refuses the written adapter: {exc}") from None
-        allowed = {name: tuple(p.shape) for name, p in tree_flatten(model.parameters())
-                   if name.rsplit(".", 1)[-1] in leaves}
+        allowed = {
+            name: tuple(p.shape)
+            for name, p in tree_flatten(model.parameters())
+            if name.rsplit(".", 1)[-1] in leaves
+        }
         how = f"matched to the LoRA layers mlx-lm builds on the base model ({len(allowed)} parameters)"
     else:
         allowed = None
@@ -178,8 +192,10 @@ def verify(out_dir: Path, base_config: dict | None) -> str:
         if previous != shape:
             errors.append(f"{name}: shape {shape}, the same layer elsewhere is {previous}")
     if errors:
-        raise ConversionError(f"{out_dir}: the written adapter does not fit the model mlx-lm builds:\n"
-                              + "\n".join(f"  {e}" for e in errors[:20]))
+        raise ConversionError(
+            f"{out_dir}: the written adapter does not fit the model mlx-lm builds:\n"
+            + "\n".join(f"  {e}" for e in errors[:20])
+        )
     return f"{len(weights)} tensors {how}"
 
 
@@ -188,6 +204,7 @@ def verify(out_dir: Path, base_config: dict | None) -> str:
 # its MODEL_REMAPPING, and its adapter loader (mlx_lm.tuner.utils.load_adapters, which wraps the
 # last num_layers blocks as it does at inference). Built from the config alone, so nothing of
 # the base's weights is read, which a 32B base would make slow.
+
 
 def _model_from_config(config: dict):
     import importlib
@@ -208,12 +225,15 @@ def _model_from_config(config: dict):
     try:
         module = importlib.import_module(f"mlx_lm.models.{model_type}")
     except ImportError:
-        raise ConversionError(f"the base model cannot be built by this mlx-lm: model type "
-                              f"'{model_type}' is not one it knows (upgrade mlx-lm)") from None
+        raise ConversionError(
+            f"the base model cannot be built by this mlx-lm: model type "
+            f"'{model_type}' is not one it knows (upgrade mlx-lm)"
+        ) from None
     return module.Model(module.ModelArgs.from_dict(config))
 
 
 # --- the command -----------------------------------------------------------------------------------
+
 
 def find_input(input_dir: Path) -> tuple[Path, Path]:
     config, weights = input_dir / PEFT_CONFIG, input_dir / PEFT_WEIGHTS
@@ -224,8 +244,10 @@ def find_input(input_dir: Path) -> tuple[Path, Path]:
         if checkpoints:
             hint = f"it holds {', '.join(checkpoints)}: pass one of them as --input"
         elif (input_dir / "adapter_model.bin").is_file():
-            hint = ("it holds adapter_model.bin (pickle); re-save the adapter with "
-                    "save_pretrained(..., safe_serialization=True)")
+            hint = (
+                "it holds adapter_model.bin (pickle); re-save the adapter with "
+                "save_pretrained(..., safe_serialization=True)"
+            )
         else:
             hint = "pass the folder PEFT/LLaMA-Factory saved the adapter in"
         raise ConversionError(f"--input {input_dir}: no {PEFT_WEIGHTS}; {hint}")
@@ -256,11 +278,13 @@ def convert(input_dir: str, output_dir: str, base: str | None = None, log=print)
             stage.mkdir()
             with open(weights_path, "rb") as handle:
                 reader = TensorReader(handle, header, data_start, ConversionError)
-                write_safetensors(stage / MLX_WEIGHTS, output_tensors(plan, header, reader),
-                                  {"format": "mlx"})
+                write_safetensors(
+                    stage / MLX_WEIGHTS, output_tensors(plan, header, reader), {"format": "mlx"}
+                )
                 del reader  # its two buffers, before the check builds the model beside them
-            (stage / MLX_CONFIG).write_text(json.dumps(mlx_config(plan, cfg), indent=2) + "\n",
-                                            encoding="utf-8")
+            (stage / MLX_CONFIG).write_text(
+                json.dumps(mlx_config(plan, cfg), indent=2) + "\n", encoding="utf-8"
+            )
             summary = verify(stage, base_config)
             for target in targets:  # the config last: mlx-lm opens it first
                 land(stage / target.name, target)
@@ -273,23 +297,33 @@ def convert(input_dir: str, output_dir: str, base: str | None = None, log=print)
             out.rmdir()
 
     largest = max(tensor_bytes(header[n]) for m in plan.modules for n in m.parts.values())
-    base_text = (f"base model: {plan.base_layers} blocks ({plan.base_source})"
-                 if plan.base_layers is not None else "base model's block count unknown")
-    log(f"{weights_path}: {len(plan.modules)} LoRA modules ({', '.join(plan.keys)}) in blocks "
+    base_text = (
+        f"base model: {plan.base_layers} blocks ({plan.base_source})"
+        if plan.base_layers is not None
+        else "base model's block count unknown"
+    )
+    log(
+        f"{weights_path}: {len(plan.modules)} LoRA modules ({', '.join(plan.keys)}) in blocks "
         f"{plan.layers[0]}..{plan.layers[-1]}, rank {plan.rank}, alpha {plan.alpha:g}"
-        f"{' (rsLoRA)' if cfg.get('use_rslora') else ''}{' DoRA' if plan.dora else ''}")
-    log(f"mlx-lm: fine_tune_type {'dora' if plan.dora else 'lora'}, scale {plan.scale:g}, "
-        f"num_layers {plan.num_layers} ({base_text})")
-    log(f"wrote {targets[0]} ({human_size(targets[0].stat().st_size)}, streamed through two "
-        f"buffers of the largest tensor's size: {human_size(2 * largest)}) and {targets[1]}")
+        f"{' (rsLoRA)' if cfg.get('use_rslora') else ''}{' DoRA' if plan.dora else ''}"
+    )
+    log(
+        f"mlx-lm: fine_tune_type {'dora' if plan.dora else 'lora'}, scale {plan.scale:g}, "
+        f"num_layers {plan.num_layers} ({base_text})"
+    )
+    log(
+        f"wrote {targets[0]} ({human_size(targets[0].stat().st_size)}, streamed through two "
+        f"buffers of the largest tensor's size: {human_size(2 * largest)}) and {targets[1]}"
+    )
     log(f"check: {summary}")
     return plan
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True,
-                        help="PEFT adapter folder (adapter_config.json, adapter_model.safetensors)")
+    parser.add_argument(
+        "--input", required=True, help="PEFT adapter folder (adapter_config.json, adapter_model.safetensors)"
+    )
     parser.add_argument("--output", required=True, help="mlx-lm adapter folder to write")
     parser.add_argument("--base", help="base model folder or its MLX conversion (for its config.json)")
     args = parser.parse_args(argv)

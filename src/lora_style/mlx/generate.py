@@ -50,10 +50,14 @@ def read_prompts(path: str | Path) -> list[dict]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise GenerateError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("instruction"), str) \
-                or not isinstance(obj.get("input", ""), str):
-            raise GenerateError(f'{path}:{number}: expected {{"instruction": "...", "input": "..."}} '
-                                "with string values")
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("instruction"), str)
+            or not isinstance(obj.get("input", ""), str)
+        ):
+            raise GenerateError(
+                f'{path}:{number}: expected {{"instruction": "...", "input": "..."}} with string values'
+            )
         prompts.append({"instruction": obj["instruction"], "input": obj.get("input", "")})
     if not prompts:
         raise GenerateError(f"{path}: no prompts")
@@ -71,11 +75,15 @@ def load_model(model_path: str, adapter_path: str | None, template: dict):
     """mlx-lm's model and tokenizer, the adapter applied, the template's stop words as EOS."""
     if not (Path(model_path) / "config.json").is_file():
         # mlx_lm.load would take a missing path for a hub id and download it.
-        raise GenerateError(f"--model {model_path}: no local MLX model there; build it with "
-                            "`snakemake models/<base>-4bit-mlx` (scripts/quantize_base.py)")
+        raise GenerateError(
+            f"--model {model_path}: no local MLX model there; build it with "
+            "`snakemake models/<base>-4bit-mlx` (scripts/quantize_base.py)"
+        )
     if adapter_path and not (Path(adapter_path) / "adapters.safetensors").is_file():
-        raise GenerateError(f"--adapter-path {adapter_path}: no adapters.safetensors; convert the "
-                            "adapter first (scripts/convert_peft_to_mlx.py)")
+        raise GenerateError(
+            f"--adapter-path {adapter_path}: no adapters.safetensors; convert the "
+            "adapter first (scripts/convert_peft_to_mlx.py)"
+        )
     import mlx_lm
 
     model, tokenizer = mlx_lm.load(model_path, adapter_path=adapter_path)
@@ -86,15 +94,24 @@ def load_model(model_path: str, adapter_path: str | None, template: dict):
     return model, tokenizer
 
 
-def generate(model, tokenizer, prompt_ids: list[int], template: dict, max_tokens: int = 200,
-             temp: float = 0.7, top_p: float = 0.9, seed: int = 0) -> str:
+def generate(
+    model,
+    tokenizer,
+    prompt_ids: list[int],
+    template: dict,
+    max_tokens: int = 200,
+    temp: float = 0.7,
+    top_p: float = 0.9,
+    seed: int = 0,
+) -> str:
     import mlx.core as mx
     import mlx_lm
     from mlx_lm.sample_utils import make_sampler
 
     mx.random.seed(seed)
-    text = mlx_lm.generate(model, tokenizer, prompt_ids, max_tokens=max_tokens,
-                           sampler=make_sampler(temp=temp, top_p=top_p))
+    text = mlx_lm.generate(
+        model, tokenizer, prompt_ids, max_tokens=max_tokens, sampler=make_sampler(temp=temp, top_p=top_p)
+    )
     for word in template.get("stop_words", []):  # stop words that are not single tokens
         text = text.split(word, 1)[0]
     return text.strip()
@@ -115,8 +132,14 @@ def samples_markdown(title: str, intro: str, samples: list[dict]) -> str:
             lines += ["Input:", "", _fence(sample["input"]), ""]
         lines += ["Output:", "", _fence(sample["output"] or "(nothing generated)"), ""]
     if samples:
-        lines += ["<details><summary>The first prompt exactly as the model saw it</summary>", "",
-                  _fence(samples[0]["rendered"]), "", "</details>", ""]
+        lines += [
+            "<details><summary>The first prompt exactly as the model saw it</summary>",
+            "",
+            _fence(samples[0]["rendered"]),
+            "",
+            "</details>",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -168,18 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     for prompt in prompts:
         rendered = render_prompt(prompt["instruction"], prompt["input"], template, args.system)
         ids = encode_prompt(tokenizer, rendered)
-        print(f"rendered prompt (template {template_name}, {len(ids)} tokens):\n{rendered}",
-              file=sys.stderr, flush=True)
-        output = generate(model, tokenizer, ids, template, args.max_tokens, args.temp,
-                          args.top_p, args.seed)
+        print(
+            f"rendered prompt (template {template_name}, {len(ids)} tokens):\n{rendered}",
+            file=sys.stderr,
+            flush=True,
+        )
+        output = generate(model, tokenizer, ids, template, args.max_tokens, args.temp, args.top_p, args.seed)
         samples.append({**prompt, "rendered": rendered, "output": output})
         if not args.samples_md:
             print(output, flush=True)
     if args.samples_md:
-        intro = (f"Base model `{model_path}`, adapter `{args.adapter_path or '(none)'}`, template "
-                 f"`{template_name}`; temperature {args.temp}, top-p {args.top_p}, seed {args.seed}, "
-                 f"at most {args.max_tokens} tokens. Prompts from `{args.prompts_file}`."
-                 + (f" {args.note}" if args.note else ""))
+        intro = (
+            f"Base model `{model_path}`, adapter `{args.adapter_path or '(none)'}`, template "
+            f"`{template_name}`; temperature {args.temp}, top-p {args.top_p}, seed {args.seed}, "
+            f"at most {args.max_tokens} tokens. Prompts from `{args.prompts_file}`."
+            + (f" {args.note}" if args.note else "")
+        )
         write_atomic(args.samples_md, samples_markdown(args.title, intro, samples).encode("utf-8"))
         print(f"wrote {len(samples)} samples to {args.samples_md}", file=sys.stderr)
     return 0

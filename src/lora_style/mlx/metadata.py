@@ -43,13 +43,21 @@ def prompt_format(template_name: str) -> dict:
         "system": template["default_system"],
         "user_turn": 'instruction + "\\n" + input (the newline is left out when input is empty)',
         "stop_words": template.get("stop_words", []),
-        "example": {**example, "rendered": render_prompt(example["instruction"], example["input"],
-                                                         template)},
+        "example": {**example, "rendered": render_prompt(example["instruction"], example["input"], template)},
     }
 
 
-def build_metadata(run: str, author: str, base_model: str, base_model_id: str, lora_rank: int,
-                   lora_alpha: float, template: str, validation: Path, peft: Path) -> dict:
+def build_metadata(
+    run: str,
+    author: str,
+    base_model: str,
+    base_model_id: str,
+    lora_rank: int,
+    lora_alpha: float,
+    template: str,
+    validation: Path,
+    peft: Path,
+) -> dict:
     report = _read_json(validation, "the validation report of the run's data")
     summary = _read_json(peft / "training_summary.json", "written by the training stage")
     adapter = _read_json(peft / "adapter_config.json", "the PEFT adapter's config")
@@ -58,10 +66,12 @@ def build_metadata(run: str, author: str, base_model: str, base_model_id: str, l
         raise MetadataError(
             f"{peft / 'adapter_config.json'}: the adapter was trained with r={trained[0]}, "
             f"lora_alpha={trained[1]}, but the run's config says lora_rank={lora_rank}, "
-            f"lora_alpha={lora_alpha:g}; the adapter is stale: retrain the run")
+            f"lora_alpha={lora_alpha:g}; the adapter is stale: retrain the run"
+        )
     if summary.get("run") not in (None, run):
-        raise MetadataError(f"{peft / 'training_summary.json'}: belongs to run "
-                            f"'{summary['run']}', not '{run}'")
+        raise MetadataError(
+            f"{peft / 'training_summary.json'}: belongs to run '{summary['run']}', not '{run}'"
+        )
     return {
         # The guide's fields.
         "author": author,
@@ -110,9 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).unlink(missing_ok=True)
     alpha = int(args.lora_alpha) if args.lora_alpha.is_integer() else args.lora_alpha
     try:
-        metadata = build_metadata(args.run, args.author, args.base_model, args.base_model_id,
-                                  args.lora_rank, alpha, args.template, Path(args.validation),
-                                  Path(args.peft))
+        metadata = build_metadata(
+            args.run,
+            args.author,
+            args.base_model,
+            args.base_model_id,
+            args.lora_rank,
+            alpha,
+            args.template,
+            Path(args.validation),
+            Path(args.peft),
+        )
     except (MetadataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

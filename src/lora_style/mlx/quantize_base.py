@@ -58,12 +58,14 @@ def check_quantized(model_dir: str | Path, bits: int = 4, group_size: int = 64) 
         raise QuantizeError(
             f"{config_path}: no 'quantization' entry: the model was converted without -q and is "
             "stored at full precision (for Qwen2.5-32B ~61 GB instead of ~18 GB). Delete "
-            f"{model_dir} and convert with -q --q-bits {bits}.")
+            f"{model_dir} and convert with -q --q-bits {bits}."
+        )
     if quant.get("bits") != bits or quant.get("group_size") != group_size:
         raise QuantizeError(
             f"{config_path}: quantised to {quant.get('bits')} bits in groups of "
             f"{quant.get('group_size')}, expected {bits} bits in groups of {group_size}; delete "
-            f"{model_dir} and convert again")
+            f"{model_dir} and convert again"
+        )
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise QuantizeError(f"{model_dir}: no *.safetensors weights")
@@ -74,16 +76,19 @@ def check_quantized(model_dir: str | Path, bits: int = 4, group_size: int = 64) 
     linears = [name for name in tensors if BLOCK_LINEAR.match(name)]
     if not linears:
         raise QuantizeError(f"{model_dir}: no decoder-block linear layers (layers.N.*_proj.weight)")
-    unpacked = [name for name in linears
-                if tensors[name]["dtype"] != "U32" or name[: -len("weight")] + "scales" not in tensors]
+    unpacked = [
+        name
+        for name in linears
+        if tensors[name]["dtype"] != "U32" or name[: -len("weight")] + "scales" not in tensors
+    ]
     if unpacked:
         raise QuantizeError(
             f"{model_dir}: {len(unpacked)} of {len(linears)} block linear layers are not quantised "
             f"(e.g. {unpacked[0]}, {tensors[unpacked[0]]['dtype']}); delete {model_dir} and "
-            f"convert with -q --q-bits {bits}")
+            f"convert with -q --q-bits {bits}"
+        )
     size = sum(path.stat().st_size for path in files)
-    return {"bits": bits, "group_size": group_size, "quantized_linears": len(linears),
-            "bytes": size}
+    return {"bits": bits, "group_size": group_size, "quantized_linears": len(linears), "bytes": size}
 
 
 @contextmanager
@@ -100,8 +105,10 @@ def watching(folder: Path, log=print, every: float = WATCH_SECONDS):
             except OSError:  # a file renamed or removed under us: next time
                 continue
             minutes, seconds = divmod(int(time.monotonic() - start), 60)
-            log(f"converting: {human_size(sum(files))} of 4-bit weights written in "
-                f"{len(files)} file{'s' * (len(files) != 1)} ({minutes} min {seconds:02d} s)")
+            log(
+                f"converting: {human_size(sum(files))} of 4-bit weights written in "
+                f"{len(files)} file{'s' * (len(files) != 1)} ({minutes} min {seconds:02d} s)"
+            )
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -115,8 +122,10 @@ def watching(folder: Path, log=print, every: float = WATCH_SECONDS):
 def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, log=print) -> dict:
     target = Path(mlx_path)
     if target.exists():
-        raise QuantizeError(f"--mlx-path {target} already exists (mlx_lm.convert will not write "
-                            "into it); delete it to rebuild the base model")
+        raise QuantizeError(
+            f"--mlx-path {target} already exists (mlx_lm.convert will not write "
+            "into it); delete it to rebuild the base model"
+        )
     local = Path(hf_path).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -140,14 +149,18 @@ def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, l
 
     # mlx_lm.convert refuses an existing --mlx-path; the staged path does not exist yet.
     with staged_dir(target) as staged:
-        log(f"mlx_lm.convert --hf-path {source} -q --q-bits {bits} --q-group-size {group_size} "
-            f"--mlx-path {target}")
+        log(
+            f"mlx_lm.convert --hf-path {source} -q --q-bits {bits} --q-group-size {group_size} "
+            f"--mlx-path {target}"
+        )
         with watching(staged, log):
             convert(source, str(staged), quantize=True, q_bits=bits, q_group_size=group_size)
         summary = check_quantized(staged, bits, group_size)
         land(staged, target)
-    log(f"{target}: {summary['quantized_linears']} block linear layers in {bits} bits, "
-        f"{human_size(summary['bytes'])} of weights")
+    log(
+        f"{target}: {summary['quantized_linears']} block linear layers in {bits} bits, "
+        f"{human_size(summary['bytes'])} of weights"
+    )
     return summary
 
 
@@ -165,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.check:
             summary = check_quantized(args.check, args.q_bits, args.q_group_size)
-            print(f"{args.check}: quantised, {summary['quantized_linears']} block linear layers "
-                  f"in {args.q_bits} bits, {human_size(summary['bytes'])} of weights")
+            print(
+                f"{args.check}: quantised, {summary['quantized_linears']} block linear layers "
+                f"in {args.q_bits} bits, {human_size(summary['bytes'])} of weights"
+            )
         elif args.hf_path and args.mlx_path:
             quantize(args.hf_path, args.mlx_path, args.q_bits, args.q_group_size)
         else:

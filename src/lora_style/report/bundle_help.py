@@ -33,12 +33,15 @@ def first_prompt(prompts: Path | None, fallback: str) -> str:
 
 def bundle_help(workdir: Path, run: str, report: Path | None, prompts: Path | None) -> str:
     adapter = Path("lora_adapters") / f"{run}_mlx"
-    meta = read_json_object(workdir / adapter / "metadata.json", UserError,
-                            f"build the run first: snakemake {run}_mlx")
+    meta = read_json_object(
+        workdir / adapter / "metadata.json", UserError, f"build the run first: snakemake {run}_mlx"
+    )
     base = Path(meta["base_model"])
     if not (workdir / base).is_dir():
-        raise UserError(f"{workdir / base}: the 4-bit base model named in {adapter}/metadata.json "
-                        f"is missing; build it: snakemake {run}_mlx")
+        raise UserError(
+            f"{workdir / base}: the 4-bit base model named in {adapter}/metadata.json "
+            f"is missing; build it: snakemake {run}_mlx"
+        )
     python = shlex.quote(os.path.relpath(sys.executable, workdir))
     script = shlex.quote(os.path.relpath(REPO / "scripts" / "generate.py", workdir))
     prompt = shlex.quote(first_prompt(prompts, "Rewrite the following passage. ### The bus broke down."))
@@ -80,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", help="JSONL of held-out prompts (default: the run's data folder)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
-    prompts = Path(args.prompts) if args.prompts else \
-        REPO / "data" / "training" / args.run / "heldout_prompts.jsonl"
+    prompts = (
+        Path(args.prompts)
+        if args.prompts
+        else REPO / "data" / "training" / args.run / "heldout_prompts.jsonl"
+    )
     try:
         print(bundle_help(workdir, args.run, Path(args.report) if args.report else None, prompts))
     except UserError as exc:

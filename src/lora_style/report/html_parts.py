@@ -7,22 +7,25 @@ autoescaping: text passed in is escaped by the library, and what a caller has al
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-_JINJA = Environment(loader=PackageLoader("lora_style.report", "templates"),
-                     autoescape=select_autoescape(["html", "j2"]), keep_trailing_newline=True)
+_JINJA = Environment(
+    loader=PackageLoader("lora_style.report", "templates"),
+    autoescape=select_autoescape(["html", "j2"]),
+    keep_trailing_newline=True,
+)
 _PARTS = _JINJA.get_template("parts.html.j2").module
-
 
 
 def page(title: str, lead: str, body: list[str]) -> str:
     """A whole page: `lead` and the `body` parts are HTML already."""
     return _JINJA.get_template("page.html.j2").render(
-        title=title, lead=Markup(lead), body=[Markup(part) for part in body])
+        title=title, lead=Markup(lead), body=[Markup(part) for part in body]
+    )
 
 
 def note(kind: str, html: str) -> Markup:
@@ -85,7 +88,7 @@ def duration(seconds) -> str:
 def when(epoch) -> str:
     if epoch is None:
         return "(still running)"
-    return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def lines_list(lines: list, limit: int = 20) -> str:

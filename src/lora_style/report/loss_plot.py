@@ -27,10 +27,14 @@ TRAIN_COLOUR, EVAL_COLOUR, CHOSEN_COLOUR = "#1f77b4", "#e8710a", "#2a9d3a"
 
 def curves(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(step, train loss) and (step, eval loss) points; a later eval of the same step wins."""
-    train = [(int(e["step"]), float(e["loss"])) for e in log_history
-             if e.get("loss") is not None and "step" in e]
-    evals = {int(e["step"]): float(e["eval_loss"]) for e in log_history
-             if e.get("eval_loss") is not None and "step" in e}
+    train = [
+        (int(e["step"]), float(e["loss"])) for e in log_history if e.get("loss") is not None and "step" in e
+    ]
+    evals = {
+        int(e["step"]): float(e["eval_loss"])
+        for e in log_history
+        if e.get("eval_loss") is not None and "step" in e
+    }
     return train, sorted(evals.items())
 
 
@@ -44,23 +48,36 @@ def chosen_label(summary: dict) -> str:
 def loss_svg(log_history: list[dict], summary: dict, title: str) -> str:
     """Train loss (line) and eval loss (line with dots) against step, the chosen step marked."""
     train, evals = curves(log_history)
-    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "loss", "font.size": 11,
-                         "axes.spines.top": False, "axes.spines.right": False}):
+    with plt.rc_context(
+        {
+            "svg.fonttype": "none",
+            "svg.hashsalt": "loss",
+            "font.size": 11,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    ):
         fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
         if train:
             ax.plot(*zip(*train), color=TRAIN_COLOUR, linewidth=1.5, label="train loss")
         if evals:
-            ax.plot(*zip(*evals), color=EVAL_COLOUR, linewidth=1.5, marker="o", markersize=4,
-                    label="eval loss")
+            ax.plot(
+                *zip(*evals), color=EVAL_COLOUR, linewidth=1.5, marker="o", markersize=4, label="eval loss"
+            )
         if not (train or evals):
             ax.text(0.5, 0.5, "no loss logged", transform=ax.transAxes, ha="center")
         step = summary.get("best_step")
         if step is not None:
-            ax.axvline(step, color=CHOSEN_COLOUR, linestyle="--", linewidth=1.5,
-                       label=chosen_label(summary))
+            ax.axvline(step, color=CHOSEN_COLOUR, linestyle="--", linewidth=1.5, label=chosen_label(summary))
             if summary.get("best_eval_loss") is not None:
-                ax.plot([step], [summary["best_eval_loss"]], marker="*", markersize=14,
-                        color=CHOSEN_COLOUR, linestyle="none")
+                ax.plot(
+                    [step],
+                    [summary["best_eval_loss"]],
+                    marker="*",
+                    markersize=14,
+                    color=CHOSEN_COLOUR,
+                    linestyle="none",
+                )
         ax.set(title=title, xlabel="step", ylabel="loss")
         ax.grid(True, color="#eeeeee")
         ax.set_xlim(left=0)
@@ -70,14 +87,15 @@ def loss_svg(log_history: list[dict], summary: dict, title: str) -> str:
         fig.savefig(out, format="svg", metadata={"Date": None})  # the same input, the same file
         plt.close(fig)
     svg = out.getvalue()
-    return svg[svg.index("<svg"):]  # no XML prolog: a plain SVG document, as browsers take it
+    return svg[svg.index("<svg") :]  # no XML prolog: a plain SVG document, as browsers take it
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trainer_state", help="trainer_state.json (its log_history)")
-    parser.add_argument("--summary", required=True,
-                        help="training_summary.json (best_step, best_eval_loss: the mark)")
+    parser.add_argument(
+        "--summary", required=True, help="training_summary.json (best_step, best_eval_loss: the mark)"
+    )
     parser.add_argument("--output", required=True, help="the SVG to write")
     parser.add_argument("--title", help="the plot's title (default: the run id of the summary)")
     args = parser.parse_args(argv)

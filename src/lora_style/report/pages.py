@@ -46,112 +46,193 @@ class ReportError(UserError):
 
 # ----------------------------------------------------------------------------------- building blocks
 
-LENGTH_ROWS = {"instruction": "instruction (characters)", "input": "input (characters)",
-               "output": "output (characters)"}
-VALIDATION_KEYS = {"input", "examples", "sha256", "duplicates", "duplicate_lines", "empty_input",
-                   "blank_lines_skipped", "crlf_line_endings", "utf8_bom", "dropped_keys", "chars",
-                   "tokens", "cutoff_len", "over_cutoff_len", "over_cutoff_len_lines"}
+LENGTH_ROWS = {
+    "instruction": "instruction (characters)",
+    "input": "input (characters)",
+    "output": "output (characters)",
+}
+VALIDATION_KEYS = {
+    "input",
+    "examples",
+    "sha256",
+    "duplicates",
+    "duplicate_lines",
+    "empty_input",
+    "blank_lines_skipped",
+    "crlf_line_endings",
+    "utf8_bom",
+    "dropped_keys",
+    "chars",
+    "tokens",
+    "cutoff_len",
+    "over_cutoff_len",
+    "over_cutoff_len_lines",
+}
 
 
 def validation_page(run: str, v: dict) -> str:
     body = []
     examples = v.get("examples", 0)
     if v.get("duplicates"):
-        pairs = "; ".join(f"line {d['line']} = line {d['same_as_line']}"
-                          for d in v.get("duplicate_lines", [])[:10])
-        body.append(note("warn", f"{v['duplicates']} duplicate example(s): {escape(pairs)}. "
-                                 "They weigh twice in training; remove them from the data if "
-                                 "that is not meant."))
+        pairs = "; ".join(
+            f"line {d['line']} = line {d['same_as_line']}" for d in v.get("duplicate_lines", [])[:10]
+        )
+        body.append(
+            note(
+                "warn",
+                f"{v['duplicates']} duplicate example(s): {escape(pairs)}. "
+                "They weigh twice in training; remove them from the data if "
+                "that is not meant.",
+            )
+        )
     tokens = v.get("tokens") or {}
     counted = tokens.get("counted", "min" in tokens)  # older reports: the statistics alone
     if "over_cutoff_len" in v:
         over, cutoff = v["over_cutoff_len"], v.get("cutoff_len")
         if over:
-            body.append(note("warn", f"{over} of {examples} examples are longer than cutoff_len "
-                                     f"{cutoff} tokens (lines {lines_list(v.get('over_cutoff_len_lines', []))}): "
-                                     "training cuts them off there. Shorten them, or raise cutoff_len "
-                                     "(more memory)."))
+            body.append(
+                note(
+                    "warn",
+                    f"{over} of {examples} examples are longer than cutoff_len "
+                    f"{cutoff} tokens (lines {lines_list(v.get('over_cutoff_len_lines', []))}): "
+                    "training cuts them off there. Shorten them, or raise cutoff_len "
+                    "(more memory).",
+                )
+            )
         else:
             body.append(note("ok", f"All {examples} examples fit in cutoff_len {cutoff} tokens."))
     elif not counted:
         why = tokens.get("why") or "the run's tokenizer was not available to the validation"
-        body.append(note("info", f"No token counts ({escape(why)}): lengths are in characters, "
-                                 "and the examples over cutoff_len are not counted."))
+        body.append(
+            note(
+                "info",
+                f"No token counts ({escape(why)}): lengths are in characters, "
+                "and the examples over cutoff_len are not counted.",
+            )
+        )
     body.append("<h2>The data</h2>")
-    body.append(facts_table({
-        "examples": examples,
-        "duplicates": v.get("duplicates"),
-        "examples with an empty input": v.get("empty_input"),
-        "blank lines skipped": v.get("blank_lines_skipped"),
-        "CRLF line endings": v.get("crlf_line_endings"),
-        "UTF-8 byte order mark": v.get("utf8_bom"),
-        "keys dropped": v.get("dropped_keys") or "(none)",
-        "file": v.get("input"),
-        "sha256 (normalised)": v.get("sha256"),
-    }))
+    body.append(
+        facts_table(
+            {
+                "examples": examples,
+                "duplicates": v.get("duplicates"),
+                "examples with an empty input": v.get("empty_input"),
+                "blank lines skipped": v.get("blank_lines_skipped"),
+                "CRLF line endings": v.get("crlf_line_endings"),
+                "UTF-8 byte order mark": v.get("utf8_bom"),
+                "keys dropped": v.get("dropped_keys") or "(none)",
+                "file": v.get("input"),
+                "sha256 (normalised)": v.get("sha256"),
+            }
+        )
+    )
     body.append("<h2>Lengths</h2>")
     rows = []
     for name, stats in (v.get("chars") or {}).items():
-        rows.append([escape(LENGTH_ROWS.get(name, name))] + [escape(fmt(stats.get(k)))
-                                                             for k in ("min", "median", "mean", "max")])
+        rows.append(
+            [escape(LENGTH_ROWS.get(name, name))]
+            + [escape(fmt(stats.get(k))) for k in ("min", "median", "mean", "max")]
+        )
     if counted:
         label = "whole example (tokens, in the run's template)"
-        rows.append([escape(label)] + [escape(fmt(tokens.get(k)))
-                                       for k in ("min", "median", "mean", "max")])
+        rows.append([escape(label)] + [escape(fmt(tokens.get(k))) for k in ("min", "median", "mean", "max")])
     body.append(grid(["", "min", "median", "mean", "max"], rows, numeric={1, 2, 3, 4}))
     if "cutoff_len" in v:
-        body.append(facts_table({
-            "cutoff_len (tokens)": v["cutoff_len"],
-            "examples over it": v.get("over_cutoff_len", "not counted (no token counts)")}))
+        body.append(
+            facts_table(
+                {
+                    "cutoff_len (tokens)": v["cutoff_len"],
+                    "examples over it": v.get("over_cutoff_len", "not counted (no token counts)"),
+                }
+            )
+        )
     if counted and tokens.get("tokenizer"):
-        body.append(f"<p>Tokens counted with the tokenizer of {code(tokens['tokenizer'])}, each "
-                    f"example rendered in the template {code(tokens.get('template', '?'))} as "
-                    "training renders it.</p>")
+        body.append(
+            f"<p>Tokens counted with the tokenizer of {code(tokens['tokenizer'])}, each "
+            f"example rendered in the template {code(tokens.get('template', '?'))} as "
+            "training renders it.</p>"
+        )
     other = {k: val for k, val in v.items() if k not in VALIDATION_KEYS}
     if other:
         body.append("<h2>More</h2>")
         body.append(facts_table(other))
-    return page(f"{run}: the data", f"What validation found in the run's training data "
-                f"({code(v.get('input', '?'))}), before anything reached the pod.", body)
+    return page(
+        f"{run}: the data",
+        f"What validation found in the run's training data "
+        f"({code(v.get('input', '?'))}), before anything reached the pod.",
+        body,
+    )
 
 
 def preflight_page(run: str, launch: dict) -> str:
     attempt = launch.get("attempt") or {}
     report = attempt.get("preflight")
     where = launch.get("where") or launch.get("pod") or "the pod"
-    lead = (f"The checks on {escape(where)} (pod {code(launch.get('pod', '?'))}) before anything "
-            "was uploaded or launched.")
+    lead = (
+        f"The checks on {escape(where)} (pod {code(launch.get('pod', '?'))}) before anything "
+        "was uploaded or launched."
+    )
     if not report:
-        return page(f"{run}: preflight", lead, [note("info", "This launch record holds no "
+        return page(
+            f"{run}: preflight",
+            lead,
+            [
+                note(
+                    "info",
+                    "This launch record holds no "
                     "preflight: the training was attached to, and its first launch is not on "
-                    "record.")])
+                    "record.",
+                )
+            ],
+        )
     body = []
     failed = [c for c in report.get("checks", []) if not c.get("ok")]
     if failed:
-        body.append(note("bad", f"{len(failed)} check(s) failed: "
-                                + escape(", ".join(c["name"] for c in failed))))
+        body.append(
+            note("bad", f"{len(failed)} check(s) failed: " + escape(", ".join(c["name"] for c in failed)))
+        )
     else:
         body.append(note("ok", f"All {len(report.get('checks', []))} checks passed."))
     if launch.get("action") == "attached":
-        body.append(note("info", "This run attached to a training launched earlier; these are the "
-                                 "checks of that launch."))
+        body.append(
+            note(
+                "info",
+                "This run attached to a training launched earlier; these are the checks of that launch.",
+            )
+        )
     body.append("<h2>Checks</h2>")
-    body.append(grid(["check", "result", "detail"], [
-        [escape(c.get("name", "?")),
-         '<span class="yes">passed</span>' if c.get("ok") else '<span class="no">failed</span>',
-         escape(c.get("detail", ""))] for c in report.get("checks", [])]))
+    body.append(
+        grid(
+            ["check", "result", "detail"],
+            [
+                [
+                    escape(c.get("name", "?")),
+                    '<span class="yes">passed</span>' if c.get("ok") else '<span class="no">failed</span>',
+                    escape(c.get("detail", "")),
+                ]
+                for c in report.get("checks", [])
+            ],
+        )
+    )
     body.append("<h2>What it found</h2>")
     gpus = report.get("gpus") or []
-    body.append(facts_table({
-        "GPUs": ", ".join(f"{g.get('name', '?')} ({g.get('free_gb', 0):.0f} of "
-                          f"{g.get('total_gb', 0):.0f} GB free)" for g in gpus) or "none",
-        "GPU memory the run needs (estimate, GB)": report.get("memory_estimate_gb"),
-        "LLaMA-Factory": report.get("llamafactory_version"),
-        "llamafactory-cli": report.get("llamafactory_cli"),
-        "runs detached with": report.get("detach"),
-        "run folders on the pod": report.get("remote_dir"),
-        "launched at": attempt.get("launched_at"),
-    }))
+    body.append(
+        facts_table(
+            {
+                "GPUs": ", ".join(
+                    f"{g.get('name', '?')} ({g.get('free_gb', 0):.0f} of {g.get('total_gb', 0):.0f} GB free)"
+                    for g in gpus
+                )
+                or "none",
+                "GPU memory the run needs (estimate, GB)": report.get("memory_estimate_gb"),
+                "LLaMA-Factory": report.get("llamafactory_version"),
+                "llamafactory-cli": report.get("llamafactory_cli"),
+                "runs detached with": report.get("detach"),
+                "run folders on the pod": report.get("remote_dir"),
+                "launched at": attempt.get("launched_at"),
+            }
+        )
+    )
     if attempt.get("setup"):
         body.append("<h2>Setup</h2>")
         body.append(value_html(attempt["setup"]))
@@ -163,8 +244,9 @@ def estimate_line(estimate: dict | None) -> str:
     if not estimate:
         return "(not recorded)"
     try:
-        return Estimate(**{f.name: estimate[f.name] for f in fields(Estimate)
-                           if f.name in estimate}).line()   # older records lack the newer fields
+        return Estimate(
+            **{f.name: estimate[f.name] for f in fields(Estimate) if f.name in estimate}
+        ).line()  # older records lack the newer fields
     except (KeyError, TypeError):
         return fmt(estimate)
 
@@ -173,10 +255,14 @@ def bill_facts(bill: dict | None) -> dict:
     """What RunPod billed for the rented pod (its whole life, every run on it), if it was read."""
     if not bill:
         return {}
-    return {"RunPod billed": (f"${bill['total_usd']:.2f} (GPU ${bill['gpu_usd']:.2f}, disk "
-                              f"${bill['disk_usd']:.2f}, CPU ${bill['cpu_usd']:.2f}) for pod "
-                              f"{', '.join(bill['pods'])} since {bill['from']}; read "
-                              f"{bill['read_at']}, billing can lag")}
+    return {
+        "RunPod billed": (
+            f"${bill['total_usd']:.2f} (GPU ${bill['gpu_usd']:.2f}, disk "
+            f"${bill['disk_usd']:.2f}, CPU ${bill['cpu_usd']:.2f}) for pod "
+            f"{', '.join(bill['pods'])} since {bill['from']}; read "
+            f"{bill['read_at']}, billing can lag"
+        )
+    }
 
 
 def training_page(run: str, summary: dict, finished: dict, launch: dict) -> str:
@@ -184,28 +270,41 @@ def training_page(run: str, summary: dict, finished: dict, launch: dict) -> str:
     total = summary.get("total_steps")
     step = summary.get("best_step")
     if summary.get("cut_by_budget"):
-        body.append(note("warn", "The training was stopped by its budget (max_hours / max_usd) "
-                                 "before its last step; the adapter is the best checkpoint saved "
-                                 "until then."))
+        body.append(
+            note(
+                "warn",
+                "The training was stopped by its budget (max_hours / max_usd) "
+                "before its last step; the adapter is the best checkpoint saved "
+                "until then.",
+            )
+        )
     if summary.get("selected_by") == "min_eval_loss":
-        chosen = (f"checkpoint-{step} of {total} steps: the lowest eval_loss, "
-                  f"{fmt(summary.get('best_eval_loss'))}")
+        chosen = (
+            f"checkpoint-{step} of {total} steps: the lowest eval_loss, {fmt(summary.get('best_eval_loss'))}"
+        )
     else:
-        chosen = (f"checkpoint-{step} of {total} steps: the last one saved (no evaluation fell "
-                  "on a saved checkpoint)")
+        chosen = (
+            f"checkpoint-{step} of {total} steps: the last one saved (no evaluation fell "
+            "on a saved checkpoint)"
+        )
     body.append(note("ok", escape(chosen)))
     body.append("<h2>Result</h2>")
-    body.append(facts_table({
-        "steps trained": total,
-        "chosen checkpoint": f"step {step}",
-        "chosen by": {"min_eval_loss": "the lowest eval_loss",
-                      "last_checkpoint": "the last checkpoint"}.get(summary.get("selected_by"),
-                                                                    summary.get("selected_by")),
-        "eval_loss there": summary.get("best_eval_loss"),
-        "status": "cut by the budget" if summary.get("cut_by_budget") else finished.get("status"),
-        "run id": summary.get("run_id"),
-        "LLaMA-Factory": summary.get("llamafactory_version"),
-    }))
+    body.append(
+        facts_table(
+            {
+                "steps trained": total,
+                "chosen checkpoint": f"step {step}",
+                "chosen by": {
+                    "min_eval_loss": "the lowest eval_loss",
+                    "last_checkpoint": "the last checkpoint",
+                }.get(summary.get("selected_by"), summary.get("selected_by")),
+                "eval_loss there": summary.get("best_eval_loss"),
+                "status": "cut by the budget" if summary.get("cut_by_budget") else finished.get("status"),
+                "run id": summary.get("run_id"),
+                "LLaMA-Factory": summary.get("llamafactory_version"),
+            }
+        )
+    )
     body.append("<h2>Time and cost</h2>")
     used = summary.get("gpu_time") or finished.get("gpu_time") or {}
     gpu = "(not recorded)"
@@ -218,53 +317,85 @@ def training_page(run: str, summary: dict, finished: dict, launch: dict) -> str:
         cost = "no price known (set gpu_hourly_usd on the pod for a cost)"
     else:
         cost = "(not recorded)"
-    body.append(facts_table({
-        "training wall time (all attempts)": duration(summary.get("wall_time_s",
-                                                                  finished.get("wall_time_s"))),
-        "GPU time": gpu,
-        "cost": cost,
-        "the plan said": estimate_line(summary.get("estimate") or launch.get("estimate")),
-        **bill_facts(summary.get("runpod_bill")),
-    }))
+    body.append(
+        facts_table(
+            {
+                "training wall time (all attempts)": duration(
+                    summary.get("wall_time_s", finished.get("wall_time_s"))
+                ),
+                "GPU time": gpu,
+                "cost": cost,
+                "the plan said": estimate_line(summary.get("estimate") or launch.get("estimate")),
+                **bill_facts(summary.get("runpod_bill")),
+            }
+        )
+    )
     attempts = finished.get("attempts") or []
     body.append(f"<h2>Attempts ({len(attempts)})</h2>")
     if attempts:
-        body.append(grid(["#", "started", "ended", "from step", "exit code", "took"], [
-            [str(i), when(a.get("start")), when(a.get("end")), escape(fmt(a.get("from_step"))),
-             escape(fmt(a.get("rc"))),
-             duration(a["end"] - a["start"]) if a.get("end") and a.get("start") else "(unknown)"]
-            for i, a in enumerate(attempts, 1)], numeric={0, 3, 4}))
+        body.append(
+            grid(
+                ["#", "started", "ended", "from step", "exit code", "took"],
+                [
+                    [
+                        str(i),
+                        when(a.get("start")),
+                        when(a.get("end")),
+                        escape(fmt(a.get("from_step"))),
+                        escape(fmt(a.get("rc"))),
+                        duration(a["end"] - a["start"]) if a.get("end") and a.get("start") else "(unknown)",
+                    ]
+                    for i, a in enumerate(attempts, 1)
+                ],
+                numeric={0, 3, 4},
+            )
+        )
     else:
         body.append("<p>No attempts recorded.</p>")
     body.append("<h2>Where</h2>")
-    body.append(facts_table({
-        "pod": launch.get("pod"),
-        "machine": launch.get("where"),
-        "executor": launch.get("executor"),
-        "run folder": launch.get("run_dir") or finished.get("run_dir"),
-        "launch": launch.get("action"),
-        "finished at": finished.get("finished_at"),
-    }))
-    return page(f"{run}: training", "The training on the pod: what was chosen, how long it took, "
-                "what it cost. The loss curves are the other item of this section.", body)
+    body.append(
+        facts_table(
+            {
+                "pod": launch.get("pod"),
+                "machine": launch.get("where"),
+                "executor": launch.get("executor"),
+                "run folder": launch.get("run_dir") or finished.get("run_dir"),
+                "launch": launch.get("action"),
+                "finished at": finished.get("finished_at"),
+            }
+        )
+    )
+    return page(
+        f"{run}: training",
+        "The training on the pod: what was chosen, how long it took, "
+        "what it cost. The loss curves are the other item of this section.",
+        body,
+    )
 
 
 def metadata_page(run: str, metadata: dict, path: str) -> str:
     body = [facts_table(metadata)]  # the file's own keys: what a reader of it will see
-    return page(f"{run}: the MLX bundle's metadata",
-                f"{code(path)}, which travels with the adapter: who and what it was trained on, "
-                "and the prompt format inference must use.", body)
+    return page(
+        f"{run}: the MLX bundle's metadata",
+        f"{code(path)}, which travels with the adapter: who and what it was trained on, "
+        "and the prompt format inference must use.",
+        body,
+    )
 
 
 def samples_page(run: str, markdown: str, path: str) -> str:
     if markdown.startswith("# "):  # its title: the page has its own
         markdown = markdown.partition("\n")[2]
     html = MarkdownIt("commonmark", {"html": True}).render(markdown)
-    return page(f"{run}: samples", f"The adapter on a few prompts, in the training format "
-                f"({code(path)}).", [f'<div class="samples">{html}</div>'])
+    return page(
+        f"{run}: samples",
+        f"The adapter on a few prompts, in the training format ({code(path)}).",
+        [f'<div class="samples">{html}</div>'],
+    )
 
 
 # ----------------------------------------------------------------------------------- command line
+
 
 def _read(path: str, what: str) -> dict:
     return read_json_object(path, ReportError, what)
@@ -273,12 +404,14 @@ def _read(path: str, what: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
-    for name, text in {"validation": "results/RUN/data/validation.json",
-                       "launch": "results/RUN/train/launch.json (its preflight, where it ran)",
-                       "finished": "results/RUN/train/finished.json (attempts, wall time)",
-                       "summary": "results/RUN/train/training_summary.json",
-                       "metadata": "lora_adapters/RUN_mlx/metadata.json",
-                       "samples": "results/RUN/samples.md"}.items():
+    for name, text in {
+        "validation": "results/RUN/data/validation.json",
+        "launch": "results/RUN/train/launch.json (its preflight, where it ran)",
+        "finished": "results/RUN/train/finished.json (attempts, wall time)",
+        "summary": "results/RUN/train/training_summary.json",
+        "metadata": "lora_adapters/RUN_mlx/metadata.json",
+        "samples": "results/RUN/samples.md",
+    }.items():
         parser.add_argument(f"--{name}", required=True, help=text)
     for name in ("validation", "preflight", "training", "metadata", "samples"):
         parser.add_argument(f"--{name}-page", required=True, help=f"the {name} page to write")
@@ -288,10 +421,15 @@ def main(argv: list[str] | None = None) -> int:
         pages = {
             args.validation_page: validation_page(args.run, _read(args.validation, "the validation report")),
             args.preflight_page: preflight_page(args.run, launch),
-            args.training_page: training_page(args.run, _read(args.summary, "the training summary"),
-                                              _read(args.finished, "the finish record"), launch),
-            args.metadata_page: metadata_page(args.run, _read(args.metadata, "the bundle's metadata"),
-                                              args.metadata),
+            args.training_page: training_page(
+                args.run,
+                _read(args.summary, "the training summary"),
+                _read(args.finished, "the finish record"),
+                launch,
+            ),
+            args.metadata_page: metadata_page(
+                args.run, _read(args.metadata, "the bundle's metadata"), args.metadata
+            ),
         }
         try:
             markdown = Path(args.samples).read_text(encoding="utf-8")

@@ -33,8 +33,11 @@ class Selection:
 
 def eval_losses(log_history: list[dict]) -> dict[int, float]:
     """Step -> eval_loss of every evaluation (a later entry for the same step wins)."""
-    return {int(e["step"]): float(e["eval_loss"]) for e in log_history
-            if "eval_loss" in e and "step" in e and e["eval_loss"] is not None}
+    return {
+        int(e["step"]): float(e["eval_loss"])
+        for e in log_history
+        if "eval_loss" in e and "step" in e and e["eval_loss"] is not None
+    }
 
 
 def select_checkpoint(log_history: list[dict], checkpoint_steps: list[int]) -> Selection:
@@ -47,22 +50,29 @@ def select_checkpoint(log_history: list[dict], checkpoint_steps: list[int]) -> S
         best = min(candidates, key=lambda step: (evals[step], step))
         return Selection(best, evals[best], "min_eval_loss")
     last = max(checkpoint_steps)
-    note = ("no evaluation in log_history" if not evals else
-            f"evaluations at steps {sorted(evals)[:5]}... never fall on a saved checkpoint; make "
-            "save_steps a multiple of eval_steps to choose by eval_loss")
+    note = (
+        "no evaluation in log_history"
+        if not evals
+        else f"evaluations at steps {sorted(evals)[:5]}... never fall on a saved checkpoint; make "
+        "save_steps a multiple of eval_steps to choose by eval_loss"
+    )
     return Selection(last, None, "last_checkpoint", note)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trainer_state", help="trainer_state.json (its log_history)")
-    parser.add_argument("--checkpoints", type=int, nargs="+", required=True,
-                        help="steps that have a saved checkpoint-N")
+    parser.add_argument(
+        "--checkpoints", type=int, nargs="+", required=True, help="steps that have a saved checkpoint-N"
+    )
     args = parser.parse_args(argv)
     history = json.loads(Path(args.trainer_state).read_text(encoding="utf-8")).get("log_history", [])
     choice = select_checkpoint(history, args.checkpoints)
-    print(json.dumps({"best_step": choice.step, "best_eval_loss": choice.eval_loss,
-                      "selected_by": choice.selected_by}))
+    print(
+        json.dumps(
+            {"best_step": choice.step, "best_eval_loss": choice.eval_loss, "selected_by": choice.selected_by}
+        )
+    )
     return 0
 
 

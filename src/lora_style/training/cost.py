@@ -11,7 +11,7 @@ pod's own price once it runs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 
 import yaml
 
@@ -23,7 +23,7 @@ from .processes import world_size
 RATES = CONFIG / "rates.yaml"
 
 
-@lru_cache(maxsize=None)
+@cache
 def rates() -> dict:
     return yaml.safe_load(RATES.read_text(encoding="utf-8")) or {}
 
@@ -60,7 +60,7 @@ def usd_per_hour(pod: dict) -> float | None:
 class Estimate:
     run: str
     steps: int
-    rate: float | None         # steps per hour
+    rate: float | None  # steps per hour
     gpus: int
     gpu_type: str | None
     gpu_hourly_usd: float | None
@@ -87,8 +87,10 @@ class Estimate:
         on = f"{self.gpus} x {short_gpu(self.gpu_type)}" if self.gpu_type else self.where
         text = f"{self.run}: {self.steps} steps"
         if self.gpu_hours is None:
-            return (f"{text} on {on}; no measured rate for this profile on this GPU, so no time or "
-                    "cost estimate (add one to config/rates.yaml)")
+            return (
+                f"{text} on {on}; no measured rate for this profile on this GPU, so no time or "
+                "cost estimate (add one to config/rates.yaml)"
+            )
         if self.gpus > 1 and self.gpu_type:
             # Several GPUs: the wall time too, and a price that reads as per GPU.
             text += f", ~{self.gpu_hours:.1f} GPU-hours ({self.hours:.1f} h on {on})"
@@ -105,8 +107,14 @@ class Estimate:
         return {**asdict(self), "gpu_hours": self.gpu_hours, "usd": self.usd}
 
 
-def estimate(run: str, args: dict, profile: str, pod: dict, examples: int | None,
-             listed: tuple[float, str] | None = None) -> Estimate:
+def estimate(
+    run: str,
+    args: dict,
+    profile: str,
+    pod: dict,
+    examples: int | None,
+    listed: tuple[float, str] | None = None,
+) -> Estimate:
     """The plan's estimate for one run on its pod. examples is only needed without max_steps.
     `listed`: RunPod's list price of one GPU-hour and how old that read is (runpod_catalog), which
     a rented pod's line prefers to gpu_hourly_usd."""
@@ -117,8 +125,17 @@ def estimate(run: str, args: dict, profile: str, pod: dict, examples: int | None
     price, source = pod.get("gpu_hourly_usd"), None
     if listed is not None:
         price, source = listed[0], f"RunPod's list price, read {listed[1]}"
-    return Estimate(run, steps, steps_per_hour(profile, pod.get("gpu_type")), gpus,
-                    pod.get("gpu_type"), price, where, profile, source)
+    return Estimate(
+        run,
+        steps,
+        steps_per_hour(profile, pod.get("gpu_type")),
+        gpus,
+        pod.get("gpu_type"),
+        price,
+        where,
+        profile,
+        source,
+    )
 
 
 def used(attempts: list[dict], pod: dict, now: float | None = None) -> dict:
@@ -127,9 +144,14 @@ def used(attempts: list[dict], pod: dict, now: float | None = None) -> dict:
     gpus = gpus_paid(pod)
     gpu_hours = seconds / 3600 * gpus
     price = usd_per_hour(pod)
-    return {"attempts": len(attempts), "wall_seconds": seconds, "gpus": gpus,
-            "gpu_hours": round(gpu_hours, 4), "usd_per_hour": price,
-            "usd": round(gpu_hours / gpus * price, 2) if price is not None else None}
+    return {
+        "attempts": len(attempts),
+        "wall_seconds": seconds,
+        "gpus": gpus,
+        "gpu_hours": round(gpu_hours, 4),
+        "usd_per_hour": price,
+        "usd": round(gpu_hours / gpus * price, 2) if price is not None else None,
+    }
 
 
 def budget_seconds(pod: dict) -> int | None:

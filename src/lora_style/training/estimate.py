@@ -24,15 +24,16 @@ def setting(args: dict, key: str):
 
 GB = 1e9
 
+
 @dataclass(frozen=True)
 class Arch:
     """What the estimate needs to know about a base model."""
 
-    params: float        # all parameters, embeddings included
+    params: float  # all parameters, embeddings included
     hidden: int
     intermediate: int
     layers: int
-    kv_dim: int          # num_key_value_heads * head_dim
+    kv_dim: int  # num_key_value_heads * head_dim
     vocab: int
 
 
@@ -78,10 +79,20 @@ LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 def lora_params(arch: Arch, rank: int, target: str = "all") -> float:
     """Trainable LoRA parameters: rank * (in + out) per wrapped linear layer, in every block."""
     h, i, kv = arch.hidden, arch.intermediate, arch.kv_dim
-    dims = {"q_proj": h + h, "k_proj": h + kv, "v_proj": h + kv, "o_proj": h + h,
-            "gate_proj": h + i, "up_proj": h + i, "down_proj": i + h}
-    wanted = LORA_MODULES if target.strip() == "all" else [
-        name.strip() for name in target.split(",") if name.strip() in dims]
+    dims = {
+        "q_proj": h + h,
+        "k_proj": h + kv,
+        "v_proj": h + kv,
+        "o_proj": h + h,
+        "gate_proj": h + i,
+        "up_proj": h + i,
+        "down_proj": i + h,
+    }
+    wanted = (
+        LORA_MODULES
+        if target.strip() == "all"
+        else [name.strip() for name in target.split(",") if name.strip() in dims]
+    )
     return float(rank * arch.layers * sum(dims[name] for name in wanted))
 
 
@@ -96,19 +107,22 @@ class Memory:
     activations: float
     overhead: float
     gpus: int = 1
-    zero: str = ""       # "ZeRO-3", "ZeRO-2 + optimizer offload", ... ; "" without DeepSpeed
+    zero: str = ""  # "ZeRO-3", "ZeRO-2 + optimizer offload", ... ; "" without DeepSpeed
 
     @property
     def total(self) -> float:
         return self.weights + self.lora + self.optimizer + self.activations + self.overhead
 
     def describe(self) -> str:
-        text = (f"~{self.total:.0f} GB (weights {self.weights:.1f}, LoRA {self.lora:.1f}, "
-                f"optimizer {self.optimizer:.1f}, activations {self.activations:.1f}, "
-                f"CUDA {self.overhead:.1f})")
+        text = (
+            f"~{self.total:.0f} GB (weights {self.weights:.1f}, LoRA {self.lora:.1f}, "
+            f"optimizer {self.optimizer:.1f}, activations {self.activations:.1f}, "
+            f"CUDA {self.overhead:.1f})"
+        )
         if self.gpus > 1 or self.zero:
-            text += f" per GPU, {self.zero or 'no sharding (DDP)'} over {self.gpus} GPU" + \
-                ("s" if self.gpus > 1 else "")
+            text += f" per GPU, {self.zero or 'no sharding (DDP)'} over {self.gpus} GPU" + (
+                "s" if self.gpus > 1 else ""
+            )
         return text
 
 
@@ -125,8 +139,11 @@ class Zero:
     def describe(self) -> str:
         if not self.stage:
             return ""
-        off = [name for name, on in (("optimizer", self.offload_optimizer),
-                                     ("parameter", self.offload_param)) if on]
+        off = [
+            name
+            for name, on in (("optimizer", self.offload_optimizer), ("parameter", self.offload_param))
+            if on
+        ]
         return f"ZeRO-{self.stage}" + (f" + {' and '.join(off)} offload" if off else "")
 
 
@@ -200,8 +217,11 @@ def planned_steps(args: dict, examples: int, devices: int = 1) -> int:
         return int(args["max_steps"])
     val = float(args.get("val_size", 0) or 0)
     train = examples - (int(val) if val >= 1 else math.ceil(examples * val))
-    per_step = (int(args.get("per_device_train_batch_size", 1))
-                * int(args.get("gradient_accumulation_steps", 1)) * max(devices, 1))
+    per_step = (
+        int(args.get("per_device_train_batch_size", 1))
+        * int(args.get("gradient_accumulation_steps", 1))
+        * max(devices, 1)
+    )
     return math.ceil(float(args.get("num_train_epochs", 3.0)) * math.ceil(max(train, 1) / per_step))
 
 
@@ -219,8 +239,9 @@ def estimate_disk(arch: Arch | None, args: dict, steps: int) -> float:
     if arch is None:
         return 1.0
     trainable = lora_params(arch, int(setting(args, "lora_rank")), str(args.get("lora_target", "all")))
-    checkpoints = (max(1, steps // save_interval(args, steps))
-                   if args.get("save_strategy", "steps") != "no" else 0)
+    checkpoints = (
+        max(1, steps // save_interval(args, steps)) if args.get("save_strategy", "steps") != "no" else 0
+    )
     per_checkpoint = trainable * (4 + 8) / GB + 0.02
     return checkpoints * per_checkpoint + trainable * 4 / GB + 0.1
 

@@ -41,6 +41,7 @@ from .ssh_errors import ssh_failure
 SSH_FAILED = 255
 RSYNC_TRANSPORT_FAILED = {12, 30, 35, 255}
 
+
 @dataclass
 class Result:
     rc: int
@@ -66,11 +67,10 @@ class Executor(ABC):
         self.settings = with_defaults(settings)
         self.name = settings.get("name", self.kind)
         self.workdir = Path(workdir).resolve()
-        self.bytes_sent = self.bytes_received = 0   # what file copies moved over the network
+        self.bytes_sent = self.bytes_received = 0  # what file copies moved over the network
 
     @abstractmethod
-    def sh(self, script: str, timeout: float | None = 600, args: tuple = (),
-           stdin: bytes = b"") -> Result:
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = (), stdin: bytes = b"") -> Result:
         """Run a POSIX shell script there as `sh -c script sh args...` (cwd: the login directory,
         or the workdir for local), with `stdin` as its standard input: the one way a secret
         reaches the pod (never an argument, which `ps` shows to every user there).
@@ -85,7 +85,7 @@ class Executor(ABC):
         """Let go of what the executor holds open (the ssh master connection)."""
 
     @property
-    def transport(self) -> "Executor":
+    def transport(self) -> Executor:
         """What carries the commands and files: the executor itself, or for a Slurm cluster
         the ssh or local executor that reaches its login node."""
         return self
@@ -99,10 +99,15 @@ class Executor(ABC):
         """A scheduler's executor replaces preflight's checks of the machine's own GPUs (which a
         login node does not have) with the scheduler's (slurm.py). Nothing to change here."""
 
-
     @abstractmethod
-    def put(self, local_dir: Path, remote_dir: str, say: Callable[[str], None] | None = None,
-            bwlimit_kib: int | None = None, basis: str | None = None) -> None:
+    def put(
+        self,
+        local_dir: Path,
+        remote_dir: str,
+        say: Callable[[str], None] | None = None,
+        bwlimit_kib: int | None = None,
+        basis: str | None = None,
+    ) -> None:
         """Copy the contents of local_dir into remote_dir there (which must exist).
 
         A long copy reports its progress through `say` (default: stderr); `bwlimit_kib` caps its
@@ -111,8 +116,13 @@ class Executor(ABC):
         files rsync copies when unchanged and sends only the differences against otherwise."""
 
     @abstractmethod
-    def get(self, remote_file: str, local_file: Path, say: Callable[[str], None] | None = None,
-            bwlimit_kib: int | None = None) -> None:
+    def get(
+        self,
+        remote_file: str,
+        local_file: Path,
+        say: Callable[[str], None] | None = None,
+        bwlimit_kib: int | None = None,
+    ) -> None:
         """Copy one file from there to local_file; `say` and `bwlimit_kib` as for put()."""
 
     @abstractmethod
@@ -125,14 +135,19 @@ class LocalExecutor(Executor):
 
     kind = "local"
 
-    def sh(self, script: str, timeout: float | None = 600, args: tuple = (),
-           stdin: bytes = b"") -> Result:
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = (), stdin: bytes = b"") -> Result:
         # A session of its own: a training started from here survives Ctrl-C of Snakemake. The
         # environment is the user's, without the local side's bin/ first on PATH.
         try:
-            proc = subprocess.run(["sh", "-c", script, "sh", *args], cwd=self.workdir,
-                                  capture_output=True, timeout=timeout, start_new_session=True,
-                                  env=clean_environment(), input=stdin)
+            proc = subprocess.run(
+                ["sh", "-c", script, "sh", *args],
+                cwd=self.workdir,
+                capture_output=True,
+                timeout=timeout,
+                start_new_session=True,
+                env=clean_environment(),
+                input=stdin,
+            )
         except subprocess.TimeoutExpired as exc:
             raise Unreachable(f"a command on this machine took over {timeout:.0f} s") from exc
         return Result(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
@@ -179,8 +194,7 @@ class SSHExecutor(Executor):
         super().__init__(settings, workdir)
         if not settings.get("host"):
             raise PodError(f"pods.{self.name}.host is missing: the pod's IP address or ssh alias")
-        self.known_hosts = self.workdir / os.path.expanduser(
-            self.settings["known_hosts"])
+        self.known_hosts = self.workdir / os.path.expanduser(self.settings["known_hosts"])
         self._control_dir: str | None = None
 
     def control_path(self) -> str:
@@ -207,18 +221,27 @@ class SSHExecutor(Executor):
     def ssh_options(self) -> list[str]:
         """Options shared by ssh and rsync. No -F: the user's ~/.ssh/config still applies."""
         opts = [
-            "-o", "BatchMode=yes",                     # never prompt; a job cannot answer
-            "-o", "StrictHostKeyChecking=accept-new",  # first key remembered, a changed one refused
-            "-o", f"UserKnownHostsFile={_ssh_config_value(str(self.known_hosts))}",
-            "-o", "ConnectTimeout=20",
-            "-o", "ServerAliveInterval=15",
-            "-o", "ServerAliveCountMax=4",
+            "-o",
+            "BatchMode=yes",  # never prompt; a job cannot answer
+            "-o",
+            "StrictHostKeyChecking=accept-new",  # first key remembered, a changed one refused
+            "-o",
+            f"UserKnownHostsFile={_ssh_config_value(str(self.known_hosts))}",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
             # One connection per job: the first command opens it, the rest ride on it. It closes
             # itself once idle for longer than a poll interval (and close() ends it at once), so
             # a process killed before close() leaves no connection behind for long.
-            "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={_ssh_config_value(self.control_path())}",
-            "-o", f"ControlPersist={max(120, 3 * int(float(self.settings['poll_seconds'])))}",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={_ssh_config_value(self.control_path())}",
+            "-o",
+            f"ControlPersist={max(120, 3 * int(float(self.settings['poll_seconds'])))}",
         ]
         if self.settings.get("port"):
             opts += ["-p", str(self.settings["port"])]
@@ -240,20 +263,31 @@ class SSHExecutor(Executor):
             raise PodError(
                 f"pods.{self.name}.identity_file: {key} does not exist. Create a key with "
                 f"`ssh-keygen -t ed25519 -f {key}` and add {key}.pub to the pod (RunPod: Settings -> "
-                "SSH Public Keys), or point identity_file at your existing key")
+                "SSH Public Keys), or point identity_file at your existing key"
+            )
 
     def close(self) -> None:
         if self._control_dir is None:
             return
         if os.path.exists(self.control_path()):
-            subprocess.run(["ssh", "-o", f"ControlPath={_ssh_config_value(self.control_path())}",
-                            "-O", "exit", self.destination()], capture_output=True, timeout=30,
-                           stdin=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                [
+                    "ssh",
+                    "-o",
+                    f"ControlPath={_ssh_config_value(self.control_path())}",
+                    "-O",
+                    "exit",
+                    self.destination(),
+                ],
+                capture_output=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         shutil.rmtree(self._control_dir, ignore_errors=True)
         self._control_dir = None
 
-    def sh(self, script: str, timeout: float | None = 600, args: tuple = (),
-           stdin: bytes = b"") -> Result:
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = (), stdin: bytes = b"") -> Result:
         self._check_key()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         # The login shell on the pod runs `sh -c <script> sh <args>`: one quoting layer, by shlex.
@@ -269,12 +303,25 @@ class SSHExecutor(Executor):
             raise ssh_failure(err, self)
         return Result(proc.returncode, proc.stdout, err)
 
-    def rsync_argv(self, source: str, dest: str, bwlimit_kib: int | None = None,
-                   basis: str | None = None, ignore_times: bool = False) -> list[str]:
+    def rsync_argv(
+        self,
+        source: str,
+        dest: str,
+        bwlimit_kib: int | None = None,
+        basis: str | None = None,
+        ignore_times: bool = False,
+    ) -> list[str]:
         """The rsync command line. Only options that macOS's rsync (openrsync, macOS 15 on) also
         has: no --info, --mkpath or --append-verify (tests/test_mac_userland.py pins them)."""
-        argv = ["rsync", "-a", "--partial", "--progress", "--stats", "-e",
-                shlex.join(["ssh", *self.ssh_options()])]
+        argv = [
+            "rsync",
+            "-a",
+            "--partial",
+            "--progress",
+            "--stats",
+            "-e",
+            shlex.join(["ssh", *self.ssh_options()]),
+        ]
         if ignore_times:
             argv.append("--ignore-times")
         if bwlimit_kib:
@@ -283,17 +330,27 @@ class SSHExecutor(Executor):
             argv.append(f"--copy-dest={basis}")
         return [*argv, source, dest]
 
-    def _rsync(self, direction: str, source: str, dest: str, say, bwlimit_kib,
-               basis: str | None = None, ignore_times: bool = False) -> None:
+    def _rsync(
+        self,
+        direction: str,
+        source: str,
+        dest: str,
+        say,
+        bwlimit_kib,
+        basis: str | None = None,
+        ignore_times: bool = False,
+    ) -> None:
         """rsync with its --progress output (stdout) turned into throttled lines for `say` as
         it comes, and its stderr kept whole for the error explanation."""
         self._check_key()
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         try:
-            proc = subprocess.Popen(self.rsync_argv(source, dest, bwlimit_kib, basis,
-                                                    ignore_times),
-                                    stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                self.rsync_argv(source, dest, bwlimit_kib, basis, ignore_times),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         except FileNotFoundError:
             raise PodError("rsync not found on this machine: install rsync") from None
         progress = TransferProgress(direction, say or to_stderr)
@@ -316,12 +373,18 @@ class SSHExecutor(Executor):
         # of the same size made within a second of the earlier upload for the basis's copy, and
         # land the old data. Every file goes through the delta algorithm instead, which still
         # sends only what differs; the cost is reading the files at both ends.
-        self._rsync("uploading", f"{local_dir}/", f"{self.destination()}:{remote_dir}/", say,
-                    bwlimit_kib, basis, ignore_times=True)
+        self._rsync(
+            "uploading",
+            f"{local_dir}/",
+            f"{self.destination()}:{remote_dir}/",
+            say,
+            bwlimit_kib,
+            basis,
+            ignore_times=True,
+        )
 
     def get(self, remote_file: str, local_file: Path, say=None, bwlimit_kib=None) -> None:
-        self._rsync("downloading", f"{self.destination()}:{remote_file}", str(local_file), say,
-                    bwlimit_kib)
+        self._rsync("downloading", f"{self.destination()}:{remote_file}", str(local_file), say, bwlimit_kib)
 
     def where(self) -> str:
         port = self.settings.get("port")

@@ -18,8 +18,9 @@ from .run_state import holding, list_checkpoints, read_state, remote_hashes
 from .settings import with_defaults
 
 
-def download_verified(ex: Executor, run_dir: str, rel: str, dest: Path,
-                      expected: tuple[int, str], say: Say | None = None) -> None:
+def download_verified(
+    ex: Executor, run_dir: str, rel: str, dest: Path, expected: tuple[int, str], say: Say | None = None
+) -> None:
     """Download one file, check its size and sha256 against the pod's; one retry on a mismatch.
     A long download reports its progress through `say`."""
     for _ in (1, 2):
@@ -28,8 +29,9 @@ def download_verified(ex: Executor, run_dir: str, rel: str, dest: Path,
         if got == expected:
             return
         dest.unlink(missing_ok=True)
-    raise PodError(f"{rel} from {ex.where()} arrived damaged twice (size/sha256 {got} != {expected}); "
-                   "run again")
+    raise PodError(
+        f"{rel} from {ex.where()} arrived damaged twice (size/sha256 {got} != {expected}); run again"
+    )
 
 
 def remove_leftovers(adapter_dir: Path, say: Say) -> None:
@@ -41,52 +43,84 @@ def remove_leftovers(adapter_dir: Path, say: Say) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: dict,
-          adapter_dir: Path, summary_path: Path, state_path: Path, say: Say) -> dict:
+def fetch(
+    run: str,
+    settings: dict,
+    ex: Executor,
+    launch_rec: dict,
+    finished: dict,
+    adapter_dir: Path,
+    summary_path: Path,
+    state_path: Path,
+    say: Say,
+) -> dict:
     """Choose the best checkpoint, download only its adapter and the logs, land them atomically."""
     if adapter_dir.exists() and (not adapter_dir.is_dir() or any(adapter_dir.iterdir())):
-        raise PodError(f"{adapter_dir} already exists and is not empty; fetch never overwrites an "
-                       "adapter: remove it (or move it away) and run again")
+        raise PodError(
+            f"{adapter_dir} already exists and is not empty; fetch never overwrites an "
+            "adapter: remove it (or move it away) and run again"
+        )
     remove_leftovers(adapter_dir, say)
     settings = with_defaults(settings)
     run_id = launch_rec["run_id"]
-    state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say,
-                           "fetching")
+    state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say, "fetching")
     if not state.exists:
-        raise PodError(f"{ex.where()} no longer has the run folder {run_id}; its checkpoints are gone. "
-                       f"Delete results/{run}/train/ to train again")
+        raise PodError(
+            f"{ex.where()} no longer has the run folder {run_id}; its checkpoints are gone. "
+            f"Delete results/{run}/train/ to train again"
+        )
     run_dir = f"{state.remote_dir}/{run_id}"
     with holding(ex, state.remote_dir):  # the pod's guard does not stop it mid-download
         steps = with_reconnect(lambda: list_checkpoints(ex, run_dir), settings, say, "listing checkpoints")
         if not steps:
-            raise PodError(f"{run_id} saved no checkpoint-N on {ex.where()} (save_strategy: no?); "
-                           "set save_steps in the profile")
+            raise PodError(
+                f"{run_id} saved no checkpoint-N on {ex.where()} (save_strategy: no?); "
+                "set save_steps in the profile"
+            )
         # The whole log_history: the final trainer_state.json, else the newest checkpoint's.
-        history_rel = ("output/trainer_state.json" if state.final
-                       else f"output/checkpoint-{steps[-1]}/trainer_state.json")
+        history_rel = (
+            "output/trainer_state.json"
+            if state.final
+            else f"output/checkpoint-{steps[-1]}/trainer_state.json"
+        )
         with staged_dir(adapter_dir) as stage:
             stage.mkdir()
             final_state = stage / "final_trainer_state.json"
-            hashes = with_reconnect(lambda: remote_hashes(ex, run_dir, [history_rel]), settings, say, "hashing")
-            with_reconnect(lambda: download_verified(ex, run_dir, history_rel, final_state, hashes[history_rel]),
-                           settings, say, "downloading trainer_state.json")
+            hashes = with_reconnect(
+                lambda: remote_hashes(ex, run_dir, [history_rel]), settings, say, "hashing"
+            )
+            with_reconnect(
+                lambda: download_verified(ex, run_dir, history_rel, final_state, hashes[history_rel]),
+                settings,
+                say,
+                "downloading trainer_state.json",
+            )
             history = json.loads(final_state.read_text(encoding="utf-8")).get("log_history", [])
             choice = best_checkpoint.select_checkpoint(history, steps)
-            say(f"chosen: checkpoint-{choice.step} of {steps} by {choice.selected_by}"
+            say(
+                f"chosen: checkpoint-{choice.step} of {steps} by {choice.selected_by}"
                 + (f" (eval_loss {choice.eval_loss:.4f})" if choice.eval_loss is not None else "")
-                + (f"; {choice.note}" if choice.note else ""))
+                + (f"; {choice.note}" if choice.note else "")
+            )
             source = f"output/checkpoint-{choice.step}"
             # Only the adapter and the logs: optimizer.pt, scheduler.pt and rng_state stay on the pod.
             wanted = {name: f"{source}/{name}" for name in best_checkpoint.ADAPTER_FILES}
             wanted["trainer_log.jsonl"] = "output/trainer_log.jsonl"
-            hashes = with_reconnect(lambda: remote_hashes(ex, run_dir, list(wanted.values())), settings,
-                                    say, "hashing")
+            hashes = with_reconnect(
+                lambda: remote_hashes(ex, run_dir, list(wanted.values())), settings, say, "hashing"
+            )
             missing = [rel for rel in wanted.values() if rel not in hashes]
             if missing:
                 raise PodError(f"missing on {ex.where()} in {run_dir}: {', '.join(missing)}")
             for name, rel in wanted.items():
-                with_reconnect(lambda: download_verified(ex, run_dir, rel, stage / name, hashes[rel], say),
-                               settings, say, f"downloading {name}")
+                with_reconnect(
+                    lambda rel=rel, name=name: download_verified(
+                        ex, run_dir, rel, stage / name, hashes[rel], say
+                    ),
+                    settings,
+                    say,
+                    f"downloading {name}",
+                )
                 say(f"downloaded {name} ({hashes[rel][0]} bytes, sha256 {hashes[rel][1][:12]}... verified)")
             summary = {
                 "run": run,
@@ -96,8 +130,8 @@ def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: di
                 "selected_by": choice.selected_by,
                 "total_steps": max([int(e.get("step", 0)) for e in history] + [steps[-1]]),
                 "wall_time_s": finished.get("wall_time_s"),
-                "gpu_time": finished.get("gpu_time"),          # what the training used, all attempts
-                "estimate": launch_rec.get("estimate"),        # what the plan said it would
+                "gpu_time": finished.get("gpu_time"),  # what the training used, all attempts
+                "estimate": launch_rec.get("estimate"),  # what the plan said it would
                 "cut_by_budget": bool(finished.get("cut_by_budget")),
                 "llamafactory_version": launch_rec.get("llamafactory_version"),
                 "sha256": {name: hashes[rel][1] for name, rel in wanted.items()},
@@ -109,8 +143,10 @@ def fetch(run: str, settings: dict, ex: Executor, launch_rec: dict, finished: di
             try:
                 land(stage, adapter_dir)  # the adapter folder appears complete or not at all
             except OSError as exc:
-                raise PodError(f"cannot move the downloaded adapter into {adapter_dir}: {exc.strerror}; "
-                               "remove it (or move it away) and run again") from None
+                raise PodError(
+                    f"cannot move the downloaded adapter into {adapter_dir}: {exc.strerror}; "
+                    "remove it (or move it away) and run again"
+                ) from None
         # Only once the adapter is in place: a failed fetch leaves no summary of an absent adapter.
         with stopped_as(stopped_after_landing(adapter_dir)):
             write_atomic(summary_path, text.encode())

@@ -27,7 +27,7 @@ from .run_state import RunState, now_iso, parse_attempts, parse_state, read_stat
 from .settings import with_defaults
 from .shell import parse_markers
 
-POLL_CAP = 4 * 2**20          # most bytes of each log fetched per poll
+POLL_CAP = 4 * 2**20  # most bytes of each log fetched per poll
 
 
 class Follower:
@@ -44,25 +44,28 @@ class Follower:
         self.eval_loss: float | None = None
         self.last_step: int | None = None
         self.last_entry: dict | None = None
-        self.waiting_for = ""          # the run holding the pod's GPU while this one waits
+        self.waiting_for = ""  # the run holding the pod's GPU while this one waits
 
     def poll(self) -> tuple[RunState, bool]:
         """One round trip. Returns the state and whether a log chunk was capped (more to read)."""
-        out = self.ex.run("poll.sh", self.run_dir, self.log_offset, self.tlog_offset, POLL_CAP,
-                          timeout=300).out
+        out = self.ex.run(
+            "poll.sh", self.run_dir, self.log_offset, self.tlog_offset, POLL_CAP, timeout=300
+        ).out
         header_end = out.find(b"\n@@chunk ")
-        head = out[:header_end + 1] if header_end >= 0 else out
+        head = out[: header_end + 1] if header_end >= 0 else out
         facts = parse_markers(head.decode("utf-8", "replace"))
         state = parse_state(facts)
         waiting = (facts.get("waiting") or [""])[0]
         if waiting and waiting != self.waiting_for:
-            self.say(f"waiting for the GPU: {waiting} is training on {self.ex.where()}; this run "
-                     "starts when it ends (one training at a time per remote_dir)")
+            self.say(
+                f"waiting for the GPU: {waiting} is training on {self.ex.where()}; this run "
+                "starts when it ends (one training at a time per remote_dir)"
+            )
         self.waiting_for = waiting
         state.remote_dir = state.remote_dir or self.run_dir.rsplit("/", 1)[0]
         if "@@no_run_dir" in head.decode("utf-8", "replace"):
             return state, False
-        rest = out[header_end + 1:]
+        rest = out[header_end + 1 :]
         capped = False
         for which in ("log", "tlog"):
             line_end = rest.find(b"\n")
@@ -70,8 +73,8 @@ class Follower:
             if len(header) != 3 or header[0] != "@@chunk":
                 break  # a log shrank between its size and its bytes: read it again next time
             off, n = int(header[1]), int(header[2])
-            data = rest[line_end + 1:line_end + 1 + n]
-            rest = rest[line_end + 1 + n:]
+            data = rest[line_end + 1 : line_end + 1 + n]
+            rest = rest[line_end + 1 + n :]
             capped |= n >= POLL_CAP
             if which == "log":
                 self._mirror(off, data)
@@ -104,8 +107,9 @@ class Follower:
             if entry.get("eval_loss") is not None:
                 self.eval_loss = entry["eval_loss"]
             newest = entry
-        if newest is not None and (newest.get("current_steps") != self.last_step
-                                   or newest.get("eval_loss") is not None):
+        if newest is not None and (
+            newest.get("current_steps") != self.last_step or newest.get("eval_loss") is not None
+        ):
             self.last_step = newest.get("current_steps")
             self.last_entry = newest
             self.say(format_progress(newest, self.loss, self.eval_loss))
@@ -117,13 +121,17 @@ class Follower:
 
 
 def read_attempts(ex: Executor, run_dir: str, settings: dict, say: Say) -> list[dict]:
-    return parse_attempts(with_reconnect(
-        lambda: ex.sh('cat "$1"/attempts.log', timeout=60, args=(run_dir,)).text,
-        settings, say, "reading attempts.log"))
+    return parse_attempts(
+        with_reconnect(
+            lambda: ex.sh('cat "$1"/attempts.log', timeout=60, args=(run_dir,)).text,
+            settings,
+            say,
+            "reading attempts.log",
+        )
+    )
 
 
-def refuse_to_resume(ex: Executor, settings: dict, state: RunState, run_id: str, run: str,
-                     say: Say) -> None:
+def refuse_to_resume(ex: Executor, settings: dict, state: RunState, run_id: str, run: str, say: Say) -> None:
     """Raise TrainingFailed where resuming would only fail again: a full disk, or a training
     SIGKILLed twice from the same checkpoint (the OOM killer, most likely)."""
     where = f"{run_id} on {ex.where()} is {state.describe()}"
@@ -135,24 +143,25 @@ def refuse_to_resume(ex: Executor, settings: dict, state: RunState, run_id: str,
             raise TrainingFailed(f"{where}; not resumed: {killed_again_hint(state, run, again)}")
 
 
-def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror: Path,
-         say: Say) -> dict:
+def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror: Path, say: Say) -> dict:
     """Follow the run to its end; resume it first if it died since the last call."""
     settings = with_defaults(settings)
     run_id = launch_rec["run_id"]
     if run_id != files.run_id:
-        raise PodError(f"{launch_rec.get('run_id')} in the launch record is not the run of these inputs "
-                       f"({files.run_id}); delete results/{files.run}/train/launch.json and run again")
-    state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say,
-                           "attaching")
+        raise PodError(
+            f"{launch_rec.get('run_id')} in the launch record is not the run of these inputs "
+            f"({files.run_id}); delete results/{files.run}/train/launch.json and run again"
+        )
+    state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say, "attaching")
     if state.status in ("new", "killed", "died"):
         if state.status == "new":
             # Its checkpoints are gone: the whole training again, only when the user asks for it.
             if not settings.get("relaunch"):
-                raise TrainingFailed(gone_message(ex.where(), run_id, files.run,
-                                                  launch_rec.get("estimate")))
-            say(f"{ex.where()} has no folder {run_id} (a new pod, or its volume was wiped): "
-                f"training it again from step 0, as asked (relaunch={files.run})")
+                raise TrainingFailed(gone_message(ex.where(), run_id, files.run, launch_rec.get("estimate")))
+            say(
+                f"{ex.where()} has no folder {run_id} (a new pod, or its volume was wiped): "
+                f"training it again from step 0, as asked (relaunch={files.run})"
+            )
         else:
             refuse_to_resume(ex, settings, state, run_id, files.run, say)
             say(f"{run_id} is {state.describe()}: resuming")
@@ -182,28 +191,43 @@ def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror
             continue
         break
     if state.status == "cut":
-        say(f"{run_id} was stopped by its budget (max_usd / max_hours) at checkpoint-"
-            f"{state.checkpoint}: the best checkpoint so far is fetched and converted")
+        say(
+            f"{run_id} was stopped by its budget (max_usd / max_hours) at checkpoint-"
+            f"{state.checkpoint}: the best checkpoint so far is fetched and converted"
+        )
     elif state.status != "finished":
         tail = follower.tail()
         attempts = read_attempts(ex, run_dir, settings, say) if state.rc == "137" else []
         hint = hint_for(tail, state, files.run, ex.name, attempts)
-        raise TrainingFailed(f"training of {run_id} on {ex.where()} ended without finishing: "
-                             f"{state.describe()}\n--- end of the remote log ({mirror}) ---\n{tail}\n---\n"
-                             f"hint: {hint}")
+        raise TrainingFailed(
+            f"training of {run_id} on {ex.where()} ended without finishing: "
+            f"{state.describe()}\n--- end of the remote log ({mirror}) ---\n{tail}\n---\n"
+            f"hint: {hint}"
+        )
     attempts = read_attempts(ex, run_dir, settings, say)
     entry = follower.last_entry or {}
-    say(f"{run_id} finished: {format_progress(entry, follower.loss, follower.eval_loss)}" if entry
-        else f"{run_id} finished")
+    say(
+        f"{run_id} finished: {format_progress(entry, follower.loss, follower.eval_loss)}"
+        if entry
+        else f"{run_id} finished"
+    )
     used = cost.used(attempts, settings)
     if used["usd"] is not None:
-        say(f"{run_id} used {used['gpu_hours']:.2f} GPU-hours in {used['attempts']} attempt(s): "
-            f"~${used['usd']:.2f}")
+        say(
+            f"{run_id} used {used['gpu_hours']:.2f} GPU-hours in {used['attempts']} attempt(s): "
+            f"~${used['usd']:.2f}"
+        )
     return {
-        "run": files.run, "run_id": run_id, "status": state.status,
+        "run": files.run,
+        "run_id": run_id,
+        "status": state.status,
         "exit_code": 0 if state.status == "finished" else int(state.rc or 0),
-        "cut_by_budget": state.status == "cut", "run_dir": run_dir, "attempts": attempts,
-        "wall_time_s": used["wall_seconds"], "gpu_time": used,
-        "total_steps": entry.get("total_steps"), "last_checkpoint": state.checkpoint,
+        "cut_by_budget": state.status == "cut",
+        "run_dir": run_dir,
+        "attempts": attempts,
+        "wall_time_s": used["wall_seconds"],
+        "gpu_time": used,
+        "total_steps": entry.get("total_steps"),
+        "last_checkpoint": state.checkpoint,
         "finished_at": now_iso(),
     }

@@ -37,8 +37,11 @@ from .run_state import (
 )
 
 # Where each uploaded file goes in the run folder (the train.yaml paths are relative to it).
-UPLOAD_LAYOUT = {"train_yaml": "train.yaml", "data": "data/train.jsonl",
-                 "dataset_info": "data/dataset_info.json"}
+UPLOAD_LAYOUT = {
+    "train_yaml": "train.yaml",
+    "data": "data/train.jsonl",
+    "dataset_info": "data/dataset_info.json",
+}
 
 
 # --------------------------------------------------------------------------- the run's identity
@@ -65,14 +68,14 @@ class RunFiles:
     """What one training reads, and the identity derived from it."""
 
     run: str
-    files: dict[str, Path]         # key of UPLOAD_LAYOUT -> local path
+    files: dict[str, Path]  # key of UPLOAD_LAYOUT -> local path
     args: dict = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
     digest: str = ""
-    extra: dict[str, Path] = field(default_factory=dict)   # run-folder path -> local file
+    extra: dict[str, Path] = field(default_factory=dict)  # run-folder path -> local file
 
     @classmethod
-    def load(cls, run: str, train_yaml: str, data: str, dataset_info: str) -> "RunFiles":
+    def load(cls, run: str, train_yaml: str, data: str, dataset_info: str) -> RunFiles:
         files = {"train_yaml": Path(train_yaml), "data": Path(data), "dataset_info": Path(dataset_info)}
         args = yaml.safe_load(files["train_yaml"].read_text(encoding="utf-8")) or {}
         sha = {UPLOAD_LAYOUT[key]: sha256_file(path) for key, path in files.items()}
@@ -85,8 +88,10 @@ class RunFiles:
         local = deepspeed_file(args)
         if local is not None:
             if not local.is_file():
-                raise PodError(f"{train_yaml}: deepspeed: {args['deepspeed']} has no file {local}; "
-                               "name one of config/deepspeed/ in the profile")
+                raise PodError(
+                    f"{train_yaml}: deepspeed: {args['deepspeed']} has no file {local}; "
+                    "name one of config/deepspeed/ in the profile"
+                )
             extra[str(args["deepspeed"])] = local
             sha[str(args["deepspeed"])] = sha256_file(local)
         digest = hashlib.sha256(json.dumps(sha, sort_keys=True).encode()).hexdigest()
@@ -116,8 +121,9 @@ def guarded(settings: dict) -> bool:
     return bool(settings.get("provider")) or cost.budget_seconds(settings) is not None
 
 
-def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = None,
-           say: Say | None = None) -> None:
+def upload(
+    ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = None, say: Say | None = None
+) -> None:
     """rsync the run's files and run.sh into its folder, then check them by sha256 there. With
     a budget or on a rented pod, guard.sh and the run's budget_seconds go along. A long upload
     (a large data set) reports its progress through `say`."""
@@ -137,10 +143,20 @@ def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = 
         budget = cost.budget_seconds(settings)
         if budget is not None:
             (stage / "budget_seconds").write_text(f"{budget}\n")
-        (stage / "run.json").write_text(json.dumps(
-            {"run": files.run, "run_id": files.run_id, "input_sha256": files.digest,
-             "inputs": files.sha256, "processes": processes.world_size(settings),
-             "uploaded_at": now_iso()}, indent=2) + "\n")
+        (stage / "run.json").write_text(
+            json.dumps(
+                {
+                    "run": files.run,
+                    "run_id": files.run_id,
+                    "input_sha256": files.digest,
+                    "inputs": files.sha256,
+                    "processes": processes.world_size(settings),
+                    "uploaded_at": now_iso(),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         result = ex.run("prepare_upload.sh", run_dir, files.run, timeout=120)
         if result.rc:
             raise PodError(f"cannot create {run_dir} on {ex.where()}: {result.err.strip()}")
@@ -150,18 +166,23 @@ def upload(ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = 
         try:
             ex.put(stage, run_dir, say=say, basis=basis)
         except Unreachable as exc:  # cut off mid-file: what arrived is checked, never trained on
-            raise PodError(f"the upload to {ex.where()} was cut off ({exc.short}); nothing was "
-                           "launched. Run snakemake again: it sends what is missing and checks "
-                           "every file's sha256 there before training") from None
+            raise PodError(
+                f"the upload to {ex.where()} was cut off ({exc.short}); nothing was "
+                "launched. Run snakemake again: it sends what is missing and checks "
+                "every file's sha256 there before training"
+            ) from None
         if say and ex.bytes_sent > sent:
             size = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
-            say(f"uploaded {size:,} bytes of run files to {ex.where()}: {ex.bytes_sent - sent:,} "
-                "bytes sent" + (f" (only the changes against {basis})" if basis else ""))
+            say(
+                f"uploaded {size:,} bytes of run files to {ex.where()}: {ex.bytes_sent - sent:,} "
+                "bytes sent" + (f" (only the changes against {basis})" if basis else "")
+            )
     remote = remote_hashes(ex, run_dir, list(files.uploads()))
     for rel in files.uploads():
         if remote.get(rel, (0, ""))[1] != files.sha256[rel]:
-            raise PodError(f"upload of {rel} to {ex.where()} did not arrive intact (sha256 differs); "
-                           "run again")
+            raise PodError(
+                f"upload of {rel} to {ex.where()} did not arrive intact (sha256 differs); run again"
+            )
 
 
 # What the training may need to be given and nothing else may see: a Hugging Face token for a
@@ -178,24 +199,34 @@ def secrets_for_training(environ: dict | None = None) -> bytes:
     if not found:
         try:
             from huggingface_hub import get_token
+
             token = get_token()
         except Exception:  # not installed, or an unreadable token file: the training goes without
             token = None
         if token:
             found["HF_TOKEN"] = token
-    return "".join(f"{name}={value}\n" for name, value in found.items()
-                   if "\n" not in value).encode()
+    return "".join(f"{name}={value}\n" for name, value in found.items() if "\n" not in value).encode()
 
 
-def start_detached(ex: Executor, run_dir: str, session: str, cli: str,
-                   settings: dict | None = None) -> dict[str, list[str]]:
+def start_detached(
+    ex: Executor, run_dir: str, session: str, cli: str, settings: dict | None = None
+) -> dict[str, list[str]]:
     """launch.sh: start run.sh detached unless an attempt is alive (and the pod's guard, where
     the run folder has one); its @@ answers."""
     settings = settings or {}
     idle = int(60 * float(settings["idle_stop_minutes"])) if settings.get("provider") else 0
     secrets = secrets_for_training()
-    return ex.run("launch.sh", run_dir, session, cli, idle, settings.get("api_url", ""),
-                  "stdin" if secrets else "", timeout=120, stdin=secrets).facts
+    return ex.run(
+        "launch.sh",
+        run_dir,
+        session,
+        cli,
+        idle,
+        settings.get("api_url", ""),
+        "stdin" if secrets else "",
+        timeout=120,
+        stdin=secrets,
+    ).facts
 
 
 def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say) -> dict:
@@ -220,8 +251,10 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
         job = shell.first(facts, "job") or (shell.first(facts, "already") if slurm else "")
         start = f"resuming from checkpoint-{state.checkpoint}" if state.checkpoint else "from step 0"
         if "busy" in facts:
-            raise PodError(f"another launch of {files.run_id} is in progress on {ex.where()}; "
-                           "run again in a minute to attach to it")
+            raise PodError(
+                f"another launch of {files.run_id} is in progress on {ex.where()}; "
+                "run again in a minute to attach to it"
+            )
         if "already" in facts:
             pid, detach = shell.first(facts, "already"), "attached"
             what = f"Slurm job {pid}" if slurm else f"pid {pid}"
@@ -236,18 +269,32 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
                 say(f"launched {files.run_id} on {ex.where()} ({start}; pid {pid}, detached with {detach})")
             if detach == "tmux":
                 say(f"watch it there: tmux -L {files.session} attach")
-        record.update({
-            "pid": pid, "detach": detach, "session": files.session if detach == "tmux" else None,
-            "slurm_job": job or None,
-            "resumed_from": state.checkpoint, "launched_at": now_iso(), "preflight": report.as_dict(),
-            "llamafactory_version": report.llamafactory_version, "remote_dir": report.remote_dir,
-            "usd_per_hour": cost.usd_per_hour(settings), "budget_seconds": cost.budget_seconds(settings),
-        })
+        record.update(
+            {
+                "pid": pid,
+                "detach": detach,
+                "session": files.session if detach == "tmux" else None,
+                "slurm_job": job or None,
+                "resumed_from": state.checkpoint,
+                "launched_at": now_iso(),
+                "preflight": report.as_dict(),
+                "llamafactory_version": report.llamafactory_version,
+                "remote_dir": report.remote_dir,
+                "usd_per_hour": cost.usd_per_hour(settings),
+                "budget_seconds": cost.budget_seconds(settings),
+            }
+        )
         return record
 
 
-def launch_record(files: RunFiles, ex: Executor, action: str, state: RunState,
-                  attempt: dict | None = None, previous: dict | None = None) -> dict:
+def launch_record(
+    files: RunFiles,
+    ex: Executor,
+    action: str,
+    state: RunState,
+    attempt: dict | None = None,
+    previous: dict | None = None,
+) -> dict:
     previous = previous or {}
     remote_dir = (attempt or {}).get("remote_dir") or state.remote_dir or previous.get("remote_dir")
     return {
@@ -270,13 +317,15 @@ def launch_record(files: RunFiles, ex: Executor, action: str, state: RunState,
     }
 
 
-def launch_and_record(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say,
-                      previous: dict | None = None) -> dict:
+def launch_and_record(
+    ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say, previous: dict | None = None
+) -> dict:
     """Launch (or resume) the run and leave its launch record in the run folder."""
     attempt = launch(ex, settings, files, state, say)
     with stopped_as(LAUNCH_CUT):
-        record = launch_record(files, ex, "resumed" if state.checkpoint else "launched", state,
-                               attempt, previous)
+        record = launch_record(
+            files, ex, "resumed" if state.checkpoint else "launched", state, attempt, previous
+        )
         write_remote_json(ex, f"{record['run_dir']}/launch.json", record)
     return record
 

@@ -23,15 +23,17 @@ EXECUTORS = {"ssh": SSHExecutor, "local": LocalExecutor, "slurm": SlurmExecutor}
 def make_executor(settings: dict, workdir: str | os.PathLike = ".") -> Executor:
     kind = settings.get("executor")
     if kind not in EXECUTORS:
-        raise PodError(f"pods.{settings.get('name', '?')}.executor: '{kind}' is not one of "
-                       f"{', '.join(EXECUTORS)}")
+        raise PodError(
+            f"pods.{settings.get('name', '?')}.executor: '{kind}' is not one of {', '.join(EXECUTORS)}"
+        )
     return EXECUTORS[kind](settings, workdir)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pod-settings", required=True,
-                        help="a pods: entry (with its name) as JSON, or a file holding it")
+    parser.add_argument(
+        "--pod-settings", required=True, help="a pods: entry (with its name) as JSON, or a file holding it"
+    )
     parser.add_argument("script", help="shell script to run there")
     args = parser.parse_args(argv)
     try:

@@ -57,10 +57,14 @@ def stopped_as(message: str):
 
 
 # What an interruption means: by the step it cut (stopped_as), else by command (remote_train).
-BEFORE_LAUNCH = ("stopped before the launch; nothing was launched on the pod. Run snakemake again "
-                 "to launch the training (or attach to it)")
-LAUNCH_CUT = ("stopped during the launch, which may be incomplete on the pod. Run snakemake again: "
-              "it re-attaches to the training if it started, else launches it")
+BEFORE_LAUNCH = (
+    "stopped before the launch; nothing was launched on the pod. Run snakemake again "
+    "to launch the training (or attach to it)"
+)
+LAUNCH_CUT = (
+    "stopped during the launch, which may be incomplete on the pod. Run snakemake again: "
+    "it re-attaches to the training if it started, else launches it"
+)
 STOPPED = {
     "preflight": "stopped; nothing was uploaded or launched",
     "submit": BEFORE_LAUNCH,
@@ -70,30 +74,37 @@ STOPPED = {
 
 
 def stopped_after_landing(adapter_dir) -> str:
-    return (f"stopped after {adapter_dir} landed, before the run's summary, plot and trainer state "
-            f"were written. Run snakemake again: it fetches again (by hand: remove {adapter_dir} "
-            "first)")
+    return (
+        f"stopped after {adapter_dir} landed, before the run's summary, plot and trainer state "
+        f"were written. Run snakemake again: it fetches again (by hand: remove {adapter_dir} "
+        "first)"
+    )
 
 
 # ------------------------------------------------------------------------------ hints
 
 # The guide's troubleshooting table, matched against the end of the remote log.
 HINTS = [
-    (r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED",
-     "CUDA OOM: reduce per_device_train_batch_size to 1 and increase gradient_accumulation_steps "
-     "(or lower cutoff_len / lora_rank) in runs.{run}.overrides; a changed train.yaml starts a new run"),
-    (r"No module named '?bitsandbytes|bitsandbytes\S* is required|(Error|error).{0,80}bitsandbytes",
-     "missing bitsandbytes: `pip install bitsandbytes>=0.39.0` on the pod, or set pods.{pod}.setup: true"),
-    (r"Undefined dataset|Cannot open \S*dataset_info|File \S+ not found",
-     "dataset not found: `dataset` must match a key in dataset_info.json. Both are generated from "
-     "the run's name here, so the run folder on the pod is incomplete or was edited: delete "
-     "results/{run}/train/launch.json and run again to upload it anew"),
+    (
+        r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED",
+        "CUDA OOM: reduce per_device_train_batch_size to 1 and increase gradient_accumulation_steps "
+        "(or lower cutoff_len / lora_rank) in runs.{run}.overrides; a changed train.yaml starts a new run",
+    ),
+    (
+        r"No module named '?bitsandbytes|bitsandbytes\S* is required|(Error|error).{0,80}bitsandbytes",
+        "missing bitsandbytes: `pip install bitsandbytes>=0.39.0` on the pod, or set pods.{pod}.setup: true",
+    ),
+    (
+        r"Undefined dataset|Cannot open \S*dataset_info|File \S+ not found",
+        "dataset not found: `dataset` must match a key in dataset_info.json. Both are generated from "
+        "the run's name here, so the run folder on the pod is incomplete or was edited: delete "
+        "results/{run}/train/launch.json and run again to upload it anew",
+    ),
 ]
 
 
 def resume_point(state) -> str:
-    return (f"checkpoint-{state.checkpoint}" if state.checkpoint
-            else "step 0 (no checkpoint was saved yet)")
+    return f"checkpoint-{state.checkpoint}" if state.checkpoint else "step 0 (no checkpoint was saved yet)"
 
 
 # Less free than this on the run folder's disk, and a training that ended there ran out of it.
@@ -104,36 +115,44 @@ def disk_full(log_tail: str, state) -> bool:
     """The training ended on a full disk. The log may not say so: a full disk cannot take the
     traceback either, so the free space the pod reports decides as well."""
     return bool(re.search(r"No space left on device|Errno 28|ENOSPC", log_tail)) or (
-        state.free_kb is not None and state.free_kb < DISK_FULL_KB)
+        state.free_kb is not None and state.free_kb < DISK_FULL_KB
+    )
 
 
 def disk_full_hint(state, run: str) -> str:
     free = f"{state.free_kb / 1024:.0f} MB" if state.free_kb is not None else "no room"
-    return (f"the pod's disk is full ({free} free in {state.remote_dir}). Free space there (old run "
-            f"folders keep every checkpoint: `du -sh {state.remote_dir}/*`, then remove the ones you "
-            "are done with) or give the pod a larger volume; then "
-            f"`snakemake --forcerun submit_training {run}_mlx` resumes from {resume_point(state)}")
+    return (
+        f"the pod's disk is full ({free} free in {state.remote_dir}). Free space there (old run "
+        f"folders keep every checkpoint: `du -sh {state.remote_dir}/*`, then remove the ones you "
+        "are done with) or give the pod a larger volume; then "
+        f"`snakemake --forcerun submit_training {run}_mlx` resumes from {resume_point(state)}"
+    )
 
 
 def killed_again_hint(state, run: str, start: int) -> str:
     """A training killed (SIGKILL) twice from the same point: resuming again would only repeat it."""
     at = f"checkpoint-{start}" if start else "step 0"
-    return (f"the training was killed (SIGKILL) twice, both times after starting from {at}: most "
-            "likely the kernel's OOM killer, the pod's RAM running out, and resuming again would "
-            "do the same, so it is not resumed automatically. Give it less to hold: lower "
-            "per_device_train_batch_size (raise gradient_accumulation_steps to keep the batch) or "
-            "cutoff_len, set gradient_checkpointing: true, lower preprocessing_num_workers, in "
-            f"runs.{run}.overrides (a changed train.yaml starts a new run), or rent a pod with more "
-            "RAM. To resume this one unchanged anyway: "
-            f"`snakemake --forcerun submit_training {run}_mlx`")
+    return (
+        f"the training was killed (SIGKILL) twice, both times after starting from {at}: most "
+        "likely the kernel's OOM killer, the pod's RAM running out, and resuming again would "
+        "do the same, so it is not resumed automatically. Give it less to hold: lower "
+        "per_device_train_batch_size (raise gradient_accumulation_steps to keep the batch) or "
+        "cutoff_len, set gradient_checkpointing: true, lower preprocessing_num_workers, in "
+        f"runs.{run}.overrides (a changed train.yaml starts a new run), or rent a pod with more "
+        "RAM. To resume this one unchanged anyway: "
+        f"`snakemake --forcerun submit_training {run}_mlx`"
+    )
 
 
 def killed_twice(attempts: list[dict]) -> int | None:
     """The step both of the last two attempts started from when both were SIGKILLed (exit 137,
     as the OOM killer leaves it), else None."""
     last = attempts[-2:]
-    if (len(last) == 2 and all(a.get("rc") == 137 for a in last)
-            and last[0]["from_step"] == last[1]["from_step"]):
+    if (
+        len(last) == 2
+        and all(a.get("rc") == 137 for a in last)
+        and last[0]["from_step"] == last[1]["from_step"]
+    ):
         return last[1]["from_step"]
     return None
 
@@ -156,11 +175,15 @@ def hint_for(log_tail: str, state, run: str, pod: str, attempts: list[dict] | No
             cause = "the kernel's OOM killer (the pod ran out of RAM), a manual kill, or the pod stopping"
         else:
             cause = "a signal"
-        return (f"the process was stopped from outside ({cause}); the next `snakemake` call resumes "
-                f"from {resume_point(state)}")
-    return ("see the log above. Fix the config: a changed train.yaml or data starts a new run in a "
-            "folder of its own. To retry this one unchanged (a download that failed, say), run "
-            "snakemake with --forcerun submit_training")
+        return (
+            f"the process was stopped from outside ({cause}); the next `snakemake` call resumes "
+            f"from {resume_point(state)}"
+        )
+    return (
+        "see the log above. Fix the config: a changed train.yaml or data starts a new run in a "
+        "folder of its own. To retry this one unchanged (a download that failed, say), run "
+        "snakemake with --forcerun submit_training"
+    )
 
 
 def gone_message(where: str, run_id: str, run: str, estimate: dict | None) -> str:
@@ -174,10 +197,12 @@ def gone_message(where: str, run_id: str, run: str, estimate: dict | None) -> st
         cost = f"{est['steps']} steps (no measured rate for this profile and GPU: no time or cost estimate)"
     else:
         cost = "the whole training again"
-    return (f"{where} has no folder {run_id} (a new pod, or its volume was wiped): its checkpoints "
-            f"are gone, so training it again starts from step 0 and costs {cost}. Nothing was "
-            f"launched. To train it again: `snakemake --config relaunch={run} {run}_mlx`; "
-            "or, if the run's folder is on another pod, point the config there")
+    return (
+        f"{where} has no folder {run_id} (a new pod, or its volume was wiped): its checkpoints "
+        f"are gone, so training it again starts from step 0 and costs {cost}. Nothing was "
+        f"launched. To train it again: `snakemake --config relaunch={run} {run}_mlx`; "
+        "or, if the run's folder is on another pod, point the config there"
+    )
 
 
 def format_progress(entry: dict, loss: float | None, eval_loss: float | None, width: int = 24) -> str:

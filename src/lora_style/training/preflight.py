@@ -45,20 +45,23 @@ from .shell import first
 # The packages of the guide's `pip install -e ".[metrics,bitsandbytes,qwen]"` (extras metrics,
 # bitsandbytes and qwen), by name: the module setup probes for -> what pip installs.
 SETUP_MODULES = {
-    "nltk": "nltk", "jieba": "jieba", "rouge_chinese": "rouge-chinese",
+    "nltk": "nltk",
+    "jieba": "jieba",
+    "rouge_chinese": "rouge-chinese",
     "bitsandbytes": "bitsandbytes>=0.39.0",
     "transformers_stream_generator": "transformers_stream_generator",
 }
-TEMPLATE_DIR = "/workspace/LLaMA-Factory"   # where RunPod's LLaMA-Factory template keeps it
-LLAMAFACTORY_VERSION = "0.9.5"              # what requirements/pod.txt and the tests use
-DEEPSPEED = "deepspeed>=0.10.0,<=0.16.9"    # LLaMA-Factory 0.9.5's requirements/deepspeed.txt
+TEMPLATE_DIR = "/workspace/LLaMA-Factory"  # where RunPod's LLaMA-Factory template keeps it
+LLAMAFACTORY_VERSION = "0.9.5"  # what requirements/pod.txt and the tests use
+DEEPSPEED = "deepspeed>=0.10.0,<=0.16.9"  # LLaMA-Factory 0.9.5's requirements/deepspeed.txt
 
 
 @dataclass(frozen=True)
 class Need:
     """A package the run's arguments need beyond LLaMA-Factory's own dependencies."""
+
     module: str
-    requirement: str   # pip's form: what setup installs and the fix names
+    requirement: str  # pip's form: what setup installs and the fix names
     why: str
 
 
@@ -71,8 +74,13 @@ def run_packages(args: dict) -> list[Need]:
     if bits and str(args.get("quantization_method") or "bnb") in ("bnb", "bitsandbytes"):
         zero3 = zero_config(args).stage == 3  # QLoRA under ZeRO-3 needs 4-bit storage in bf16
         minimum = "0.43.0" if zero3 else "0.39.0" if int(bits) == 4 else "0.37.0"
-        needs.append(Need("bitsandbytes", f"bitsandbytes>={minimum}",
-                          f"quantization_bit: {bits}" + (" under DeepSpeed ZeRO-3" if zero3 else "")))
+        needs.append(
+            Need(
+                "bitsandbytes",
+                f"bitsandbytes>={minimum}",
+                f"quantization_bit: {bits}" + (" under DeepSpeed ZeRO-3" if zero3 else ""),
+            )
+        )
     if args.get("deepspeed"):
         needs.append(Need("deepspeed", DEEPSPEED, f"deepspeed: {args['deepspeed']}"))
     return needs
@@ -124,8 +132,10 @@ class Report:
 
     def as_dict(self) -> dict:
         return {
-            "remote_dir": self.remote_dir, "llamafactory_cli": self.cli_path,
-            "llamafactory_version": self.llamafactory_version, "gpus": self.gpus,
+            "remote_dir": self.remote_dir,
+            "llamafactory_cli": self.cli_path,
+            "llamafactory_version": self.llamafactory_version,
+            "gpus": self.gpus,
             "memory_estimate_gb": round(self.memory.total, 1) if self.memory else None,
             "detach": self.detach,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
@@ -137,13 +147,20 @@ def parse_gpus(lines: list[str]) -> list[dict]:
     for line in lines:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 4 and parts[2].isdigit() and parts[3].isdigit():
-            gpus.append({"index": parts[0], "name": parts[1],
-                         "total_gb": int(parts[2]) * 2**20 / GB, "free_gb": int(parts[3]) * 2**20 / GB})
+            gpus.append(
+                {
+                    "index": parts[0],
+                    "name": parts[1],
+                    "total_gb": int(parts[2]) * 2**20 / GB,
+                    "free_gb": int(parts[3]) * 2**20 / GB,
+                }
+            )
     return gpus
 
 
-def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool = False,
-             settings: dict | None = None) -> Report:
+def evaluate(
+    facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool = False, settings: dict | None = None
+) -> Report:
     """Turn the pod's facts into checks against what the run's profile needs.
 
     needs_rsync: the ssh executor copies files with rsync, which must exist at both ends.
@@ -154,55 +171,86 @@ def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool
     # llamafactory-cli
     cli = first(facts, "cli")
     if not cli:
-        report.checks.append(Check(
-            "llamafactory-cli", False, "not found on the pod (a non-interactive ssh shell's PATH)",
-            f"set {at}.llamafactory_cli to its full path there (`which llamafactory-cli` on the pod), "
-            f"or set {at}.setup: true to install LLaMA-Factory"))
+        report.checks.append(
+            Check(
+                "llamafactory-cli",
+                False,
+                "not found on the pod (a non-interactive ssh shell's PATH)",
+                f"set {at}.llamafactory_cli to its full path there (`which llamafactory-cli` on the pod), "
+                f"or set {at}.setup: true to install LLaMA-Factory",
+            )
+        )
     elif first(facts, "cli_rc") != "0":
         tail = " | ".join(facts.get("cli_out", [])[-4:])
-        report.checks.append(Check(
-            "llamafactory-cli", False, f"{cli} version failed ({first(facts, 'cli_rc')}): {tail}",
-            f"repair the pod's LLaMA-Factory environment, or set {at}.setup: true"))
+        report.checks.append(
+            Check(
+                "llamafactory-cli",
+                False,
+                f"{cli} version failed ({first(facts, 'cli_rc')}): {tail}",
+                f"repair the pod's LLaMA-Factory environment, or set {at}.setup: true",
+            )
+        )
     else:
         report.cli_path = cli
         report.llamafactory_version = first(facts, "version", "unknown")
-        report.checks.append(Check("llamafactory-cli", True,
-                                   f"{cli}, LLaMA-Factory {report.llamafactory_version}"))
+        report.checks.append(
+            Check("llamafactory-cli", True, f"{cli}, LLaMA-Factory {report.llamafactory_version}")
+        )
     # GPU and memory
     cuda = needs_cuda(args)
     report.gpus = parse_gpus(facts.get("gpu", []))
     arch = model_arch(str(args.get("model_name_or_path", "")))
     report.memory = estimate_memory(arch, args, world) if arch else None
     if not report.gpus:
-        why = ("nvidia-smi not found" if "nvidia_smi_rc" not in facts
-               else f"nvidia-smi failed: {' | '.join(facts.get('gpu', []))[:300]}")
+        why = (
+            "nvidia-smi not found"
+            if "nvidia_smi_rc" not in facts
+            else f"nvidia-smi failed: {' | '.join(facts.get('gpu', []))[:300]}"
+        )
         if cuda:
-            report.checks.append(Check(
-                "GPU", False, f"no NVIDIA GPU ({why}), but the profile sets {', '.join(cuda)}, "
-                "which need CUDA",
-                "rent a GPU pod (the guide: A100 SXM 80GB for Qwen2.5-32B in 4 bits), or for a CPU "
-                "test run use a profile without quantization_bit and bf16 (tiny_cpu)"))
+            report.checks.append(
+                Check(
+                    "GPU",
+                    False,
+                    f"no NVIDIA GPU ({why}), but the profile sets {', '.join(cuda)}, which need CUDA",
+                    "rent a GPU pod (the guide: A100 SXM 80GB for Qwen2.5-32B in 4 bits), or for a CPU "
+                    "test run use a profile without quantization_bit and bf16 (tiny_cpu)",
+                )
+            )
         else:
-            report.checks.append(Check("GPU", True, f"none ({why}): CPU training, the profile "
-                                                    "needs no CUDA"))
+            report.checks.append(Check("GPU", True, f"none ({why}): CPU training, the profile needs no CUDA"))
     else:
         best = max(report.gpus, key=lambda g: g["free_gb"])
         seen = f"{len(report.gpus)} x {best['name']}, best {best['free_gb']:.0f} of {best['total_gb']:.0f} GB free"
         if world > 1:  # every process needs its share: the fullest of the GPUs it trains on
             best = min(report.gpus[:world], key=lambda g: g["free_gb"])
-            seen = (f"{len(report.gpus)} x {best['name']}, the {world} it trains on have at least "
-                    f"{best['free_gb']:.0f} of {best['total_gb']:.0f} GB free")
+            seen = (
+                f"{len(report.gpus)} x {best['name']}, the {world} it trains on have at least "
+                f"{best['free_gb']:.0f} of {best['total_gb']:.0f} GB free"
+            )
         if report.memory is None:
-            report.checks.append(Check("GPU", True, f"{seen}; memory not estimated (unknown size of "
-                                                    f"{args.get('model_name_or_path')})"))
+            report.checks.append(
+                Check(
+                    "GPU",
+                    True,
+                    f"{seen}; memory not estimated (unknown size of {args.get('model_name_or_path')})",
+                )
+            )
         elif report.memory.total > best["free_gb"]:
-            report.checks.append(Check(
-                "GPU memory", False, f"{seen}; the run needs {report.memory.describe()}",
-                "rent a larger GPU (A100/H100 80GB), or lower lora_rank, cutoff_len or "
-                "per_device_train_batch_size in the run's overrides, or use a smaller base "
-                "(profile qwen25_14b: the guide's advice for smaller GPUs)"))
+            report.checks.append(
+                Check(
+                    "GPU memory",
+                    False,
+                    f"{seen}; the run needs {report.memory.describe()}",
+                    "rent a larger GPU (A100/H100 80GB), or lower lora_rank, cutoff_len or "
+                    "per_device_train_batch_size in the run's overrides, or use a smaller base "
+                    "(profile qwen25_14b: the guide's advice for smaller GPUs)",
+                )
+            )
         else:
-            report.checks.append(Check("GPU memory", True, f"{seen}; the run needs {report.memory.describe()}"))
+            report.checks.append(
+                Check("GPU memory", True, f"{seen}; the run needs {report.memory.describe()}")
+            )
     count = check_gpus(len(report.gpus), settings or {}, args, cli or "", pod)
     if count is not None:
         report.checks.append(Check("GPUs", count.ok, count.detail, count.fix))
@@ -210,31 +258,51 @@ def evaluate(facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool
     found = imported(facts)
     for need in run_packages(args) if cli else ():
         problem = unmet(need, found)
-        report.checks.append(Check(need.module, True, f"version {found[need.module][1]}") if not problem
-                             else Check(need.module, False, f"{problem}, but {need.why} needs "
-                                        f"{need.requirement}", f"`pip install '{need.requirement}'` "
-                                        f"on the pod, or set {at}.setup: true"))
+        report.checks.append(
+            Check(need.module, True, f"version {found[need.module][1]}")
+            if not problem
+            else Check(
+                need.module,
+                False,
+                f"{problem}, but {need.why} needs {need.requirement}",
+                f"`pip install '{need.requirement}'` on the pod, or set {at}.setup: true",
+            )
+        )
     # disk
     if "dir_error" in facts or "dir" not in facts:
-        report.checks.append(Check("run folder", False, "cannot create or enter remote_dir there",
-                                   f"set {at}.remote_dir to a writable folder (RunPod: below /workspace)"))
+        report.checks.append(
+            Check(
+                "run folder",
+                False,
+                "cannot create or enter remote_dir there",
+                f"set {at}.remote_dir to a writable folder (RunPod: below /workspace)",
+            )
+        )
     else:
         report.remote_dir = first(facts, "dir")
         free = int(first(facts, "disk_free_kb", "0") or 0) * 1024 / GB
         need = estimate_disk(arch, args, planned_steps(args, examples, world))
-        check = Check("disk", free >= need, f"{report.remote_dir}: {free:.1f} GB free, checkpoints "
-                      f"need ~{need:.1f} GB",
-                      "free space on the pod's volume, enlarge it, or raise save_steps")
+        check = Check(
+            "disk",
+            free >= need,
+            f"{report.remote_dir}: {free:.1f} GB free, checkpoints need ~{need:.1f} GB",
+            "free space on the pod's volume, enlarge it, or raise save_steps",
+        )
         report.checks.append(check)
     # rsync (the ssh executor's uploads and downloads run `rsync --server` on the pod)
     if needs_rsync:
         if "rsync" in facts:
             report.checks.append(Check("rsync", True, "found"))
         else:
-            report.checks.append(Check(
-                "rsync", False, "not found on the pod (a non-interactive ssh shell's PATH); "
-                "the upload of the run's files needs it",
-                f"apt-get install -y rsync on the pod, or set {at}.setup: true"))
+            report.checks.append(
+                Check(
+                    "rsync",
+                    False,
+                    "not found on the pod (a non-interactive ssh shell's PATH); "
+                    "the upload of the run's files needs it",
+                    f"apt-get install -y rsync on the pod, or set {at}.setup: true",
+                )
+            )
     report.detach = "tmux" if "tmux" in facts else ("setsid nohup" if "setsid" in facts else "nohup")
     return report
 
@@ -248,8 +316,13 @@ def failure_message(report: Report, where: str) -> str:
     return "\n".join(lines)
 
 
-def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = False,
-               needs: Sequence[Need] = (), login_node: bool = False) -> list[dict]:
+def setup_plan(
+    facts: dict,
+    version: str = LLAMAFACTORY_VERSION,
+    rsync: bool = False,
+    needs: Sequence[Need] = (),
+    login_node: bool = False,
+) -> list[dict]:
     """What a fresh pod lacks and the command that installs it; empty when nothing is missing.
 
     rsync: the pod needs rsync too (the ssh executor's file transfers); needs: the run's packages
@@ -261,15 +334,29 @@ def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = F
     packages = [name for name in wanted if name not in facts]
     apt = "apt_get" in facts and not login_node
     if packages and apt:
-        plan.append({"install": " ".join(packages), "command":
-                     "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                     + " ".join(packages)})
+        plan.append(
+            {
+                "install": " ".join(packages),
+                "command": "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                + " ".join(packages),
+            }
+        )
     elif "tmux" in packages:
-        plan.append({"install": "tmux", "command": None,
-                     "note": "no apt-get: training runs under setsid nohup instead"})
+        plan.append(
+            {
+                "install": "tmux",
+                "command": None,
+                "note": "no apt-get: training runs under setsid nohup instead",
+            }
+        )
     if "rsync" in packages and not apt:
-        plan.append({"install": "rsync", "command": None,
-                     "note": "no apt-get: install rsync on the pod by hand (the upload needs it)"})
+        plan.append(
+            {
+                "install": "rsync",
+                "command": None,
+                "note": "no apt-get: install rsync on the pod by hand (the upload needs it)",
+            }
+        )
     python = first(facts, "python")
     pip = [*(shlex.split(python) if python else ["python3"]), "-m", "pip", "install", "-q"]
     missing = " ".join(facts.get("missing_modules", [])).split()
@@ -280,21 +367,38 @@ def setup_plan(facts: dict, version: str = LLAMAFACTORY_VERSION, rsync: bool = F
         # checkout; LLaMA-Factory 0.9.5 declares no extras (pip would warn and install it without
         # them), so their packages go by name, from the checkout or the PyPI wheel.
         base = ["-e", TEMPLATE_DIR] if "template_dir" in facts else [f"llamafactory=={version}"]
-        plan.append({"install": "llamafactory[metrics,bitsandbytes,qwen]", "missing": missing
-                     or ["llamafactory-cli"], "command": shlex.join(
-                         [*pip, *base, *SETUP_MODULES.values(), *(need.requirement for need in extra)])})
+        plan.append(
+            {
+                "install": "llamafactory[metrics,bitsandbytes,qwen]",
+                "missing": missing or ["llamafactory-cli"],
+                "command": shlex.join(
+                    [*pip, *base, *SETUP_MODULES.values(), *(need.requirement for need in extra)]
+                ),
+            }
+        )
     elif extra:
-        plan.append({"install": " ".join(need.requirement for need in extra),
-                     "missing": [need.module for need in extra],
-                     "command": shlex.join([*pip, *(need.requirement for need in extra)])})
+        plan.append(
+            {
+                "install": " ".join(need.requirement for need in extra),
+                "missing": [need.module for need in extra],
+                "command": shlex.join([*pip, *(need.requirement for need in extra)]),
+            }
+        )
     return plan
 
 
-def probe(ex: Executor, remote_dir: str, cli: str, needs: Sequence[Need] = (),
-          for_setup: bool = False):
+def probe(ex: Executor, remote_dir: str, cli: str, needs: Sequence[Need] = (), for_setup: bool = False):
     """Run probe.sh there; its Result, whose .facts are the pod's `@@key value` answers."""
-    return ex.run("probe.sh", remote_dir, cli, " ".join(need.module for need in needs),
-                  int(for_setup), TEMPLATE_DIR, *(SETUP_MODULES if for_setup else ()), timeout=300)
+    return ex.run(
+        "probe.sh",
+        remote_dir,
+        cli,
+        " ".join(need.module for need in needs),
+        int(for_setup),
+        TEMPLATE_DIR,
+        *(SETUP_MODULES if for_setup else ()),
+        timeout=300,
+    )
 
 
 def setup_args(plan: list[dict], remote_dir: str) -> list[str]:
@@ -312,15 +416,18 @@ def pod_setup(ex: Executor, settings: dict, say: Say, args: dict | None = None) 
     remote_dir = settings["remote_dir"]
     needs = run_packages(args or {})
     facts = probe(ex, remote_dir, settings["llamafactory_cli"], needs, for_setup=True).facts
-    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh", needs=needs,
-                      login_node=ex.kind == "slurm")
+    plan = setup_plan(facts, rsync=ex.transport.kind == "ssh", needs=needs, login_node=ex.kind == "slurm")
     record = {"at": now_iso(), "plan": plan, "installed": []}
     runnable = [step for step in plan if step.get("command")]
     if not runnable:
-        tools = [*(["tmux"] if ex.kind != "slurm" else []),
-                 *(["rsync"] if ex.transport.kind == "ssh" else [])]
-        say(f"setup: {ex.where()} has {', '.join([*tools, 'LLaMA-Factory'])} with its extras and "
-            "the run's packages; nothing to install")
+        tools = [
+            *(["tmux"] if ex.kind != "slurm" else []),
+            *(["rsync"] if ex.transport.kind == "ssh" else []),
+        ]
+        say(
+            f"setup: {ex.where()} has {', '.join([*tools, 'LLaMA-Factory'])} with its extras and "
+            "the run's packages; nothing to install"
+        )
         return record
     say("setup: installing " + ", ".join(step["install"] for step in runnable) + " (this takes minutes)")
     result = ex.run("setup.sh", *setup_args(plan, remote_dir), timeout=3600)
@@ -329,8 +436,10 @@ def pod_setup(ex: Executor, settings: dict, say: Say, args: dict | None = None) 
         step = plan[int(number)]
         (record["installed"] if rc == "0" else record.setdefault("failed", [])).append(step["install"])
     if result.rc:
-        raise PodError(f"setup failed on {ex.where()} for {', '.join(record.get('failed', []))}; "
-                       f"see {remote_dir}/lora-pipeline-setup.log there")
+        raise PodError(
+            f"setup failed on {ex.where()} for {', '.join(record.get('failed', []))}; "
+            f"see {remote_dir}/lora-pipeline-setup.log there"
+        )
     return record
 
 
@@ -344,10 +453,13 @@ def run_preflight(ex: Executor, settings: dict, args: dict, examples: int, say: 
         raise PodError(f"preflight failed; nothing was uploaded or launched: {exc}") from None
     facts = result.facts
     if "ok" not in facts:
-        raise PodError(f"preflight failed on {ex.where()}: the login shell did not run the probe "
-                       f"(exit {result.rc}): {result.err.strip()[-500:]}")
-    report = evaluate(facts, args, ex.name, examples, needs_rsync=ex.transport.kind == "ssh",
-                      settings=settings)
+        raise PodError(
+            f"preflight failed on {ex.where()}: the login shell did not run the probe "
+            f"(exit {result.rc}): {result.err.strip()[-500:]}"
+        )
+    report = evaluate(
+        facts, args, ex.name, examples, needs_rsync=ex.transport.kind == "ssh", settings=settings
+    )
     ex.scheduler_checks(report, args)  # Slurm: its partition and GPUs instead of the login node's
     for check in report.checks:
         say(f"preflight: {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")

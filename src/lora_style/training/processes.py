@@ -31,8 +31,10 @@ def train_env(settings: dict, args: dict) -> str:
 
     NPROC_PER_NODE is always written: without it, a single-process run on a pod with two GPUs
     would be turned into a two-process one by LLaMA-Factory's launcher."""
-    lines = ["# How this run trains (processes.py wrote it; run.sh exports it).",
-             f"NPROC_PER_NODE={world_size(settings)}"]
+    lines = [
+        "# How this run trains (processes.py wrote it; run.sh exports it).",
+        f"NPROC_PER_NODE={world_size(settings)}",
+    ]
     if needs_torchrun(settings, args):
         lines.append("FORCE_TORCHRUN=1")
     if settings.get("processes"):
@@ -59,28 +61,38 @@ def check_gpus(found: int, settings: dict, args: dict, cli: str, at: str) -> Gpu
     if torchrun and " " in cli:
         # The launcher rebuilds its torchrun command with " ".join(...).split(): a space in the
         # path of its own installation splits that path in two.
-        return GpuCount(False, f"{cli} has a space in its path; LLaMA-Factory's torchrun launch "
-                        "splits its command on spaces, so a distributed training cannot start",
-                        "install LLaMA-Factory in a folder whose path has no spaces")
+        return GpuCount(
+            False,
+            f"{cli} has a space in its path; LLaMA-Factory's torchrun launch "
+            "splits its command on spaces, so a distributed training cannot start",
+            "install LLaMA-Factory in a folder whose path has no spaces",
+        )
     if settings.get("executor") == "slurm":
         return None  # the login node's GPUs say nothing: Slurm's checks compare `gpus` with the partition
     if settings.get("processes"):
         if found:
-            return GpuCount(False, f"pods.{at}.processes is for a machine without GPUs (CPU "
-                            f"processes); this one has {found}",
-                            f"leave pods.{at}.processes out and set pods.{at}.gpu_count: {found}")
+            return GpuCount(
+                False,
+                f"pods.{at}.processes is for a machine without GPUs (CPU processes); this one has {found}",
+                f"leave pods.{at}.processes out and set pods.{at}.gpu_count: {found}",
+            )
         return GpuCount(True, f"{world} CPU processes (gloo) under torchrun (pods.{at}.processes: {world})")
     if found < world and world > 1:  # one process on a CPU: preflight's GPU check says it
         have = f"{found} GPU" + ("s" if found != 1 else "") if found else "no NVIDIA GPU"
-        return GpuCount(False, f"the run trains on {world} GPUs (pods.{at}.gpu_count: {world}); "
-                        f"the pod has {have}",
-                        f"rent a pod with {world} GPUs, or set pods.{at}.gpu_count: {found or 1} "
-                        "with a profile that fits")
+        return GpuCount(
+            False,
+            f"the run trains on {world} GPUs (pods.{at}.gpu_count: {world}); the pod has {have}",
+            f"rent a pod with {world} GPUs, or set pods.{at}.gpu_count: {found or 1} "
+            "with a profile that fits",
+        )
     if found > world:
         idle = found - world
-        return GpuCount(True, f"trains on {world} of the pod's {found} GPUs (pods.{at}.gpu_count: "
-                        f"{world}); {idle} idle, still billed: set pods.{at}.gpu_count: {found} to "
-                        "train on all of them")
+        return GpuCount(
+            True,
+            f"trains on {world} of the pod's {found} GPUs (pods.{at}.gpu_count: "
+            f"{world}); {idle} idle, still billed: set pods.{at}.gpu_count: {found} to "
+            "train on all of them",
+        )
     if world > 1:
         return GpuCount(True, f"{world} processes under torchrun, one per GPU")
     return None

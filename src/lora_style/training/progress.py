@@ -11,7 +11,7 @@ import select
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 # A transfer's progress (rsync --progress, which updates about once a second) reaches the user
 # as a line at most every PROGRESS_EVERY seconds, and at least every QUIET_LIMIT seconds while
@@ -29,13 +29,21 @@ def to_stderr(line: str) -> None:
 RSYNC_PROGRESS = re.compile(r"^[\d,.]+[KMGT]?\s+\d+%")
 # A status is whole when it ends with its time: rsync writes each in one go, "\r" first.
 RSYNC_STATUS_WHOLE = re.compile(r"^\s*[\d,.]+[KMGT]?\s+\d+%.*\d+:\d\d:\d\d\s*$")
-RSYNC_CHATTER = {"sending incremental file list", "receiving incremental file list",
-                 "receiving file list ...", "building file list ...", "done", "./"}
+RSYNC_CHATTER = {
+    "sending incremental file list",
+    "receiving incremental file list",
+    "receiving file list ...",
+    "building file list ...",
+    "done",
+    "./",
+}
 # --stats: the bytes that crossed the wire, the one line rsync 3 and openrsync both print
 # ("sent 1,234 bytes  received 56 bytes  ..."), and the other lines of the block, not file names.
 RSYNC_SENT = re.compile(r"^sent ([\d,.]+)([KMGT]?) bytes received ([\d,.]+)([KMGT]?) bytes")
-RSYNC_STATS = re.compile(r"^(Number of|Total |Literal data|Matched data|Unmatched data|File list"
-                         r"|total size is|speedup is)")
+RSYNC_STATS = re.compile(
+    r"^(Number of|Total |Literal data|Matched data|Unmatched data|File list"
+    r"|total size is|speedup is)"
+)
 
 
 def _bytes(number: str, unit: str) -> int:
@@ -49,17 +57,23 @@ class TransferProgress:
     one of its earlier ones was shown, and `quiet()` says where things stand when nothing came
     for `quiet_limit` seconds."""
 
-    def __init__(self, direction: str, say: Callable[[str], None], every: float = PROGRESS_EVERY,
-                 quiet_limit: float = QUIET_LIMIT, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        direction: str,
+        say: Callable[[str], None],
+        every: float = PROGRESS_EVERY,
+        quiet_limit: float = QUIET_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.direction, self.say, self.every, self.quiet_limit = direction, say, every, quiet_limit
         self.clock = clock
-        self.name = ""          # the file being copied
-        self.status = ""        # its latest status
-        self.shown = False      # whether a status of this file was shown
+        self.name = ""  # the file being copied
+        self.status = ""  # its latest status
+        self.shown = False  # whether a status of this file was shown
         self.last_said = clock()
-        self._pending = ""      # the text after the last \r or \n
-        self._early = None      # ... when it was taken as a whole status already
-        self.sent = self.received = 0   # bytes on the wire, from rsync --stats
+        self._pending = ""  # the text after the last \r or \n
+        self._early = None  # ... when it was taken as a whole status already
+        self.sent = self.received = 0  # bytes on the wire, from rsync --stats
 
     def feed(self, text: str) -> None:
         """Some output of rsync, cut anywhere."""

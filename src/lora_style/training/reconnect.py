@@ -24,8 +24,10 @@ def with_reconnect(call, settings: dict, say: Say, what: str):
                 asked = time.monotonic()
                 ask()
             if waited >= limit:
-                raise PodError(f"{exc}\nno contact with the pod for {waited / 60:.0f} min while {what}; "
-                               "if the pod is up, its training goes on: run snakemake again to re-attach") from None
+                raise PodError(
+                    f"{exc}\nno contact with the pod for {waited / 60:.0f} min while {what}; "
+                    "if the pod is up, its training goes on: run snakemake again to re-attach"
+                ) from None
             say(f"lost contact with the pod while {what} ({exc.short}); retrying in {delay:.0f} s")
             time.sleep(delay)
             delay = min(delay * 2, 60.0)

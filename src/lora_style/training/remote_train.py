@@ -49,8 +49,10 @@ from lora_style.training.settings import load_settings, with_defaults
 
 def _stop_on_signals() -> None:
     """SIGTERM and SIGHUP end it as Ctrl-C does: cleaned up, with a message."""
+
     def stop(signum, frame):
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
 
@@ -67,8 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in commands.items():
         p = sub.add_parser(name, help=text)
         p.add_argument("--run", required=True)
-        p.add_argument("--pod-settings", required=True,
-                       help="the run's pods: entry (with its name) as JSON, or a file holding it")
+        p.add_argument(
+            "--pod-settings",
+            required=True,
+            help="the run's pods: entry (with its name) as JSON, or a file holding it",
+        )
         if name != "fetch":
             p.add_argument("--train-yaml", required=True)
             p.add_argument("--data", required=True)
@@ -83,8 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "fetch":
             for option in ("--finished", "--adapter-dir", "--summary", "--trainer-state"):
                 p.add_argument(option, required=True)
-    for name, text in (("prices", "read RunPod's GPU catalog for the plan's cost line"),
-                       ("bill", "read what RunPod billed for a run's pod (again)")):
+    for name, text in (
+        ("prices", "read RunPod's GPU catalog for the plan's cost line"),
+        ("bill", "read what RunPod billed for a run's pod (again)"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default="config/config.yaml", help="the graph's config file")
         p.add_argument("--pod", required=True, help="the pods: entry (provider: runpod)")
@@ -99,9 +106,17 @@ def _record(path: str, what: str) -> dict:
 
 def _command(args, settings: dict, ex, files, say: Say) -> None:
     if args.command == "fetch":
-        summary = fetch.fetch(args.run, settings, ex, _record(args.launch, "the launch record"),
-                              _record(args.finished, "the finish record"), Path(args.adapter_dir),
-                              Path(args.summary), Path(args.trainer_state), say)
+        summary = fetch.fetch(
+            args.run,
+            settings,
+            ex,
+            _record(args.launch, "the launch record"),
+            _record(args.finished, "the finish record"),
+            Path(args.adapter_dir),
+            Path(args.summary),
+            Path(args.trainer_state),
+            say,
+        )
         say(f"{args.adapter_dir}: checkpoint-{summary['best_step']} of {summary['total_steps']} steps")
     elif args.command == "preflight":
         report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)
@@ -114,8 +129,9 @@ def _command(args, settings: dict, ex, files, say: Say) -> None:
             record["estimate"] = json.loads(args.estimate)
         write_json(args.output, record)
     else:
-        record = follow.wait(files, settings, ex, _record(args.launch, "the launch record"),
-                             Path(args.remote_log), say)
+        record = follow.wait(
+            files, settings, ex, _record(args.launch, "the launch record"), Path(args.remote_log), say
+        )
         write_json(args.output, record)
 
 
@@ -129,7 +145,7 @@ def _gives_back(command: str, exc: BaseException) -> bool:
     return command != "wait"  # preflight, submit, fetch: nothing of this run trains
 
 
-RECOVERIES = 2     # a pod RunPod stopped under one job is started (or replaced) this often
+RECOVERIES = 2  # a pod RunPod stopped under one job is started (or replaced) this often
 
 
 def _need(args, files, estimate_json: str | None) -> dict:
@@ -160,11 +176,15 @@ def _rented(args, settings: dict, files, say: Say) -> None:
             break
         except runpod.PodStopped as exc:
             if attempt == RECOVERIES:
-                raise PodError(f"{exc}, again ({RECOVERIES + 1} times in this job); run again "
-                               "later, or rent elsewhere (gpu_type, cloud_type)") from None
-            say(f"{exc}: stopped under this job (RunPod's maintenance, a balance at $0, the "
+                raise PodError(
+                    f"{exc}, again ({RECOVERIES + 1} times in this job); run again "
+                    "later, or rent elsewhere (gpu_type, cloud_type)"
+                ) from None
+            say(
+                f"{exc}: stopped under this job (RunPod's maintenance, a balance at $0, the "
                 "console, or a guard); starting it again, and the training resumes from its "
-                "last checkpoint")
+                "last checkpoint"
+            )
         except (PodError, KeyboardInterrupt) as exc:
             if _gives_back(args.command, exc):
                 runpod.release(settings, args.run, workdir, say, failed=True)
@@ -172,8 +192,9 @@ def _rented(args, settings: dict, files, say: Say) -> None:
     if args.command in ("fetch", "preflight"):
         record = runpod.release(settings, args.run, workdir, say)
         if record is not None and args.command == "fetch":
-            _record_bill(settings, record, [Path(args.summary),
-                                            Path(args.adapter_dir) / "training_summary.json"], say)
+            _record_bill(
+                settings, record, [Path(args.summary), Path(args.adapter_dir) / "training_summary.json"], say
+            )
 
 
 def _record_bill(settings: dict, record: dict, summaries: list[Path], say: Say) -> None:
@@ -181,16 +202,19 @@ def _record_bill(settings: dict, record: dict, summaries: list[Path], say: Say) 
     try:
         bill = runpod_account.bill(settings, record, say)
     except PodError as exc:
-        say(f"could not read RunPod's bill for the pod yet ({str(exc).splitlines()[0]}); read it "
-            "later: python -m lora_style.training.remote_train bill (docs/runpod.md)")
+        say(
+            f"could not read RunPod's bill for the pod yet ({str(exc).splitlines()[0]}); read it "
+            "later: python -m lora_style.training.remote_train bill (docs/runpod.md)"
+        )
         return
     for path in summaries:
         if path.exists():
             summary = read_json_object(path, PodError)
-            write_atomic(path, (json.dumps({**summary, "runpod_bill": bill}, indent=2)
-                                + "\n").encode())
-    say(f"RunPod billed ${bill['total_usd']:.2f} for the pod so far (GPU ${bill['gpu_usd']:.2f}, "
-        f"disk ${bill['disk_usd']:.2f}; read {bill['read_at']}, billing can lag)")
+            write_atomic(path, (json.dumps({**summary, "runpod_bill": bill}, indent=2) + "\n").encode())
+    say(
+        f"RunPod billed ${bill['total_usd']:.2f} for the pod so far (GPU ${bill['gpu_usd']:.2f}, "
+        f"disk ${bill['disk_usd']:.2f}; read {bill['read_at']}, billing can lag)"
+    )
 
 
 def _by_hand(args, say: Say) -> None:
@@ -205,16 +229,26 @@ def _by_hand(args, say: Say) -> None:
     settings = with_defaults({**entry, "name": args.pod})
     if args.command == "prices":
         path = runpod_catalog.refresh(RunPodAPI(settings, say), settings, Path.cwd())
-        say(f"RunPod's GPU catalog ({settings['cloud_type']} cloud) written to {path}; the "
-            "plan's cost line now prices from it")
+        say(
+            f"RunPod's GPU catalog ({settings['cloud_type']} cloud) written to {path}; the "
+            "plan's cost line now prices from it"
+        )
         return
     record = runpod.read_record(settings, Path.cwd())
     if not record.get("id"):
-        raise PodError(f"no pod of pods.{args.pod} is recorded in .state/runpod/ here; run this "
-                       "in the folder snakemake ran in")
-    _record_bill(settings, record, [Path(f"results/{args.run}/train/training_summary.json"),
-                                    Path(f"lora_adapters/{args.run}_peft/training_summary.json")],
-                 say)
+        raise PodError(
+            f"no pod of pods.{args.pod} is recorded in .state/runpod/ here; run this "
+            "in the folder snakemake ran in"
+        )
+    _record_bill(
+        settings,
+        record,
+        [
+            Path(f"results/{args.run}/train/training_summary.json"),
+            Path(f"lora_adapters/{args.run}_peft/training_summary.json"),
+        ],
+        say,
+    )
 
 
 def _stopped_message(args, settings: dict) -> str:
@@ -223,9 +257,11 @@ def _stopped_message(args, settings: dict) -> str:
     if args.command == "wait" and settings.get("provider") == "runpod":
         pod = runpod.pod_status(settings, Path.cwd())
         if pod is not None and pod["status"] not in runpod.UP:
-            return (f"stopped following; RunPod reports pod {pod['id']} {pod['status']}, so "
-                    "nothing trains there now. Run snakemake again: it starts the pod and the "
-                    "training resumes from its last checkpoint")
+            return (
+                f"stopped following; RunPod reports pod {pod['id']} {pod['status']}, so "
+                "nothing trains there now. Run snakemake again: it starts the pod and the "
+                "training resumes from its last checkpoint"
+            )
     return STOPPED.get(args.command, "stopped")
 
 
@@ -241,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = with_defaults(load_settings(args.pod_settings))
         rented = settings.get("provider") == "runpod"
         # The inputs are read (and hashed) before a pod is rented; fetch reads none.
-        files = None if args.command == "fetch" else launch.RunFiles.load(
-            args.run, args.train_yaml, args.data, args.dataset_info)
+        files = (
+            None
+            if args.command == "fetch"
+            else launch.RunFiles.load(args.run, args.train_yaml, args.data, args.dataset_info)
+        )
         if not rented:
             _command(args, settings, make_executor(settings), files, say)
         else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .executor import Executor
 from .messages import PodError, Unreachable
@@ -25,7 +25,7 @@ from .shell import first
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # Slurm job states that end a training from outside: a time limit, preemption, a node failure,
@@ -37,7 +37,7 @@ SLURM_STOPPED = (*SLURM_REQUEUE, "CANCELLED")
 
 @dataclass
 class RunState:
-    remote_dir: str = ""          # absolute, on the pod
+    remote_dir: str = ""  # absolute, on the pod
     exists: bool = False
     launched: bool = False
     alive: bool = False
@@ -45,12 +45,12 @@ class RunState:
     rc: str = ""
     checkpoint: int | None = None
     final: bool = False
-    cut: bool = False             # stopped by its budget (guard.sh wrote budget_cut)
-    free_kb: int | None = None    # free space on the run folder's disk
-    job: str = ""                 # under Slurm: the newest job of the run (slurm_job)
-    slurm: str = ""               # its state: PENDING, RUNNING, TIMEOUT, CANCELLED, GONE, ...
+    cut: bool = False  # stopped by its budget (guard.sh wrote budget_cut)
+    free_kb: int | None = None  # free space on the run folder's disk
+    job: str = ""  # under Slurm: the newest job of the run (slurm_job)
+    slurm: str = ""  # its state: PENDING, RUNNING, TIMEOUT, CANCELLED, GONE, ...
     partition: str = ""
-    reason: str = ""              # why a pending job waits (Resources, Priority, ...)
+    reason: str = ""  # why a pending job waits (Resources, Priority, ...)
 
     @property
     def status(self) -> str:
@@ -75,7 +75,11 @@ class RunState:
         return self.slurm in SLURM_REQUEUE and self.status == "killed"
 
     def describe(self) -> str:
-        at = f" (newest checkpoint: checkpoint-{self.checkpoint})" if self.checkpoint else " (no checkpoint yet)"
+        at = (
+            f" (newest checkpoint: checkpoint-{self.checkpoint})"
+            if self.checkpoint
+            else " (no checkpoint yet)"
+        )
         if self.job:
             return self._describe_job(at)
         return {
@@ -117,8 +121,9 @@ def parse_state(facts: dict) -> RunState:
     if "no_run_dir" in facts or "no_dir" in facts:
         return state
     if not line:
-        raise Unreachable("the pod's answer about the run was cut short (no state line)",
-                          short="an answer cut short")
+        raise Unreachable(
+            "the pod's answer about the run was cut short (no state line)", short="an answer cut short"
+        )
     values = dict(item.partition("=")[::2] for item in line.split())
     state.exists = True
     state.launched = values.get("launched") == "1"
@@ -186,5 +191,8 @@ def read_remote_json(ex: Executor, path: str) -> dict:
 
 
 def write_remote_json(ex: Executor, path: str, data: dict) -> None:
-    ex.sh('printf "%s" "$1" > "$2.tmp" && mv "$2.tmp" "$2"', timeout=60,
-          args=(json.dumps(data, indent=2) + "\n", path))
+    ex.sh(
+        'printf "%s" "$1" > "$2.tmp" && mv "$2.tmp" "$2"',
+        timeout=60,
+        args=(json.dumps(data, indent=2) + "\n", path),
+    )

@@ -35,8 +35,8 @@ from .messages import PodError, Say
 from .run_state import now_iso
 from .runpod_api import RunPodAPI, RunPodError
 
-POLL_SECONDS = 5.0          # while a pod boots (SkyPilot polls every 5 s)
-MOUNT_PATH = "/workspace"   # where RunPod's images and the LLaMA-Factory template keep data
+POLL_SECONDS = 5.0  # while a pod boots (SkyPilot polls every 5 s)
+MOUNT_PATH = "/workspace"  # where RunPod's images and the LLaMA-Factory template keep data
 UP = ("PROVISIONING", "STARTING", "RUNNING")
 
 
@@ -83,12 +83,11 @@ def create_body(settings: dict, name: str, data_center: str | None = None) -> di
         "gpu": {"id": settings["gpu_type"], "count": int(settings["gpu_count"])},
         "cloud": settings["cloud_type"],
         "disk": int(settings["container_disk_gb"]),
-        "ports": ["22/tcp"],         # ssh.direct: only direct TCP SSH carries rsync
+        "ports": ["22/tcp"],  # ssh.direct: only direct TCP SSH carries rsync
         "startSsh": True,
     }
     if settings.get("network_volume_id"):
-        body["mounts"] = {"network": [{"volumeId": settings["network_volume_id"],
-                                       "path": MOUNT_PATH}]}
+        body["mounts"] = {"network": [{"volumeId": settings["network_volume_id"], "path": MOUNT_PATH}]}
         body["dataCenterIds"] = [data_center] if data_center else []
     else:
         body["mounts"] = {"persistent": {"size": int(settings["volume_gb"]), "path": MOUNT_PATH}}
@@ -135,12 +134,14 @@ def _create_or_adopt(api: RunPodAPI, body: dict, say: Say) -> dict:
             return api.create(body)
         except RunPodError as exc:
             if exc.status is not None and exc.status < 500 and exc.status != 429:
-                raise   # refused: nothing was made
+                raise  # refused: nothing was made
             if time.monotonic() > deadline:
                 raise
             wait = getattr(exc, "retry_after", None) or delay
-            say(f"RunPod's answer to the create was {'lost' if exc.status is None else exc.status}"
-                f"; looking for pod {body['name']} in {wait:.0f} s before renting again")
+            say(
+                f"RunPod's answer to the create was {'lost' if exc.status is None else exc.status}"
+                f"; looking for pod {body['name']} in {wait:.0f} s before renting again"
+            )
             time.sleep(wait)
             delay = min(delay * 2, 30.0)
         found = api.find(body["name"])
@@ -151,9 +152,11 @@ def _create_or_adopt(api: RunPodAPI, body: dict, say: Say) -> dict:
 
 def _replace(api: RunPodAPI, settings: dict, pod: dict, name: str, say: Say) -> dict:
     volume = settings.get("network_volume_id")
-    say(f"pod {name} ({pod['id']}) cannot start on its host again (its GPUs were rented "
+    say(
+        f"pod {name} ({pod['id']}) cannot start on its host again (its GPUs were rented "
         f"meanwhile): terminating it and renting a new one on network volume {volume}, whose "
-        "checkpoints it resumes from")
+        "checkpoints it resumes from"
+    )
     api.terminate(pod["id"])
     return _create_or_adopt(api, create_body(settings, name, _volume_dc(api, settings)), say)
 
@@ -166,9 +169,11 @@ def _volume_dc(api: RunPodAPI, settings: dict) -> str | None:
         return api.network_volume(volume)["dataCenter"]
     except RunPodError as exc:
         if exc.status == 404:
-            raise PodError(f"pods.{settings.get('name')}.network_volume_id {volume}: RunPod knows "
-                           "no such network volume in this account (RunPod: Storage); nothing "
-                           "was rented") from None
+            raise PodError(
+                f"pods.{settings.get('name')}.network_volume_id {volume}: RunPod knows "
+                "no such network volume in this account (RunPod: Storage); nothing "
+                "was rented"
+            ) from None
         raise
 
 
@@ -182,11 +187,13 @@ def _start(api: RunPodAPI, settings: dict, pod: dict, name: str, say: Say) -> di
             raise
         if settings.get("network_volume_id"):
             return _replace(api, settings, pod, name, say)
-        raise PodError(f"pod {name} ({pod['id']}) is stopped and RunPod will not start it again: "
-                       f"{exc.detail or exc}. Its checkpoints stay on that host's volume (the pod "
-                       "is kept, stopped). Run again later, when the host has a free GPU; a "
-                       f"network volume (pods.{settings.get('name')}.network_volume_id) would "
-                       "have let the graph resume on a new pod right away") from None
+        raise PodError(
+            f"pod {name} ({pod['id']}) is stopped and RunPod will not start it again: "
+            f"{exc.detail or exc}. Its checkpoints stay on that host's volume (the pod "
+            "is kept, stopped). Run again later, when the host has a free GPU; a "
+            f"network volume (pods.{settings.get('name')}.network_volume_id) would "
+            "have let the graph resume on a new pod right away"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- rent and release
@@ -214,38 +221,46 @@ def rent(settings: dict, run: str, workdir: Path, say: Say, need: dict | None = 
             runpod_account.ensure_ssh_key(api, settings, say)
             runpod_catalog.check_stock(api, settings, need, workdir, say)
             body = create_body(settings, name, _volume_dc(api, settings))
-            say(f"renting {settings['gpu_count']} x {settings['gpu_type']} ({settings['cloud_type']} "
-                f"cloud) on RunPod as pod {name}")
+            say(
+                f"renting {settings['gpu_count']} x {settings['gpu_type']} ({settings['cloud_type']} "
+                f"cloud) on RunPod as pod {name}"
+            )
             pod = _create_or_adopt(api, body, say)
         elif fresh:
             before = pod["id"]
             pod = _start(api, settings, pod, name, say)
-            created = pod["id"] != before       # replaced on its network volume
+            created = pod["id"] != before  # replaced on its network volume
         record.update(id=pod["id"], name=name, runs={**record.get("runs", {}), run: "training"})
         record.setdefault("created_at", now_iso())
         record.setdefault("pods", [])
         if pod["id"] not in record["pods"]:
             record["pods"].append(pod["id"])
-        record.setdefault("events", []).append([now_iso(), "created" if created else
-                                                "started" if fresh else "attached"])
+        record.setdefault("events", []).append(
+            [now_iso(), "created" if created else "started" if fresh else "attached"]
+        )
         write_json(state_path(settings, workdir), record)
     alias = f"runpod-{pod['id']}"
     known_hosts = workdir / os.path.expanduser(settings["known_hosts"])
     if fresh:
-        _forget_host_key(alias, known_hosts)   # a new container has new host keys
+        _forget_host_key(alias, known_hosts)  # a new container has new host keys
     try:
         pod, (host, port, user) = _wait_until_up(api, pod["id"], settings, say)
     except BaseException:
         with locked(settings, workdir):
             _give_back(api, settings, workdir, pod["id"], created, say)
         raise
-    return {**settings, "host": host, "port": port, "user": settings.get("user") or user,
-            "host_key_alias": alias, "pod_id": pod["id"],
-            "pod_usd_per_hour": float(pod["cost"]) if pod.get("cost") else None}
+    return {
+        **settings,
+        "host": host,
+        "port": port,
+        "user": settings.get("user") or user,
+        "host_key_alias": alias,
+        "pod_id": pod["id"],
+        "pod_usd_per_hour": float(pod["cost"]) if pod.get("cost") else None,
+    }
 
 
-def _give_back(api: RunPodAPI, settings: dict, workdir: Path, pod_id: str, created: bool,
-               say: Say) -> None:
+def _give_back(api: RunPodAPI, settings: dict, workdir: Path, pod_id: str, created: bool, say: Say) -> None:
     """Nothing half-made is left billing: a pod made by this call goes; one started by it stops
     (keeping its volume's checkpoints). A pod in ERROR cannot be stopped (RunPod allows only
     start or terminate there): without a network volume it is left as it is, with its volume."""
@@ -259,11 +274,13 @@ def _give_back(api: RunPodAPI, settings: dict, workdir: Path, pod_id: str, creat
     if "stop" in pod.get("actions", []):
         api.action(pod_id, "stop")
     elif settings.get("network_volume_id"):
-        api.terminate(pod_id)         # its checkpoints are on the network volume
+        api.terminate(pod_id)  # its checkpoints are on the network volume
     else:
-        say(f"pod {pod_id} is in {pod['status']}, which RunPod lets only start or terminate: it "
+        say(
+            f"pod {pod_id} is in {pod['status']}, which RunPod lets only start or terminate: it "
             "is kept, with its volume's checkpoints; terminate it in RunPod's console once you "
-            "have what you need")
+            "have what you need"
+        )
 
 
 def _wait_until_up(api: RunPodAPI, pod_id: str, settings: dict, say: Say) -> tuple[dict, tuple]:
@@ -274,9 +291,11 @@ def _wait_until_up(api: RunPodAPI, pod_id: str, settings: dict, say: Say) -> tup
         if pod is None or pod["status"] == "TERMINATED":
             raise PodError(f"pod {pod_id} vanished on RunPod while booting; run again")
         if pod["status"] == "ERROR":
-            raise PodError(f"RunPod reports pod {pod_id} in ERROR while booting (its container is "
-                           "in an unrecoverable error state); it was given back so that it does "
-                           "not bill. Run again, or choose another image or template_id")
+            raise PodError(
+                f"RunPod reports pod {pod_id} in ERROR while booting (its container is "
+                "in an unrecoverable error state); it was given back so that it does "
+                "not bill. Run again, or choose another image or template_id"
+            )
         if pod["status"] == "EXITED":
             raise PodError(f"pod {pod_id} stopped while booting (RunPod: EXITED); run again")
         address = _address(pod)
@@ -284,14 +303,18 @@ def _wait_until_up(api: RunPodAPI, pod_id: str, settings: dict, say: Say) -> tup
             say(f"pod {pod_id} is up: ssh {address[2]}@{address[0]} -p {address[1]}")
             return pod, address
         if not said:
-            say(f"waiting for pod {pod_id} to boot and sshd to answer (up to "
-                f"{settings['boot_minutes']:g} min)")
+            say(
+                f"waiting for pod {pod_id} to boot and sshd to answer (up to "
+                f"{settings['boot_minutes']:g} min)"
+            )
             said = True
         time.sleep(min(POLL_SECONDS, float(settings["poll_seconds"])))
-    raise PodError(f"pod {pod_id} did not answer on SSH within {settings['boot_minutes']:g} min "
-                   f"(pods.{settings.get('name')}.boot_minutes); it was given back so that it does "
-                   "not bill. Run again, or choose another gpu_type or cloud_type; a custom image "
-                   "must run sshd from PUBLIC_KEY and expose 22/tcp")
+    raise PodError(
+        f"pod {pod_id} did not answer on SSH within {settings['boot_minutes']:g} min "
+        f"(pods.{settings.get('name')}.boot_minutes); it was given back so that it does "
+        "not bill. Run again, or choose another gpu_type or cloud_type; a custom image "
+        "must run sshd from PUBLIC_KEY and expose 22/tcp"
+    )
 
 
 def pod_status(settings: dict, workdir: Path) -> dict | None:
@@ -317,12 +340,19 @@ def check_running(settings: dict, workdir: Path) -> None:
 def start_guard(ex, settings: dict, say: Say) -> None:
     """The pod's guard (guard.sh), from the first contact on: the pod stops itself once nothing
     has trained on it for idle_stop_minutes, whatever happens to the laptop or this job."""
-    facts = ex.run("guard_start.sh", settings["remote_dir"],
-                   int(60 * float(settings["idle_stop_minutes"])), settings["api_url"],
-                   shell.script("guard.sh"), timeout=120).facts
+    facts = ex.run(
+        "guard_start.sh",
+        settings["remote_dir"],
+        int(60 * float(settings["idle_stop_minutes"])),
+        settings["api_url"],
+        shell.script("guard.sh"),
+        timeout=120,
+    ).facts
     for line in facts.get("guard_failed", []):
-        say(f"WARNING: this pod's guard could not stop it while it was idle: {line}. The pod "
-            "billed meanwhile; check RunPod's console, and that the image has curl or runpodctl")
+        say(
+            f"WARNING: this pod's guard could not stop it while it was idle: {line}. The pod "
+            "billed meanwhile; check RunPod's console, and that the image has curl or runpodctl"
+        )
 
 
 def release(settings: dict, run: str, workdir: Path, say: Say, failed: bool = False) -> dict | None:
@@ -345,12 +375,16 @@ def release(settings: dict, run: str, workdir: Path, say: Say, failed: bool = Fa
             return None
         api = RunPodAPI(settings, say)
         if action == "keep":
-            say(f"pod {record['name']} ({record['id']}) is kept running, as on_finish: keep says; "
-                "it bills until you stop it (RunPod's console, or on_finish: stop)")
+            say(
+                f"pod {record['name']} ({record['id']}) is kept running, as on_finish: keep says; "
+                "it bills until you stop it (RunPod's console, or on_finish: stop)"
+            )
         elif action == "stop":
             api.action(record["id"], "stop")
-            say(f"pod {record['name']} stopped: no GPU bills; its volume ({MOUNT_PATH}, with every "
-                "checkpoint) is kept at RunPod's storage price")
+            say(
+                f"pod {record['name']} stopped: no GPU bills; its volume ({MOUNT_PATH}, with every "
+                "checkpoint) is kept at RunPod's storage price"
+            )
         else:
             api.terminate(record["id"])
             say(f"pod {record['name']} terminated: nothing on it bills or remains")

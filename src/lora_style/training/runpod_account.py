@@ -32,12 +32,15 @@ def public_key(settings: dict) -> str | None:
     if pub.is_file():
         text = pub.read_text(encoding="utf-8", errors="replace")
     else:
-        done = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            ["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
         if done.returncode != 0:
-            raise PodError(f"pods.{settings.get('name')}.identity_file {identity}: no {pub.name} "
-                           "beside it and its public half cannot be read from it (a passphrase?); "
-                           f"write it with `ssh-keygen -y -f {identity} > {pub}`; nothing was rented")
+            raise PodError(
+                f"pods.{settings.get('name')}.identity_file {identity}: no {pub.name} "
+                "beside it and its public half cannot be read from it (a passphrase?); "
+                f"write it with `ssh-keygen -y -f {identity} > {pub}`; nothing was rented"
+            )
         text = done.stdout
     fields = text.split()
     return " ".join(fields[:2]) if len(fields) >= 2 else None
@@ -53,22 +56,28 @@ def ensure_ssh_key(api: RunPodAPI, settings: dict, say: Say) -> None:
     if ours is None:
         if keys:
             return  # ssh-agent or ~/.ssh/config: one of the account's keys, we cannot tell which
-        raise PodError(f"pods.{name}: your RunPod account has no SSH public key registered, so a "
-                       "pod would boot, bill and never let you in. Add yours (RunPod: Settings -> "
-                       "SSH Public Keys), or set identity_file and register_ssh_key: true; "
-                       "nothing was rented")
+        raise PodError(
+            f"pods.{name}: your RunPod account has no SSH public key registered, so a "
+            "pod would boot, bill and never let you in. Add yours (RunPod: Settings -> "
+            "SSH Public Keys), or set identity_file and register_ssh_key: true; "
+            "nothing was rented"
+        )
     if any(" ".join(key.split()[:2]) == ours for key in keys):
         return
     if settings.get("register_ssh_key"):
         api.set_ssh_keys([*keys, f"{ours} lora-pipeline"])
-        say(f"registered {settings['identity_file']}.pub with RunPod (kept the account's other "
-            f"{len(keys)} key(s))")
+        say(
+            f"registered {settings['identity_file']}.pub with RunPod (kept the account's other "
+            f"{len(keys)} key(s))"
+        )
         return
-    raise PodError(f"pods.{name}: the public half of {settings['identity_file']} is not among "
-                   f"your RunPod account's {len(keys)} registered SSH key(s), so the pod would "
-                   "boot, bill and refuse you. Add it (RunPod: Settings -> SSH Public Keys: "
-                   f"paste {settings['identity_file']}.pub), or set pods.{name}.register_ssh_key: "
-                   "true to let the graph add it; nothing was rented")
+    raise PodError(
+        f"pods.{name}: the public half of {settings['identity_file']} is not among "
+        f"your RunPod account's {len(keys)} registered SSH key(s), so the pod would "
+        "boot, bill and refuse you. Add it (RunPod: Settings -> SSH Public Keys: "
+        f"paste {settings['identity_file']}.pub), or set pods.{name}.register_ssh_key: "
+        "true to let the graph add it; nothing was rented"
+    )
 
 
 def bill(settings: dict, record: dict, say: Say | None = None) -> dict:
@@ -80,13 +89,21 @@ def bill(settings: dict, record: dict, say: Say | None = None) -> dict:
     for pod_id in record.get("pods") or [record["id"]]:
         answer = api.pod_billing(pod_id, _hour(record["created_at"]))
         got = (answer.get("metadata") or {}).get("totals") or {}
-        for ours, theirs in (("gpu_usd", "gpuAmount"), ("cpu_usd", "cpuAmount"),
-                             ("disk_usd", "diskAmount"), ("total_usd", "totalAmount")):
+        for ours, theirs in (
+            ("gpu_usd", "gpuAmount"),
+            ("cpu_usd", "cpuAmount"),
+            ("disk_usd", "diskAmount"),
+            ("total_usd", "totalAmount"),
+        ):
             totals[ours] += float(got.get(theirs) or 0)
-    return {**{k: round(v, 4) for k, v in totals.items()}, "pods": record.get("pods") or
-            [record["id"]], "from": record["created_at"], "read_at": now_iso(),
-            "note": "RunPod's billing can lag by up to a few hours; `python -m "
-                    "lora_style.training.remote_train bill ...` (docs/runpod.md) reads it again"}
+    return {
+        **{k: round(v, 4) for k, v in totals.items()},
+        "pods": record.get("pods") or [record["id"]],
+        "from": record["created_at"],
+        "read_at": now_iso(),
+        "note": "RunPod's billing can lag by up to a few hours; `python -m "
+        "lora_style.training.remote_train bill ...` (docs/runpod.md) reads it again",
+    }
 
 
 def _hour(iso: str) -> str:

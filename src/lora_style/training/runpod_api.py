@@ -37,8 +37,9 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 class RunPodError(PodError):
     """RunPod said no (or did not answer: status None); the message says what to change."""
 
-    def __init__(self, message: str, status: int | None = None, detail: str = "",
-                 errors: tuple[str, ...] = ()):
+    def __init__(
+        self, message: str, status: int | None = None, detail: str = "", errors: tuple[str, ...] = ()
+    ):
         super().__init__(message)
         self.status = status
         self.detail = detail
@@ -67,20 +68,24 @@ class _Retry(Retry):
         wait = super().get_backoff_time()
         return min(wait, max(left, 0.0)) if left is not None else wait
 
-    def increment(self, method=None, url=None, response=None, error=None, _pool=None,
-                  _stacktrace=None):
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
         fresh = super().increment(method, url, response, error, _pool, _stacktrace)
         told = fresh.get_retry_after(response) if response is not None else None
         wait = told if told is not None else fresh.get_backoff_time()
         left = self._left()
-        what = f"answered {response.status}" if response is not None else \
-            f"did not answer ({type(error).__name__})"
+        what = (
+            f"answered {response.status}"
+            if response is not None
+            else f"did not answer ({type(error).__name__})"
+        )
         if left is not None and (left <= 0.5 or (told is not None and told > left)):
             raise MaxRetryError(_pool, url, error or Exception(what))
         if self.say is not None:
-            self.say(f"RunPod's API {what} to {method} {url.split('?')[0]}; retrying in "
-                     f"{max(wait, 0.1):.0f} s" + (f" (giving up in {left / 60:.1f} min)"
-                                                   if left is not None else ""))
+            self.say(
+                f"RunPod's API {what} to {method} {url.split('?')[0]}; retrying in "
+                f"{max(wait, 0.1):.0f} s"
+                + (f" (giving up in {left / 60:.1f} min)" if left is not None else "")
+            )
         return fresh
 
 
@@ -92,15 +97,18 @@ def _advice(status: int | None, settings: dict, what: str) -> str:
     return {
         401: f"RunPod refused the API key in ${env}: check it (RunPod: Settings -> API Keys)",
         402: "your RunPod balance is too low for this pod: add credit (RunPod: Billing)",
-        403: (f"the API key in ${env} may not do this: give it read and write access to pods "
-              "(RunPod: Settings -> API Keys)"),
+        403: (
+            f"the API key in ${env} may not do this: give it read and write access to pods "
+            "(RunPod: Settings -> API Keys)"
+        ),
         404: "RunPod knows no such thing: a pod terminated meanwhile, or a wrong id",
         409: "RunPod refused that action in the pod's current state",
-        422: (f"RunPod found the request malformed: check {at} (gpu_type, image or template_id, "
-              "disk sizes)"),
+        422: (f"RunPod found the request malformed: check {at} (gpu_type, image or template_id, disk sizes)"),
         429: "RunPod's rate limit: wait a minute and run again",
-        400: (f"RunPod could not do it while {what}: no capacity for {at}.gpu_type in its "
-              f"cloud_type, or a rule of the request (see RunPod's words above)"),
+        400: (
+            f"RunPod could not do it while {what}: no capacity for {at}.gpu_type in its "
+            f"cloud_type, or a rule of the request (see RunPod's words above)"
+        ),
     }.get(status, f"check {at}")
 
 
@@ -116,9 +124,11 @@ class RunPodAPI:
             raise RunPodError(f"pods.{name}.api_url {self.url} {V1_GONE}; nothing was rented")
         key = os.environ.get(env, "").strip()
         if not key:
-            raise RunPodError(f"pods.{name}: the RunPod API key is read from ${env}, which is not "
-                              "set. Export it in the shell that runs snakemake (RunPod: Settings "
-                              "-> API Keys); nothing was rented")
+            raise RunPodError(
+                f"pods.{name}: the RunPod API key is read from ${env}, which is not "
+                "set. Export it in the shell that runs snakemake (RunPod: Settings "
+                "-> API Keys); nothing was rented"
+            )
         self.patience = 60 * float(settings.get("api_retry_minutes") or 5)
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
         self.retried = requests.Session()
@@ -129,27 +139,39 @@ class RunPodAPI:
         self.once.mount("https://", HTTPAdapter(max_retries=Retry(total=0, raise_on_status=False)))
 
     def _mount_retries(self) -> None:
-        retry = _Retry(total=None, connect=None, read=None, status=None, other=0,
-                       backoff_factor=1.0, backoff_max=30.0, status_forcelist=RETRY_STATUSES,
-                       allowed_methods=frozenset({"GET", "PUT", "DELETE", "POST"}),
-                       respect_retry_after_header=True, raise_on_status=False,
-                       say=self.say, deadline=time.monotonic() + self.patience)
+        retry = _Retry(
+            total=None,
+            connect=None,
+            read=None,
+            status=None,
+            other=0,
+            backoff_factor=1.0,
+            backoff_max=30.0,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=frozenset({"GET", "PUT", "DELETE", "POST"}),
+            respect_retry_after_header=True,
+            raise_on_status=False,
+            say=self.say,
+            deadline=time.monotonic() + self.patience,
+        )
         for scheme in ("http://", "https://"):
             self.retried.mount(scheme, HTTPAdapter(max_retries=retry))
 
     def call(self, method: str, path: str, what: str, retry: bool = True, **kwargs):
         """The JSON answer (None for an empty one); RunPodError with RunPod's words otherwise."""
         if retry:
-            self._mount_retries()     # each call has the whole patience
+            self._mount_retries()  # each call has the whole patience
         session = self.retried if retry else self.once
         try:
             response = session.request(method, f"{self.url}{path}", timeout=60, **kwargs)
         except requests.RequestException as exc:
             reason = getattr(exc, "args", [None])[0]
             reason = getattr(reason, "reason", reason)
-            raise RunPodError(f"RunPod's API at {self.url} did not answer while {what} "
-                              f"({type(reason).__name__ if reason else type(exc).__name__}); "
-                              f"{_advice(None, self.settings, what)}") from None
+            raise RunPodError(
+                f"RunPod's API at {self.url} did not answer while {what} "
+                f"({type(reason).__name__ if reason else type(exc).__name__}); "
+                f"{_advice(None, self.settings, what)}"
+            ) from None
         if response.status_code < 400:
             return response.json() if response.content else None
         title, detail, errors = _problem(response)
@@ -183,11 +205,18 @@ class RunPodAPI:
     def action(self, pod_id: str, action: str) -> dict | None:
         """start, stop or terminate. A 409 (not valid in the pod's state) is read back: a stop of
         a pod already stopped, or a retried action whose first answer was lost, is done."""
-        done = {"stop": ("EXITED", "TERMINATED"), "terminate": ("TERMINATED",),
-                "start": ("PROVISIONING", "STARTING", "RUNNING")}[action]
+        done = {
+            "stop": ("EXITED", "TERMINATED"),
+            "terminate": ("TERMINATED",),
+            "start": ("PROVISIONING", "STARTING", "RUNNING"),
+        }[action]
         try:
-            return self.call("POST", f"/pods/{pod_id}/action", f"asking RunPod to {action} the pod",
-                             json={"action": action})
+            return self.call(
+                "POST",
+                f"/pods/{pod_id}/action",
+                f"asking RunPod to {action} the pod",
+                json={"action": action},
+            )
         except RunPodError as exc:
             if exc.status not in (404, 409):
                 raise
@@ -200,23 +229,24 @@ class RunPodAPI:
         try:
             self.call("DELETE", f"/pods/{pod_id}", "terminating the pod")
         except RunPodError as exc:
-            if exc.status != 404:       # gone already
+            if exc.status != 404:  # gone already
                 raise
 
     # --- account, catalog, billing, volumes ---
 
     def ssh_keys(self) -> list[str]:
-        return (self.call("GET", "/account/ssh-keys", "reading the account's SSH keys")
-                or {}).get("keys", [])
+        return (self.call("GET", "/account/ssh-keys", "reading the account's SSH keys") or {}).get("keys", [])
 
     def set_ssh_keys(self, keys: list[str]) -> list[str]:
-        return (self.call("PUT", "/account/ssh-keys", "registering the SSH key",
-                          json={"keys": keys}) or {}).get("keys", [])
+        return (
+            self.call("PUT", "/account/ssh-keys", "registering the SSH key", json={"keys": keys}) or {}
+        ).get("keys", [])
 
     def gpu_catalog(self, cloud: str, count: int) -> list[dict]:
         params = {"include": "AVAILABILITY", "product": "POD", "cloud": cloud, "count": count}
-        return (self.call("GET", "/catalog/gpus", "reading RunPod's GPU catalog", params=params)
-                or {}).get("gpus", [])
+        return (self.call("GET", "/catalog/gpus", "reading RunPod's GPU catalog", params=params) or {}).get(
+            "gpus", []
+        )
 
     def pod_billing(self, pod_id: str, start: str, end: str | None = None) -> dict:
         params = {"podId": pod_id, "startTime": start, "bucketSize": "hour"}
@@ -236,8 +266,7 @@ def _problem(response) -> tuple[str, str, tuple[str, ...]]:
         body = None
     if isinstance(body, dict) and ("detail" in body or "title" in body):
         errors = tuple(str(e) for e in body.get("errors") or [])
-        return (str(body.get("title") or response.reason), str(body.get("detail") or "")[:500],
-                errors)
+        return (str(body.get("title") or response.reason), str(body.get("detail") or "")[:500], errors)
     return response.reason or "", response.text.strip()[:500], ()
 
 

@@ -54,7 +54,7 @@ def age(iso: str) -> str:
         then = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
         return "at an unknown time"
-    minutes = (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds() / 60
+    minutes = (datetime.datetime.now(datetime.UTC) - then).total_seconds() / 60
     if minutes < 90:
         return f"{max(minutes, 0):.0f} min ago"
     if minutes < 48 * 60:
@@ -71,12 +71,18 @@ def alternatives(gpus: list[dict], cloud: str, count: int, need: dict | None) ->
     need = need or {}
     memory = need.get("memory_gb")
     lines = []
-    fitting = [g for g in gpus if _in_stock(g) and (not memory or g.get("memory", 0) >= memory)
-               and (g.get("maxCount") or {}).get(cloud.lower(), count) >= count]
+    fitting = [
+        g
+        for g in gpus
+        if _in_stock(g)
+        and (not memory or g.get("memory", 0) >= memory)
+        and (g.get("maxCount") or {}).get(cloud.lower(), count) >= count
+    ]
     for gpu in sorted(fitting, key=lambda g: (g.get("price") or {}).get(cloud.lower()) or 1e9):
         price = (gpu.get("price") or {}).get(cloud.lower())
-        text = (f"  {gpu['id']} ({gpu.get('memory', '?')} GB, {gpu['availability'].lower()} stock)"
-                + (f": ${price:.2f}/h a GPU" if price else ""))
+        text = f"  {gpu['id']} ({gpu.get('memory', '?')} GB, {gpu['availability'].lower()} stock)" + (
+            f": ${price:.2f}/h a GPU" if price else ""
+        )
         rate = steps_per_hour(need["profile"], gpu["id"]) if need.get("profile") else None
         if price and rate and need.get("steps"):
             hours = need["steps"] / rate
@@ -95,25 +101,41 @@ def check_stock(api, settings: dict, need: dict | None, workdir: Path, say: Say)
     entry = next((g for g in gpus if g.get("id") == wanted), None)
     if entry is not None and _in_stock(entry):
         price = (entry.get("price") or {}).get(cloud.lower())
-        say(f"{short_gpu(wanted)} is in stock in RunPod's {cloud} cloud ({entry['availability'].lower()})"
-            + (f", list price ${price:.2f}/h a GPU" if price else ""))
+        say(
+            f"{short_gpu(wanted)} is in stock in RunPod's {cloud} cloud ({entry['availability'].lower()})"
+            + (f", list price ${price:.2f}/h a GPU" if price else "")
+        )
         return
     name = settings.get("name", "?")
-    why = (f"RunPod's catalog has no GPU type {wanted!r}" if entry is None
-           else f"no {wanted} is in stock in RunPod's {cloud} cloud now")
+    why = (
+        f"RunPod's catalog has no GPU type {wanted!r}"
+        if entry is None
+        else f"no {wanted} is in stock in RunPod's {cloud} cloud now"
+    )
     memory = (need or {}).get("memory_gb")
     lines = alternatives(gpus, cloud, count, need)
-    head = (f"In stock now with at least {memory:.0f} GB a GPU (preflight's estimate for this run):"
-            if memory else "In stock now:")
-    raise PodError("\n".join([
-        f"{why}; nothing was rented.",
-        *([head, *lines] if lines else [f"{head} none"]),
-        f"Set pods.{name}.gpu_type to one of them (RunPod's id, as above), try pods.{name}."
-        "cloud_type: COMMUNITY, or run again later.",
-    ]))
+    head = (
+        f"In stock now with at least {memory:.0f} GB a GPU (preflight's estimate for this run):"
+        if memory
+        else "In stock now:"
+    )
+    raise PodError(
+        "\n".join(
+            [
+                f"{why}; nothing was rented.",
+                *([head, *lines] if lines else [f"{head} none"]),
+                f"Set pods.{name}.gpu_type to one of them (RunPod's id, as above), try pods.{name}."
+                "cloud_type: COMMUNITY, or run again later.",
+            ]
+        )
+    )
 
 
 def refresh(api, settings: dict, workdir: Path) -> Path:
     """`python -m lora_style.training.remote_train prices`: read the catalog now, for the plan's cost line."""
-    return save_catalog(workdir, settings["cloud_type"], int(settings["gpu_count"]),
-                        api.gpu_catalog(settings["cloud_type"], int(settings["gpu_count"])))
+    return save_catalog(
+        workdir,
+        settings["cloud_type"],
+        int(settings["gpu_count"]),
+        api.gpu_catalog(settings["cloud_type"], int(settings["gpu_count"])),
+    )

@@ -8,7 +8,7 @@ the config it validates, and a pod entry built by hand (a test, the executor's C
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -18,7 +18,7 @@ from lora_style.paths import SCHEMA
 from .messages import PodError
 
 
-@lru_cache(maxsize=None)
+@cache
 def defaults() -> dict:
     """{key: default} of a pods: entry, from the schema."""
     schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))

@@ -9,13 +9,13 @@ checkpoint, when an attempt is alive) are written once. Scripts answer in ``@@ke
 from __future__ import annotations
 
 from collections import defaultdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
-@lru_cache(maxsize=None)
+@cache
 def script(name: str) -> str:
     """The text of <name> beside this module with lib.sh's functions in front (after a #! line)."""
     body = (HERE / name).read_text(encoding="utf-8")

@@ -48,9 +48,11 @@ class SlurmExecutor(Executor):
             # The budget's guard watches the trainings of the machine it runs on; a job runs on
             # a compute node. Refused rather than silently not kept.
             at = f"pods.{settings.get('name', '?')}"
-            raise PodError(f"{at}.{budget[0]}: a budget is not kept on a Slurm cluster (its guard "
-                           f"cannot see the compute nodes); remove it, and bound each job with "
-                           f"{at}.time instead")
+            raise PodError(
+                f"{at}.{budget[0]}: a budget is not kept on a Slurm cluster (its guard "
+                f"cannot see the compute nodes); remove it, and bound each job with "
+                f"{at}.time instead"
+            )
         login = {**settings, "executor": "ssh" if settings.get("host") else "local"}
         self._login = (SSHExecutor if settings.get("host") else LocalExecutor)(login, workdir)
         super().__init__(settings, workdir)
@@ -76,8 +78,7 @@ class SlurmExecutor(Executor):
     def bytes_received(self, value: int) -> None:
         self._login.bytes_received = value
 
-    def sh(self, script: str, timeout: float | None = 600, args: tuple = (),
-           stdin: bytes = b"") -> Result:
+    def sh(self, script: str, timeout: float | None = 600, args: tuple = (), stdin: bytes = b"") -> Result:
         return self._login.sh(script, timeout, args, stdin)
 
     def put(self, local_dir: Path, remote_dir: str, say=None, bwlimit_kib=None, **more) -> None:
@@ -100,24 +101,38 @@ class SlurmExecutor(Executor):
 
     def submit_job(self, run_dir: str, session: str, cli: str) -> dict[str, list[str]]:
         """sbatch slurm_job.sh in the run folder, unless its job is queued or running."""
-        result = self.run("slurm_submit.sh", run_dir, session, cli, shell.script("slurm_job.sh"),
-                          *sbatch_options(self.settings), timeout=120)
+        result = self.run(
+            "slurm_submit.sh",
+            run_dir,
+            session,
+            cli,
+            shell.script("slurm_job.sh"),
+            *sbatch_options(self.settings),
+            timeout=120,
+        )
         facts, at = result.facts, f"pods.{self.name}"
         if "no_sbatch" in facts:
-            raise PodError(f"sbatch is not found on {self.where()}: Slurm's commands must be on the "
-                           f"PATH of a non-interactive login there (or set {at}.host to a login node)")
+            raise PodError(
+                f"sbatch is not found on {self.where()}: Slurm's commands must be on the "
+                f"PATH of a non-interactive login there (or set {at}.host to a login node)"
+            )
         if "unknown" in facts:
-            raise PodError(f"Slurm on {self.where()} does not answer about job "
-                           f"{shell.first(facts, 'unknown')} of this run, which may still run, so no "
-                           "second job was submitted; run again once `squeue` answers there")
+            raise PodError(
+                f"Slurm on {self.where()} does not answer about job "
+                f"{shell.first(facts, 'unknown')} of this run, which may still run, so no "
+                "second job was submitted; run again once `squeue` answers there"
+            )
         if "sbatch_failed" in facts:
             said = " / ".join(facts.get("sbatch_said", [])) or "no message"
-            raise PodError(f"sbatch refused the job on {self.where()} (exit "
-                           f"{shell.first(facts, 'sbatch_failed')}): {said}. Check {at}.partition, "
-                           f"{at}.gpus, {at}.time and {at}.sbatch_args against `sinfo` there")
+            raise PodError(
+                f"sbatch refused the job on {self.where()} (exit "
+                f"{shell.first(facts, 'sbatch_failed')}): {said}. Check {at}.partition, "
+                f"{at}.gpus, {at}.time and {at}.sbatch_args against `sinfo` there"
+            )
         if not ({"job", "already", "busy"} & set(facts)):
-            raise PodError(f"submitting to {self.where()} failed (exit {result.rc}): "
-                           f"{result.err.strip()[-500:]}")
+            raise PodError(
+                f"submitting to {self.where()} failed (exit {result.rc}): {result.err.strip()[-500:]}"
+            )
         facts["detach"] = ["sbatch"]
         return facts
 
@@ -125,8 +140,7 @@ class SlurmExecutor(Executor):
         """Slurm's checks in place of the login node's own GPUs (slurm_probe.sh, one command)."""
         facts = self.run("slurm_probe.sh", timeout=120).facts
         report.checks = [c for c in report.checks if not c.name.startswith("GPU")]
-        report.checks += slurm_checks(facts, {"name": self.name, **self.settings}, args,
-                                      report.memory)
+        report.checks += slurm_checks(facts, {"name": self.name, **self.settings}, args, report.memory)
         report.detach = "sbatch"
 
 
@@ -152,7 +166,7 @@ class Node:
     name: str
     partition: str
     default: bool
-    avail: str       # up, down, drain, inact
+    avail: str  # up, down, drain, inact
     time_limit: str  # as sinfo prints it: infinite, 2:00, 1-00:00:00
     gres: str
 
@@ -168,8 +182,7 @@ def parse_nodes(lines: list[str]) -> list[Node]:
         parts = line.split()
         if len(parts) == 5:
             name, partition, avail, limit, gres = parts
-            nodes.append(Node(name, partition.rstrip("*"), partition.endswith("*"), avail, limit,
-                              gres))
+            nodes.append(Node(name, partition.rstrip("*"), partition.endswith("*"), avail, limit, gres))
     return nodes
 
 
@@ -210,39 +223,70 @@ def slurm_checks(facts: dict, settings: dict, args: dict, memory=None) -> list[C
     missing = [tool for tool in ("sbatch", "squeue", "sinfo") if tool not in tools]
     if missing:
         where = "the login node's" if settings.get("host") else "this machine's"
-        return [Check("Slurm", False, f"{', '.join(missing)} not found on {where} PATH (a "
-                      "non-interactive shell's)",
-                      f"set {at}.host to the cluster's login node, where Slurm's commands must be on "
-                      "the PATH without an interactive login (no `module load` needed)")]
+        return [
+            Check(
+                "Slurm",
+                False,
+                f"{', '.join(missing)} not found on {where} PATH (a non-interactive shell's)",
+                f"set {at}.host to the cluster's login node, where Slurm's commands must be on "
+                "the PATH without an interactive login (no `module load` needed)",
+            )
+        ]
     checks = [Check("Slurm", True, f"sbatch at {tools['sbatch']}")]
     if shell.first(facts, "sinfo_rc") != "0":
         said = " / ".join(facts.get("sinfo_said", [])) or "no message"
-        return checks + [Check("partition", False, f"sinfo failed: {said}",
-                               "is the cluster's controller up? Try `sinfo` on the login node")]
+        return checks + [
+            Check(
+                "partition",
+                False,
+                f"sinfo failed: {said}",
+                "is the cluster's controller up? Try `sinfo` on the login node",
+            )
+        ]
     nodes = parse_nodes(facts.get("node", []))
     partitions = sorted({n.partition for n in nodes})
     wanted = settings.get("partition") or next((n.partition for n in nodes if n.default), "")
     known = f"this cluster has {', '.join(partitions) or 'none'}"
     if not wanted or wanted not in partitions:
-        detail = (f"{at}.partition '{wanted}' is not a partition of this cluster ({known})"
-                  if wanted else f"{at}.partition is not set and the cluster has no default ({known})")
+        detail = (
+            f"{at}.partition '{wanted}' is not a partition of this cluster ({known})"
+            if wanted
+            else f"{at}.partition is not set and the cluster has no default ({known})"
+        )
         return checks + [Check("partition", False, detail, f"set {at}.partition to one of them")]
     mine = [n for n in nodes if n.partition == wanted]
     limit = mine[0].time_limit
     if mine[0].avail != "up":
-        checks.append(Check("partition", False, f"partition {wanted} is {mine[0].avail}: a job "
-                            "would wait there without starting",
-                            f"set {at}.partition to another one ({known}), or ask the admins"))
+        checks.append(
+            Check(
+                "partition",
+                False,
+                f"partition {wanted} is {mine[0].avail}: a job would wait there without starting",
+                f"set {at}.partition to another one ({known}), or ask the admins",
+            )
+        )
     else:
         checks.append(Check("partition", True, f"{wanted}: {len(mine)} node(s), time limit {limit}"))
     checks.append(time_check(settings, wanted, limit, at))
     nodes = int(settings.get("nodes") or 1)
     if nodes > len(mine):
-        checks.append(Check("nodes", False, f"{at}.nodes is {nodes}, but partition {wanted} has "
-                            f"{len(mine)} node(s)", f"set {at}.nodes to {len(mine)} or less"))
+        checks.append(
+            Check(
+                "nodes",
+                False,
+                f"{at}.nodes is {nodes}, but partition {wanted} has {len(mine)} node(s)",
+                f"set {at}.nodes to {len(mine)} or less",
+            )
+        )
     elif nodes > 1:
-        checks.append(Check("nodes", True, f"{nodes} nodes train one run: torchrun across them, "
-                            f"{world_size(settings)} process(es) on each"))
+        checks.append(
+            Check(
+                "nodes",
+                True,
+                f"{nodes} nodes train one run: torchrun across them, "
+                f"{world_size(settings)} process(es) on each",
+            )
+        )
     checks += gpu_checks(settings, args, mine, wanted, at, memory)
     return checks
 
@@ -252,39 +296,74 @@ def time_check(settings: dict, partition: str, limit: str, at: str) -> Check:
     try:
         seconds = parse_time(asked) if asked is not None else None
     except ValueError:
-        return Check("time limit", False, f"{at}.time '{asked}' is not a Slurm time",
-                     f"write {at}.time as minutes, HH:MM:SS or D-HH:MM:SS")
+        return Check(
+            "time limit",
+            False,
+            f"{at}.time '{asked}' is not a Slurm time",
+            f"write {at}.time as minutes, HH:MM:SS or D-HH:MM:SS",
+        )
     most = parse_time(limit)
     if seconds is not None and most is not None and seconds > most:
-        return Check("time limit", False, f"{at}.time {asked} is over partition {partition}'s "
-                     f"limit of {limit}: the job would be refused or wait forever",
-                     f"set {at}.time to {limit} or less: a training that runs out of time goes on "
-                     "from its last checkpoint in a new job")
-    return Check("time limit", True, f"{asked if asked is not None else 'the partition default'} "
-                 f"per job (partition limit {limit}); a job that runs out of time is resubmitted "
-                 "and resumes from its last checkpoint")
+        return Check(
+            "time limit",
+            False,
+            f"{at}.time {asked} is over partition {partition}'s "
+            f"limit of {limit}: the job would be refused or wait forever",
+            f"set {at}.time to {limit} or less: a training that runs out of time goes on "
+            "from its last checkpoint in a new job",
+        )
+    return Check(
+        "time limit",
+        True,
+        f"{asked if asked is not None else 'the partition default'} "
+        f"per job (partition limit {limit}); a job that runs out of time is resubmitted "
+        "and resumes from its last checkpoint",
+    )
 
 
-def gpu_checks(settings: dict, args: dict, nodes: list[Node], partition: str, at: str,
-               memory) -> list[Check]:
+def gpu_checks(settings: dict, args: dict, nodes: list[Node], partition: str, at: str, memory) -> list[Check]:
     asked = int(settings.get("gpus") or 0)
     most = max(n.gpus for n in nodes)
     gres = ", ".join(sorted({n.gres for n in nodes}))
     cuda = needs_cuda(args)
     if asked > most:
-        return [Check("GPUs", False, f"{at}.gpus is {asked}, but the nodes of partition {partition} "
-                      f"have at most {most} (gres: {gres})",
-                      f"set {at}.gpus to {most} or less, or choose a partition with more GPUs per "
-                      "node (`sinfo -o '%P %G'` on the login node)")]
+        return [
+            Check(
+                "GPUs",
+                False,
+                f"{at}.gpus is {asked}, but the nodes of partition {partition} "
+                f"have at most {most} (gres: {gres})",
+                f"set {at}.gpus to {most} or less, or choose a partition with more GPUs per "
+                "node (`sinfo -o '%P %G'` on the login node)",
+            )
+        ]
     if cuda and not asked:
-        return [Check("GPUs", False, f"the profile sets {', '.join(cuda)}, which need CUDA, but "
-                      f"{at}.gpus is not set, so the job would get no GPU",
-                      f"set {at}.gpus (the nodes of partition {partition} have up to {most})")]
+        return [
+            Check(
+                "GPUs",
+                False,
+                f"the profile sets {', '.join(cuda)}, which need CUDA, but "
+                f"{at}.gpus is not set, so the job would get no GPU",
+                f"set {at}.gpus (the nodes of partition {partition} have up to {most})",
+            )
+        ]
     if not asked:
         return [Check("GPUs", True, "none asked for: CPU training (the profile needs no CUDA)")]
-    checks = [Check("GPUs", True, f"{asked} per job (--gres=gpu:{asked}), one training process "
-                    f"each; the nodes of partition {partition} have up to {most}")]
+    checks = [
+        Check(
+            "GPUs",
+            True,
+            f"{asked} per job (--gres=gpu:{asked}), one training process "
+            f"each; the nodes of partition {partition} have up to {most}",
+        )
+    ]
     if memory is not None:
-        checks.append(Check("GPU memory", True, f"the run needs {memory.describe()}; not measured "
-                            "from the login node: the partition's GPUs must hold it"))
+        checks.append(
+            Check(
+                "GPU memory",
+                True,
+                f"the run needs {memory.describe()}; not measured "
+                "from the login node: the partition's GPUs must hold it",
+            )
+        )
     return checks
