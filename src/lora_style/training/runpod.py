@@ -183,8 +183,8 @@ def _start(api: RunPodAPI, settings: dict, pod: dict, name: str, say: Say) -> di
     try:
         return api.action(pod["id"], "start") or pod
     except RunPodError as exc:
-        if exc.status not in (400, 409, 422) and not (exc.status or 0) >= 500:
-            raise
+        if exc.status != 400:  # RunPod's refusal to place it; an outage or a bad key is no reason
+            raise  # to give the pod up
         if settings.get("network_volume_id"):
             return _replace(api, settings, pod, name, say)
         raise PodError(
