@@ -13,7 +13,7 @@ help:
 	@echo "make demo   build the whole graph on the embedded sample (tiny model, local CPU) in demo/"
 	@echo "make test   run the test suite"
 	@echo "make test-unit  the in-process tier only (tests/unit: no subprocess, no .venv-pod; seconds)"
-	@echo "make lint   snakemake --lint, snakefmt --check, shellcheck, the conda pins (tests/test_lint.py)"
+	@echo "make lint   snakemake --lint, snakefmt --check, shellcheck, the conda pins (tests/graph/test_lint.py)"
 	@echo "make bench  the graph's own work against its floors, one table of ratios in bench/results.md (~10 min)"
 	@echo "make gpu-wheels     the wheels the GPU check carries, in .whl/, and the size of one device call"
 	@echo "make gpu-check-cpu  the GPU check rehearsed on this CPU, up to what needs CUDA (bench/gpu/README.md)"
@@ -56,7 +56,7 @@ test-unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest tests/test_lint.py
+	$(VENV)/bin/python -m pytest tests/graph/test_lint.py
 
 # Reports, gates nothing (not part of `make test`): see bench/run.py and docs/performance.md.
 bench: venvs

@@ -78,7 +78,7 @@ def layer(module: str) -> int:
     for number, members in enumerate(LAYERS):
         if module in members or any(module.startswith(m + ".") for m in members if m != "lora_style"):
             return number
-    raise AssertionError(f"{module}: in no layer of tests/test_architecture.py; add it")
+    raise AssertionError(f"{module}: in no layer of tests/unit/test_architecture.py; add it")
 
 
 def test_imports_go_one_way():

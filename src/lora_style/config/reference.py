@@ -2,7 +2,7 @@
 
 Each key's `description`, type, default, allowed values and bounds come from
 config/schema/config.schema.yaml, so the page cannot drift from what the workflow checks
-(tests/test_docs.py regenerates it and compares). Regenerate it after a schema edit:
+(tests/unit/test_docs.py regenerates it and compares). Regenerate it after a schema edit:
 
     python scripts/config_reference.py            # or: python -m lora_style.config.reference
 """

@@ -3,7 +3,7 @@
 The rule is the JSON schema below (an object with the string fields instruction, input and
 output), plus two the schema cannot say (a blank output, a blank prompt). It is checked with
 plain type checks: per line, jsonschema's validator cost four to five times the json.loads of
-the line (18 us against 4 us on bench/'s data) for the same rule. tests/test_validate_dataset.py
+the line (18 us against 4 us on bench/'s data) for the same rule. tests/graph/test_validate_dataset.py
 holds the two to the same verdicts and messages on every combination of value types.
 """
 

@@ -312,7 +312,7 @@ class SSHExecutor(Executor):
         ignore_times: bool = False,
     ) -> list[str]:
         """The rsync command line. Only options that macOS's rsync (openrsync, macOS 15 on) also
-        has: no --info, --mkpath or --append-verify (tests/test_mac_userland.py pins them)."""
+        has: no --info, --mkpath or --append-verify (tests/graph/test_mac_userland.py pins them)."""
         argv = [
             "rsync",
             "-a",

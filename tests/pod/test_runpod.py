@@ -4,7 +4,7 @@ tests/helpers/fake_runpod.py plays RunPod's REST API v2: it checks every request
 against the published OpenAPI spec and starts a real sshd on 127.0.0.1 for each running pod,
 reachable only through ssh.direct and only with the account's registered keys (a new port and a
 new host key after each start, the volume kept across stop/start). Training runs for real over
-SSH with the tiny model, through the real graph. tests/test_runpod_rent.py covers renting itself
+SSH with the tiny model, through the real graph. tests/pod/test_runpod_rent.py covers renting itself
 (keys, stock, lost answers, retries, the guard) in-process.
 """
 

@@ -17,7 +17,7 @@ from lora_style.training.executor import SSHExecutor
 
 from helpers.workflow import REPO
 
-FIXTURE = Path(__file__).parent / "fixtures" / "openrsync_options.txt"
+FIXTURE = REPO / "tests" / "fixtures" / "openrsync_options.txt"
 
 
 def openrsync_options() -> tuple[set[str], set[str], set[str]]:

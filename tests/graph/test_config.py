@@ -15,7 +15,7 @@ from lora_style.data.dataset_info import dataset_info
 
 from helpers.workflow import REPO, SAMPLE_DATA, run_script, snakemake, write_config
 
-GUIDE_YAML = Path(__file__).parent / "fixtures" / "guide_qwen25_32b_lora.yaml"
+GUIDE_YAML = REPO / "tests" / "fixtures" / "guide_qwen25_32b_lora.yaml"
 DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 

@@ -17,7 +17,7 @@ from lora_style.data.dataset_info import DATA_FILE
 from helpers.workflow import REPO, SAMPLE_DATA, run_pod_python, run_script
 
 pytestmark = pytest.mark.pod
-POD_CHECKS = Path(__file__).parent / "pod_checks.py"
+POD_CHECKS = REPO / "tests" / "pod_checks.py"
 
 
 def pod_check(command: str, arg) -> dict:

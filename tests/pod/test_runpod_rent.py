@@ -2,7 +2,7 @@
 
 The fake (tests/helpers/fake_runpod.py) checks every request and answer against RunPod's v2 spec
 and runs a real sshd behind every running pod, which lets in only the account's registered keys.
-No training here (tests/test_runpod.py trains through the graph): these pin what happens before
+No training here (tests/pod/test_runpod.py trains through the graph): these pin what happens before
 and around it, where the money is: keys, stock, a lost create answer, a pod in ERROR, a host
 without GPUs, 429s and outages, the guard, the bill.
 """

@@ -150,7 +150,7 @@ def session(tmp_path_factory, tiny_model):
 
 def test_one_ssh_handshake_per_pod_job_and_nothing_left_open(session):
     # submit, wait and fetch for each of the two runs: six jobs, six logins (31 for one run before
-    # the jobs shared a connection: tests/test_pod_sessions.py's docstring, issue 12).
+    # the jobs shared a connection: tests/pod/test_pod_sessions.py's docstring, issue 12).
     assert session["sshd"].accepted() == 3 * len(RUNS)
     # Each job's control socket folder is gone, and no ssh master outlived the graph.
     assert list(session["private_tmp"].iterdir()) == []
