@@ -7,12 +7,13 @@ POD_VENV := .venv-pod
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 2
 
-.PHONY: demo test test-unit lint bench venvs clean-demo help gpu-wheels gpu-check-cpu
+.PHONY: demo test test-unit test-graph lint bench venvs clean-demo help gpu-wheels gpu-check-cpu
 
 help:
 	@echo "make demo   build the whole graph on the embedded sample (tiny model, local CPU) in demo/"
 	@echo "make test   run the test suite"
 	@echo "make test-unit  the in-process tier only (tests/unit: no subprocess, no .venv-pod; seconds)"
+	@echo "make test-graph tests/unit and tests/graph: Snakemake and the command lines, no .venv-pod, no sshd"
 	@echo "make lint   snakemake --lint, snakefmt --check, shellcheck, the conda pins (tests/graph/test_lint.py)"
 	@echo "make bench  the graph's own work against its floors, one table of ratios in bench/results.md (~10 min)"
 	@echo "make gpu-wheels     the wheels the GPU check carries, in .whl/, and the size of one device call"
@@ -54,6 +55,11 @@ test: venvs
 # The in-process tier: the checks, the plan, costs, estimates, the package's shape. Needs only .venv.
 test-unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# The in-process tier and the graph tier: dry and real Snakemake runs, the scripts' command lines,
+# MLX on the tiny model. Needs only .venv: no .venv-pod, no sshd, no Slurm (those are tests/pod).
+test-graph: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest --durations=15 tests/unit tests/graph $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/graph/test_lint.py

@@ -1,22 +1,15 @@
 """Several GPUs on one pod: LLaMA-Factory's own torchrun, DeepSpeed's ZeRO, the per-GPU estimate.
 
-The distributed path is exercised for real on this machine's CPU: the tiny profile trains with two
-processes under LLaMA-Factory's torchrun (FORCE_TORCHRUN=1 NPROC_PER_NODE=2, gloo), through the
-same run.sh and the local executor, and resumes after the whole training is killed. DeepSpeed is
-not installed on the CPU side (its CPU accelerator needs Intel's extension and oneCCL), so the
-two-process training is plain DDP; a profile naming a DeepSpeed config gets the file into its run
-folder, at the path train.yaml names.
+What needs no training: how many processes and how they are told, preflight's GPU count and
+per-GPU need, ZeRO in the estimate, the cost of every GPU, and a profile naming a DeepSpeed config
+getting the file into its run folder, at the path train.yaml names. The distributed path trained
+for real on this machine's CPU (two processes under LLaMA-Factory's torchrun, killed and resumed)
+is tests/pod/test_multi_gpu_training.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -25,10 +18,9 @@ from lora_style.config import train_yaml
 from lora_style.training import cost, estimate, launch, preflight, processes
 from lora_style.training.machines import make_executor
 
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
+from helpers.workflow import REPO
 
 PROFILES = REPO / "config" / "hparams"
-ADAPTER = "lora_adapters/style_peft"
 
 
 # ------------------------------------------------------------------ how many processes, told how
@@ -222,183 +214,3 @@ def test_the_run_folder_carries_the_deepspeed_config_and_the_process_count(tmp_p
     assert (run_dir / named).read_bytes() == (REPO / "config/deepspeed/ds_z3.json").read_bytes()
     assert (run_dir / "train.env").read_text().splitlines()[1:] == ["NPROC_PER_NODE=2", "FORCE_TORCHRUN=1"]
     assert json.loads((run_dir / "run.json").read_text())["inputs"]["deepspeed/ds_z3.json"]
-
-
-# ------------------------------------------------------------ two processes on this CPU, for real
-
-
-def two_process_config(tmp_path: Path, tiny_model: Path, **overrides) -> Path:
-    return write_config(
-        tmp_path / "config.yaml",
-        {
-            "runs": {
-                "style": {
-                    "data": str(SAMPLE_DATA),
-                    "base_model": str(tiny_model),
-                    "profile": "tiny_cpu",
-                    "pod": "here",
-                    "overrides": overrides,
-                }
-            },
-            "pods": {
-                "here": {
-                    "executor": "local",
-                    "remote_dir": "pod",
-                    "processes": 2,
-                    "llamafactory_cli": str(LLAMAFACTORY_CLI),
-                    "poll_seconds": 1,
-                }
-            },
-        },
-    )
-
-
-def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (torchrun's workers run in sessions of their own, so a
-    process group does not hold them all)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += children.get(found[-1], [])
-    return found
-
-
-def trainer_processes(run_dir: Path) -> list[int]:
-    """Trainer processes working in the run folder: llamafactory-cli, torchrun and the ranks
-    (llamafactory/launcher.py), by their working folder and command line."""
-    found = []
-    for cwd in Path("/proc").glob("[0-9]*/cwd"):
-        try:
-            if Path(os.readlink(cwd)) != run_dir.resolve():
-                continue
-            cmdline = (cwd.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        program = cmdline.split(b"\0", 1)[0]
-        if b"python" in program and (b"torchrun" in cmdline or b"llamafactory" in cmdline):
-            found.append(int(cwd.parent.name))  # (not run.sh, nor tmux: their arguments name the cli)
-    return found
-
-
-@pytest.mark.slow
-@pytest.mark.pod
-def test_the_tiny_profile_trains_with_two_processes_under_llamafactorys_torchrun(tmp_path, tiny_model):
-    config = two_process_config(tmp_path, tiny_model)
-    work = tmp_path / "work"
-    proc = snakemake(work, ADAPTER, configfile=config)
-    launch_record = json.loads((work / "results/style/train/launch.json").read_text())
-    run_dir = work / "pod" / launch_record["run_id"]
-    assert (run_dir / "train.env").read_text().splitlines()[1:] == [
-        "NPROC_PER_NODE=2",
-        "FORCE_TORCHRUN=1",
-        "ACCELERATE_TORCH_DEVICE=cpu",
-    ]
-    assert json.loads((run_dir / "run.json").read_text())["processes"] == 2
-    log = (run_dir / "train.log").read_text()
-    # LLaMA-Factory's launcher, then one trainer per rank, each in a world of two, on the CPU.
-    assert "Initializing 2 distributed tasks at: 127.0.0.1:" in log
-    for rank in (0, 1):
-        assert f"Process rank: {rank}, world size: 2, device: cpu, distributed training: True" in log
-    assert "distributed training: True" in log
-    assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log  # 2 x 2
-    assert (run_dir / "exit_code").read_text().strip() == "0"
-    # Each rank saved its own random state into the checkpoints: a resume restores both.
-    assert sorted(p.name for p in (run_dir / "output/checkpoint-10").glob("rng_state_*.pth")) == [
-        "rng_state_0.pth",
-        "rng_state_1.pth",
-    ]
-    summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
-    assert summary["total_steps"] == 10 and summary["selected_by"] == "min_eval_loss"
-    assert (work / ADAPTER / "adapter_model.safetensors").read_bytes() == (
-        run_dir / f"output/checkpoint-{summary['best_step']}/adapter_model.safetensors"
-    ).read_bytes()
-    assert "preflight: ok   GPUs: 2 CPU processes (gloo) under torchrun" in proc.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.pod
-def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_path, tiny_model):
-    """llamafactory-cli is killed mid-training (the OOM killer's pick, a `kill -9`; the guard's
-    budget stop signals it too). torchrun and its two workers must not train on unseen: run.sh
-    stops them, records the kill, and the next snakemake call resumes from the newest complete
-    checkpoint with two processes again."""
-    config = two_process_config(tmp_path, tiny_model, max_steps=300, save_steps=25, eval_steps=25)
-    work = tmp_path / "work"
-    work.mkdir()
-    out = open(tmp_path / "first.out", "w")
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(work),
-            "--cores",
-            "2",
-            f"--configfile={config}",
-            ADAPTER,
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    run_dir = None
-    while time.monotonic() < deadline and first.poll() is None:
-        dirs = (
-            [d for d in (work / "pod").glob("style-*") if (d / "run.sh").exists()]
-            if (work / "pod").exists()
-            else []
-        )
-        if dirs and len(complete(dirs[0])) >= 2:
-            run_dir = dirs[0]
-            break
-        time.sleep(0.2)
-    assert run_dir is not None, (tmp_path / "first.out").read_text()[-3000:]
-    run_sh = int((run_dir / "pid").read_text())
-    tree = descendants(run_sh)
-    assert len(tree) >= 5, tree  # run.sh, llamafactory-cli, torchrun, 2 workers
-    workers = trainer_processes(run_dir)
-    assert len(workers) == 4, workers  # llamafactory-cli, torchrun and both ranks
-    (cli,) = [pid for pid in tree if parent(pid) == run_sh]  # run.sh's one child
-    assert b"llamafactory-cli" in Path(f"/proc/{cli}/cmdline").read_bytes()
-    os.kill(cli, signal.SIGKILL)
-    first.wait(timeout=180)
-    said = (tmp_path / "first.out").read_text()
-    assert (run_dir / "exit_code").read_text().strip() == "137"
-    assert trainer_processes(run_dir) == [], "torchrun or a worker outlived llamafactory-cli"
-    assert first.returncode != 0 and "ended without finishing" in said
-    last = max(complete(run_dir))  # (a save may have finished meanwhile)
-    assert f"resumes from checkpoint-{last}" in said
-
-    snakemake(work, ADAPTER, configfile=config)
-    attempts = [line.split() for line in (run_dir / "attempts.log").read_text().splitlines()]
-    starts = [a for a in attempts if a[0] == "start"]
-    assert len(starts) == 2 and starts[1][2] == str(last)
-    log = (run_dir / "train.log").read_text()
-    assert log.count("Initializing 2 distributed tasks") == 2
-    assert "Resuming training from checkpoint with epoch" in log and f"global step {last}" in log
-    assert json.loads((run_dir / "output/trainer_state.json").read_text())["global_step"] == 300
-    assert json.loads((work / ADAPTER / "training_summary.json").read_text())["total_steps"] == 300
-    assert trainer_processes(run_dir) == [], "no trainer left behind"
-
-
-def complete(run_dir: Path) -> list[int]:
-    return sorted(
-        int(p.name.split("-")[1])
-        for p in (run_dir / "output").glob("checkpoint-*")
-        if (p / "trainer_state.json").exists()
-    )

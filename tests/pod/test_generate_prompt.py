@@ -90,27 +90,3 @@ def test_guide_prompt_form_renders_the_same(llamafactory_prompt_ids, mlx_tokeniz
     instruction, input_ = split_guide_prompt(f"{example['instruction']} ### {example['input']}")
     rendered = render_prompt(instruction, input_, load_template("qwen"))
     assert generate.encode_prompt(mlx_tokenizer, rendered) == llamafactory_prompt_ids[0]
-
-
-def test_read_prompts_reports_file_and_line(tmp_path):
-    path = tmp_path / "heldout.jsonl"
-    path.write_text('{"instruction": "a", "input": "b"}\n\n{"instruction": 3}\n')
-    with pytest.raises(generate.GenerateError, match=r"heldout.jsonl:3: expected"):
-        generate.read_prompts(path)
-
-
-def test_samples_markdown_keeps_generated_text_verbatim():
-    text = generate.samples_markdown(
-        "Samples: x",
-        "intro",
-        [
-            {
-                "instruction": "Write.",
-                "input": "",
-                "output": "# not a heading\n```code```",
-                "rendered": "<|im_start|>...",
-            }
-        ],
-    )
-    assert "````text\n# not a heading\n```code```\n````" in text
-    assert "## 1. Write." in text
