@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from lora_style.training import preflight, shell
+from lora_style.training import pod_setup, preflight, shell
 from lora_style.training.executor import LocalExecutor
 
 from helpers.workflow import LLAMAFACTORY_CLI, REPO
@@ -178,7 +178,7 @@ def test_setup_plan_installs_what_a_fresh_pod_lacks_the_guides_way():
         "cli": ["/usr/local/bin/llamafactory-cli"],
         "missing_modules": ["nltk jieba bitsandbytes"],
     }
-    plan = preflight.setup_plan(fresh)
+    plan = pod_setup.setup_plan(fresh)
     assert [step["install"] for step in plan] == ["tmux", "llamafactory[metrics,bitsandbytes,qwen]"]
     assert "apt-get install -y -qq tmux" in plan[0]["command"]
     # The guide's extras by name: LLaMA-Factory 0.9.5 declares none, so `.[metrics,...]` would
@@ -198,7 +198,7 @@ def test_setup_plan_installs_what_a_fresh_pod_lacks_the_guides_way():
         "transformers_stream_generator",
     ]
     # Without the template's checkout: the wheel has no extras, so their packages by name.
-    plan = preflight.setup_plan({"ok": [""], "tmux": ["tmux 3.3a"], "python": ["/usr/bin/env python3"]})
+    plan = pod_setup.setup_plan({"ok": [""], "tmux": ["tmux 3.3a"], "python": ["/usr/bin/env python3"]})
     (step,) = plan
     assert shlex.split(step["command"])[:5] == ["/usr/bin/env", "python3", "-m", "pip", "install"]
     assert "llamafactory==0.9.5" in step["command"] and "bitsandbytes>=0.39.0" in step["command"]
@@ -212,14 +212,14 @@ def test_setup_for_the_ssh_executor_installs_rsync_with_tmux():
         "python": ["/x/python"],
         "missing_modules": [""],
     }
-    (step,) = preflight.setup_plan(fresh, rsync=True)
+    (step,) = pod_setup.setup_plan(fresh, rsync=True)
     assert step["install"] == "tmux rsync"
     assert step["command"].endswith("apt-get install -y -qq tmux rsync")
-    (step,) = preflight.setup_plan({**fresh, "tmux": ["tmux 3.3a"]}, rsync=True)
+    (step,) = pod_setup.setup_plan({**fresh, "tmux": ["tmux 3.3a"]}, rsync=True)
     assert step["install"] == "rsync" and step["command"].endswith("apt-get install -y -qq rsync")
-    assert preflight.setup_plan({**fresh, "tmux": ["tmux 3.3a"], "rsync": [""]}, rsync=True) == []
+    assert pod_setup.setup_plan({**fresh, "tmux": ["tmux 3.3a"], "rsync": [""]}, rsync=True) == []
     # No apt-get: nothing to run, but the plan says what to install by hand.
-    plan = preflight.setup_plan(
+    plan = pod_setup.setup_plan(
         {"ok": [""], "cli": ["/x/llamafactory-cli"], "missing_modules": [""]}, rsync=True
     )
     assert [(s["install"], s["command"]) for s in plan] == [("tmux", None), ("rsync", None)]
@@ -235,7 +235,7 @@ def test_setup_is_idempotent_a_ready_pod_needs_nothing():
         "python": ["/x/python"],
         "missing_modules": [""],
     }
-    assert preflight.setup_plan(ready) == []
+    assert pod_setup.setup_plan(ready) == []
 
 
 def test_setup_script_runs_logs_and_records(tmp_path):
@@ -246,7 +246,7 @@ def test_setup_script_runs_logs_and_records(tmp_path):
         {"install": "nothing", "command": None},
     ]
     proc = subprocess.run(
-        shell.argv("setup.sh", *preflight.setup_args(plan, str(tmp_path / "runs"))),
+        shell.argv("setup.sh", *pod_setup.setup_args(plan, str(tmp_path / "runs"))),
         capture_output=True,
         text=True,
     )
@@ -263,7 +263,7 @@ def test_setup_probe_reports_missing_modules_here(tmp_path):
     # The pod environment here has LLaMA-Factory but not the guide's extras.
     missing = " ".join(facts["missing_modules"]).split()
     assert "bitsandbytes" in missing and "llamafactory" not in missing
-    assert [s["install"] for s in preflight.setup_plan(facts)][-1].startswith("llamafactory[")
+    assert [s["install"] for s in pod_setup.setup_plan(facts)][-1].startswith("llamafactory[")
 
 
 def test_llamafactory_declares_no_extras_so_setup_names_the_packages():
@@ -288,7 +288,7 @@ def test_setup_installs_the_runs_own_packages_where_missing_or_refused():
         "missing_modules": [""],
         "import": ["bitsandbytes 0 0.42.0", "deepspeed 1 ModuleNotFoundError: No module named"],
     }
-    (step,) = preflight.setup_plan(pod, needs=needs)
+    (step,) = pod_setup.setup_plan(pod, needs=needs)
     assert step["missing"] == ["bitsandbytes", "deepspeed"]
     assert shlex.split(step["command"]) == [
         "/x/python",
@@ -300,9 +300,9 @@ def test_setup_installs_the_runs_own_packages_where_missing_or_refused():
         "deepspeed>=0.10.0,<=0.16.9",
     ]
     ready = {**pod, "import": ["bitsandbytes 0 0.45.0", "deepspeed 0 0.16.4"]}
-    assert preflight.setup_plan(ready, needs=needs) == []
+    assert pod_setup.setup_plan(ready, needs=needs) == []
     # A fresh pod: the run's packages go into the one LLaMA-Factory install.
-    (step,) = preflight.setup_plan({"ok": [""], "tmux": ["tmux 3.3a"]}, needs=needs)
+    (step,) = pod_setup.setup_plan({"ok": [""], "tmux": ["tmux 3.3a"]}, needs=needs)
     assert shlex.split(step["command"])[-2:] == ["bitsandbytes>=0.43.0", "deepspeed>=0.10.0,<=0.16.9"]
 
 
@@ -316,11 +316,11 @@ def test_setup_on_a_slurm_login_node_plans_no_tmux_and_no_apt_get():
         "python": ["/x/python"],
         "missing_modules": ["bitsandbytes"],
     }
-    (step,) = preflight.setup_plan(login, login_node=True)
+    (step,) = pod_setup.setup_plan(login, login_node=True)
     assert step["install"] == "llamafactory[metrics,bitsandbytes,qwen]"
-    assert preflight.setup_plan({**login, "missing_modules": [""]}, login_node=True) == []
-    (step,) = preflight.setup_plan({**login, "missing_modules": [""]}, rsync=True, login_node=True)
+    assert pod_setup.setup_plan({**login, "missing_modules": [""]}, login_node=True) == []
+    (step,) = pod_setup.setup_plan({**login, "missing_modules": [""]}, rsync=True, login_node=True)
     assert step["command"] is None and "by hand" in step["note"]
     # The same facts on a pod: apt-get installs tmux and rsync.
-    (step,) = preflight.setup_plan({**login, "missing_modules": [""]}, rsync=True)
+    (step,) = pod_setup.setup_plan({**login, "missing_modules": [""]}, rsync=True)
     assert step["command"].endswith("apt-get install -y -qq tmux rsync")

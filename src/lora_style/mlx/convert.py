@@ -159,10 +159,11 @@ def verify(out_dir: Path, base_config: dict | None) -> str:
         from mlx_lm.tuner.utils import load_adapters
 
         model = _model_from_config(base_config)  # lazy: no weights in memory
+        refused = None
         try:
             load_adapters(model, str(out_dir))  # mlx-lm's own loader wraps the layers
-        except ValueError as exc:
-            raise ConversionError(f"mlx-lm refuses the written adapter: {exc}") from None
+        except ValueError as exc:  # mlx-lm 0.32 checks too; ours below names each tensor
+            refused = str(exc).splitlines()[0]
         allowed = {
             name: tuple(p.shape)
             for name, p in tree_flatten(model.parameters())
@@ -196,6 +197,8 @@ def verify(out_dir: Path, base_config: dict | None) -> str:
             f"{out_dir}: the written adapter does not fit the model mlx-lm builds:\n"
             + "\n".join(f"  {e}" for e in errors[:20])
         )
+    if base_config is not None and refused:
+        raise ConversionError(f"{out_dir}: mlx-lm refuses the written adapter: {refused}")
     return f"{len(weights)} tensors {how}"
 
 

@@ -23,7 +23,7 @@ import yaml
 from lora_style.config.train_yaml import deepspeed_file
 from lora_style.fileio import count_lines, sha256_file
 
-from . import cost, preflight, processes, shell
+from . import cost, pod_setup, preflight, processes, shell
 from .executor import Executor
 from .messages import BEFORE_LAUNCH, LAUNCH_CUT, PodError, Say, Unreachable, stopped_as
 from .run_state import (
@@ -238,7 +238,7 @@ def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: 
         if settings.get("setup"):
             if settings.get("provider"):
                 ex.run("hold.sh", settings["remote_dir"], 2 * 3600, timeout=60)  # pip takes long
-            record["setup"] = preflight.pod_setup(ex, settings, say, files.args)
+            record["setup"] = pod_setup.pod_setup(ex, settings, say, files.args)
         report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)
         run_dir = f"{report.remote_dir}/{files.run_id}"
         upload(ex, files, run_dir, settings, say)
