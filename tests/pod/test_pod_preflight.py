@@ -266,6 +266,7 @@ def test_setup_probe_reports_missing_modules_here(tmp_path):
     assert [s["install"] for s in pod_setup.setup_plan(facts)][-1].startswith("llamafactory[")
 
 
+@pytest.mark.pod  # reads the pod environment's LLaMA-Factory metadata
 def test_llamafactory_declares_no_extras_so_setup_names_the_packages():
     """The fact behind the setup command: the installed LLaMA-Factory's metadata has no extras."""
     from importlib.metadata import PathDistribution
