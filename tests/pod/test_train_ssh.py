@@ -130,12 +130,20 @@ def test_an_edit_to_the_executor_code_retrains_nothing(trained):
     from helpers.workflow import REPO
 
     copy = trained["tmp"] / "checkout"
-    for part in ("rules", "scripts", "config"):
+    for part in ("rules", "src", "scripts", "config"):
         shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     for part in ("Snakefile", "environment.yml"):
         shutil.copy2(REPO / part, copy / part)
-    for script in ("remote_train.py", "executor.py", "preflight.py", "best_checkpoint.py"):
-        with open(copy / "scripts" / script, "a") as handle:
+    training = copy / "src" / "lora_style" / "training"
+    for script in (
+        training / "remote_train.py",
+        training / "executor.py",
+        training / "preflight.py",
+        training / "best_checkpoint.py",
+        copy / "scripts" / "remote_train.py",
+    ):
+        assert script.is_file(), script
+        with open(script, "a") as handle:
             handle.write("\n# an edit that changes no output\n")
     proc = subprocess.run(
         [
