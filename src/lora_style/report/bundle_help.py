@@ -67,7 +67,8 @@ def bundle_help(workdir: Path, run: str, report: Path | None, prompts: Path | No
         f"  rsync -aR {shlex.quote(str(workdir))}/./{adapter} {shlex.quote(str(workdir))}/./{base} "
         "you@your-mac:lora-bundle/",
         "  # on the Mac, in a clone of this project (here ~/lora-style):",
-        "  python3 -m venv .venv && .venv/bin/pip install -r requirements/local.txt",
+        "  python3 -m venv .venv && .venv/bin/pip install -r requirements/local.txt \\",
+        "      && .venv/bin/pip install --no-deps -e .",
         "  cd ~/lora-bundle && ~/lora-style/.venv/bin/python ~/lora-style/scripts/generate.py \\",
         f"      --adapter-path {adapter} --prompt {prompt}",
         "",
