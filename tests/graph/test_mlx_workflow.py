@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from helpers.mlx import make_peft_adapter
-from helpers.workflow import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, write_config
+from helpers.workflow import REPO, SAMPLE_DATA, SAMPLE_HELDOUT, snakemake_argv, write_config
 
 RULES = [
     "validate_dataset",
@@ -34,23 +34,16 @@ RULES = [
 
 
 def snakemake(repo, work, target, *flags, configfile):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(repo / "Snakefile"),
-        "--directory",
-        str(work),
-        "--cores",
-        "2",
-        f"--configfile={configfile}",
+    cmd = snakemake_argv(
+        work,
         *flags,
         "--allowed-rules",
         *RULES,
         "--",
         target,
-    ]
+        configfile=configfile,
+        snakefile=repo / "Snakefile",
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(

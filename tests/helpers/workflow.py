@@ -44,6 +44,19 @@ def run_pod_python(*args, check: bool = True, **kwargs) -> subprocess.CompletedP
     return proc
 
 
+def snakemake_argv(
+    workdir: Path, *args, configfile: Path | None = None, snakefile: Path = REPO / "Snakefile", cores: int = 2
+) -> list[str]:
+    """The command line of a real workflow run in `workdir`, for a test that starts it itself (in
+    the background, say). `args` are flags and targets; the config file is merged over the
+    repository's config/config.yaml, as for `make demo`."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir)]
+    cmd += ["--cores", str(cores)]
+    if configfile:
+        cmd.append(f"--configfile={configfile}")  # the = form: targets after it stay targets
+    return cmd + [str(a) for a in args]
+
+
 def snakemake(
     workdir: Path,
     *args,
@@ -58,20 +71,7 @@ def snakemake(
     `args` are passed as they are (flags and targets); the config file in `configfile`
     is merged over the repository's config/config.yaml, as for `make demo`.
     """
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(snakefile),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-    ]
-    if configfile:
-        cmd.append(f"--configfile={configfile}")  # the = form: targets after it stay targets
-    cmd += list(args)
+    cmd = snakemake_argv(workdir, *args, configfile=configfile, snakefile=snakefile)
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )

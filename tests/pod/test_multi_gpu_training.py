@@ -12,13 +12,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
+from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv, write_config
 
 ADAPTER = "lora_adapters/style_peft"
 
@@ -137,19 +136,7 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
     work.mkdir()
     out = open(tmp_path / "first.out", "w")
     first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(work),
-            "--cores",
-            "2",
-            f"--configfile={config}",
-            ADAPTER,
-        ],
+        snakemake_argv(work, ADAPTER, configfile=config),
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,

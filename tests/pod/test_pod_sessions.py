@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from lora_style.training.executor import SSHExecutor
 from lora_style.training.messages import PodError, Unreachable
 
 from helpers.sshd import Sshd
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, write_config
+from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake_argv, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -110,19 +109,7 @@ def session(tmp_path_factory, tiny_model):
     env = {**os.environ, "HF_TOKEN": TOKEN, "RUNPOD_API_KEY": API_KEY, "TMPDIR": str(private_tmp)}
     started = time.monotonic()
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(work),
-            "--cores",
-            "2",
-            f"--configfile={config}",
-            *(f"lora_adapters/{run}_peft" for run in RUNS),
-        ],
+        snakemake_argv(work, *(f"lora_adapters/{run}_peft" for run in RUNS), configfile=config),
         capture_output=True,
         text=True,
         timeout=900,

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import yaml
 from lora_style.training import runpod
 
 from helpers.fake_runpod import FakeRunPod
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
+from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -219,20 +218,7 @@ def test_a_failed_training_stops_the_pod(tmp_path, fake, tiny_model):
 def test_the_pod_stops_itself_when_idle_with_the_laptop_gone(tmp_path, fake, tiny_model):
     config = rented_config(tmp_path, fake, tiny_model, {"idle_stop_minutes": 0.1}, max_steps=20)
     work = tmp_path / "work"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(work),
-        "--cores",
-        "2",
-        f"--configfile={config}",
-        "--",
-        ADAPTER,
-    ]
+    cmd = snakemake_argv(work, "--", ADAPTER, configfile=config)
     laptop = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -360,20 +346,7 @@ def test_a_pod_that_never_answers_is_given_back(tmp_path, fake, tiny_model):
 def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call(tmp_path, fake, tiny_model):
     config = rented_config(tmp_path, fake, tiny_model, max_steps=1000, save_steps=100, eval_steps=100)
     work = tmp_path / "work"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(work),
-        "--cores",
-        "2",
-        f"--configfile={config}",
-        "--",
-        ADAPTER,
-    ]
+    cmd = snakemake_argv(work, "--", ADAPTER, configfile=config)
     log = tmp_path / "laptop.log"
     with open(log, "w") as out:  # a file, not a pipe nobody reads while it runs
         laptop = subprocess.Popen(

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,14 @@ from lora_style.training.slurm import node_gpus, parse_time, sbatch_options
 
 from helpers.slurm import start_cluster
 from helpers.sshd import Sshd
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, wait_until, write_config
+from helpers.workflow import (
+    LLAMAFACTORY_CLI,
+    SAMPLE_DATA,
+    snakemake,
+    snakemake_argv,
+    wait_until,
+    write_config,
+)
 
 ADAPTER = "lora_adapters/style_peft"
 
@@ -234,21 +240,7 @@ def checkpoints(run_dir: Path) -> list[int]:
 def start_snakemake(work: Path, config: Path, name: str, env: dict) -> subprocess.Popen:
     """snakemake in its own process group, as in a terminal (Ctrl-C reaches all of it)."""
     out = open(work.parent / f"{name}.out", "w")
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(work),
-        "--cores",
-        "2",
-        "--configfile",
-        str(config),
-        "--",
-        ADAPTER,
-    ]
+    cmd = snakemake_argv(work, "--", ADAPTER, configfile=config)
     return subprocess.Popen(
         cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env}
     )

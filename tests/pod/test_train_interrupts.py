@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from helpers.sshd import style_run_config
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, snakemake, wait_until
+from helpers.workflow import LLAMAFACTORY_CLI, snakemake, snakemake_argv, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -30,21 +29,7 @@ ADAPTER = "lora_adapters/style_peft"
 def start_snakemake(work: Path, config: Path, name: str) -> subprocess.Popen:
     """snakemake in its own process group, as in a terminal (so Ctrl-C reaches all of it)."""
     out = open(work.parent / f"{name}.out", "w")
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(work),
-        "--cores",
-        "2",
-        "--configfile",
-        str(config),
-        "--",
-        ADAPTER,
-    ]
+    cmd = snakemake_argv(work, "--", ADAPTER, configfile=config)
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers.sshd import style_run_config
-from helpers.workflow import LLAMAFACTORY_CLI, snakemake
+from helpers.workflow import LLAMAFACTORY_CLI, snakemake, snakemake_argv
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -125,7 +125,6 @@ def test_an_edit_to_the_executor_code_retrains_nothing(trained):
     which also shows that a moved checkout retrains nothing) plans no job."""
     import shutil
     import subprocess
-    import sys
 
     from helpers.workflow import REPO
 
@@ -146,21 +145,15 @@ def test_an_edit_to_the_executor_code_retrains_nothing(trained):
         with open(script, "a") as handle:
             handle.write("\n# an edit that changes no output\n")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(copy / "Snakefile"),
-            "--directory",
-            str(trained["work"]),
-            "--cores",
-            "1",
+        snakemake_argv(
+            trained["work"],
             "-n",
-            f"--configfile={trained['config']}",
             "--",
             ADAPTER,
-        ],
+            configfile=trained["config"],
+            snakefile=copy / "Snakefile",
+            cores=1,
+        ),
         capture_output=True,
         text=True,
     )
