@@ -191,7 +191,9 @@ def test_a_gpu_out_of_stock_rents_nothing_and_names_what_is_in_stock(tmp_path, f
 def test_the_plan_prices_from_the_catalog_read_and_says_how_old(tmp_path, fake):
     from lora_style.training import cost, runpod_catalog
 
-    runpod_catalog.refresh(RunPodAPI(settings_for(fake, tmp_path)), settings_for(fake, tmp_path), tmp_path)
+    runpod_catalog.read_catalog(
+        RunPodAPI(settings_for(fake, tmp_path)), settings_for(fake, tmp_path), tmp_path
+    )
     listed = runpod_catalog.list_price(tmp_path, A100, "SECURE")
     assert listed[0] == fake.prices[A100] and listed[1] == "0 min ago"
     pod = {"name": "rented", "executor": "ssh", "gpu_type": A100, "gpu_count": 1}

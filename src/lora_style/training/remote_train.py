@@ -228,7 +228,8 @@ def _by_hand(args, say: Say) -> None:
         raise PodError(f"{args.config}: pods.{args.pod} is not a pod with provider: runpod")
     settings = with_defaults({**entry, "name": args.pod})
     if args.command == "prices":
-        path = runpod_catalog.refresh(RunPodAPI(settings, say), settings, Path.cwd())
+        runpod_catalog.read_catalog(RunPodAPI(settings, say), settings, Path.cwd())
+        path = runpod_catalog.catalog_path(Path.cwd())
         say(
             f"RunPod's GPU catalog ({settings['cloud_type']} cloud) written to {path}; the "
             "plan's cost line now prices from it"

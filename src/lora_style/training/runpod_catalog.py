@@ -96,8 +96,7 @@ def alternatives(gpus: list[dict], cloud: str, count: int, need: dict | None) ->
 def check_stock(api, settings: dict, need: dict | None, workdir: Path, say: Say) -> None:
     """Raise before renting when gpu_type is out of stock in cloud_type, naming what is in stock."""
     cloud, count, wanted = settings["cloud_type"], int(settings["gpu_count"]), settings["gpu_type"]
-    gpus = api.gpu_catalog(cloud, count)
-    save_catalog(workdir, cloud, count, gpus)
+    gpus = read_catalog(api, settings, workdir)
     entry = next((g for g in gpus if g.get("id") == wanted), None)
     if entry is not None and _in_stock(entry):
         price = (entry.get("price") or {}).get(cloud.lower())
@@ -131,11 +130,10 @@ def check_stock(api, settings: dict, need: dict | None, workdir: Path, say: Say)
     )
 
 
-def refresh(api, settings: dict, workdir: Path) -> Path:
-    """`python -m lora_style.training.remote_train prices`: read the catalog now, for the plan's cost line."""
-    return save_catalog(
-        workdir,
-        settings["cloud_type"],
-        int(settings["gpu_count"]),
-        api.gpu_catalog(settings["cloud_type"], int(settings["gpu_count"])),
-    )
+def read_catalog(api, settings: dict, workdir: Path) -> list[dict]:
+    """The catalog for the pod's cloud and GPU count, read now and kept for the plan's cost line
+    (`python -m lora_style.training.remote_train prices`, and every check before renting)."""
+    cloud, count = settings["cloud_type"], int(settings["gpu_count"])
+    gpus = api.gpu_catalog(cloud, count)
+    save_catalog(workdir, cloud, count, gpus)
+    return gpus
