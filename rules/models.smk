@@ -13,6 +13,9 @@ rule tiny_base_model:
         "logs/models/tiny-qwen2.log",
     conda:
         LOCAL_ENV
+    # torch's pretraining uses every core it is given (Snakemake sets OMP_NUM_THREADS to this,
+    # scaled down to --cores); without it a job gets one.
+    threads: 4
     params:
         # A short causal-LM pretraining on the corpus, so the demo's samples are its words.
         pretrain_steps=300,
@@ -40,6 +43,8 @@ rule base_4bit:
         base="|".join(re.escape(name) for name in BASE_MODELS),
     conda:
         LOCAL_ENV
+    # Reading, quantising and writing the shards keeps several cores busy on a large base.
+    threads: 4
     params:
         source=lambda w, input: input.base if input.base else BASE_MODELS[w.base],
         q_bits=4,

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # child starts with the default again.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The tmux servers that detached trainings start on this machine (the local executor) live in a
+# folder of this test session's, one per pytest-xdist worker: two workers training the same run
+# (same run id, so the same server name) never meet, and no test touches the user's own tmux.
+os.environ["TMUX_TMPDIR"] = tempfile.mkdtemp(prefix=f"tmux-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
 
 from helpers.sshd import Sshd  # noqa: E402
 from helpers.workflow import SAMPLE_DATA  # noqa: E402

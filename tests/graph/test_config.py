@@ -38,104 +38,21 @@ def first_error(proc) -> str:
 # --- the schema, checked when the workflow starts ------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "overlay,needle",
-    [
-        (
-            {"runs": {"lovecraft": {"learning_rate": 1e-4}}},
-            "config: runs.lovecraft: unknown key 'learning_rate'",
-        ),
-        ({"typo_top_level": 1}, "config: unknown key 'typo_top_level'"),
-        ({"pods": {"runpod": {"hots": "1.2.3.4"}}}, "config: pods.runpod: unknown key 'hots'"),
-        (
-            {"pods": {"runpod": {"port": "twenty-two"}}},
-            "config: pods.runpod.port: 'twenty-two' is a string, expected integer",
-        ),
-        ({"pods": {"runpod": {"port": 70000}}}, "config: pods.runpod.port: 70000"),
-        (
-            {"runs": {"lovecraft": {"author": 42}}},
-            "config: runs.lovecraft.author: 42 is a number, expected string",
-        ),
-        (
-            {"pods": {"runpod": {"executor": "kubernetes"}}},
-            "config: pods.runpod.executor: 'kubernetes' is not one of ssh, local, slurm",
-        ),
-        (
-            {
-                "runs": {
-                    "bad name!": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu", "pod": "runpod"}
-                }
-            },
-            "config: runs: name 'bad name!' may only use letters, digits, '_' and '-'",
-        ),
-        (
-            {
-                "runs": {
-                    "../escape": {"data": "x", "base_model": "a/b", "profile": "tiny_cpu", "pod": "runpod"}
-                }
-            },
-            "config: runs: name '../escape' may only use",
-        ),
-        (
-            {"runs": {"second": {"data": "x", "base_model": "a/b", "pod": "runpod"}}},
-            "config: runs.second: 'profile' is missing",
-        ),
-        ({"pods": {"other": {"executor": "ssh"}}}, "config: pods.other: 'host' is missing"),
-        (
-            {"pods": {"rented": {"executor": "ssh", "provider": "runpod", "image": "x"}}},
-            "config: pods.rented: 'gpu_type' is missing",
-        ),
-        (
-            {"pods": {"rented": {"executor": "ssh", "provider": "runpod", "gpu_type": "NVIDIA A40"}}},
-            "config: pods.rented: set exactly one of image, template_id",
-        ),
-        (
-            {
-                "pods": {
-                    "rented": {
-                        "executor": "local",
-                        "provider": "runpod",
-                        "gpu_type": "NVIDIA A40",
-                        "image": "x",
-                    }
-                }
-            },
-            "config: pods.rented.executor: must be 'ssh' here, not 'local'",
-        ),
-        (
-            {
-                "pods": {
-                    "rented": {
-                        "executor": "ssh",
-                        "provider": "runpod",
-                        "gpu_type": "NVIDIA A40",
-                        "image": "x",
-                        "on_finish": "pause",
-                    }
-                }
-            },
-            "config: pods.rented.on_finish: 'pause' is not one of stop, terminate, keep",
-        ),
-        (
-            {
-                "pods": {
-                    "rented": {
-                        "executor": "ssh",
-                        "provider": "runpod",
-                        "gpu_type": "NVIDIA A40",
-                        "image": "x",
-                        "idle_stop_minutes": 0.001,
-                    }
-                }
-            },
-            "config: pods.rented.idle_stop_minutes: 0.001 is less than the minimum of 0.1",
-        ),
-    ],
-)
-def test_schema_rejects_with_a_message_that_names_the_key(tmp_path, overlay, needle):
-    proc = dry_run(tmp_path, overlay)
-    assert needle in first_error(proc), output(proc)
+def test_the_workflow_refuses_a_bad_config_in_one_line_per_problem_before_any_job(tmp_path):
+    """The in-process cases (tests/unit/test_config_messages.py) as `snakemake -n` says them: two
+    schema problems at once, each a line; then a cross-check's line."""
+    proc = dry_run(
+        tmp_path,
+        {"runs": {"lovecraft": {"learning_rate": 1e-4}}, "pods": {"runpod": {"on_finish": "pause"}}},
+    )
+    said = [line for line in output(proc).splitlines() if line.startswith("config")]
+    assert proc.returncode != 0
+    assert any("config: runs.lovecraft: unknown key 'learning_rate'" in line for line in said), output(proc)
+    assert any("'pause' is not one of stop, terminate, keep" in line for line in said), output(proc)
     assert "Failed validating" not in output(proc), "one line per problem, not the schema dump"
+    proc = dry_run(tmp_path, {"runs": {"lovecraft": {"pod": "nowhere"}}})
+    assert "runs.lovecraft.pod: no pod 'nowhere'" in first_error(proc)
+    assert not (tmp_path / "results").exists()
 
 
 def test_every_pattern_in_the_schema_is_explained_in_words():
@@ -162,70 +79,6 @@ def test_every_pattern_in_the_schema_is_explained_in_words():
         error = next(jsonschema.Draft202012Validator({"pattern": pattern}).iter_errors('-\n"%'))
         line = config_errors._line(error)
         assert says in line and pattern not in line, line
-
-
-@pytest.mark.parametrize(
-    "overlay,needle",
-    [
-        (
-            {"runs": {"lovecraft": {"overrides": {"lora_rnak": 8}}}},
-            "runs.lovecraft.overrides: 'lora_rnak' is not a LLaMA-Factory training key; "
-            "did you mean 'lora_rank'?",
-        ),
-        (
-            {"runs": {"lovecraft": {"overrides": {"output_dir": "x"}}}},
-            "'output_dir' is set from the pipeline",
-        ),
-        (
-            {"runs": {"lovecraft": {"profile": "qwen25_70b"}}},
-            "config: runs.lovecraft.profile: profile 'qwen25_70b' has no file",
-        ),
-        ({"runs": {"lovecraft": {"pod": "nowhere"}}}, "runs.lovecraft.pod: no pod 'nowhere'"),
-        (
-            {"runs": {"lovecraft": {"overrides": {"template": None}}}},
-            "runs.lovecraft: the training arguments have no 'template'",
-        ),
-        (
-            {"runs": {"lovecraft": {"base_model": "not a hub id"}}},
-            "runs.lovecraft.base_model: 'not a hub id' is neither a hub id",
-        ),
-        (
-            {"pods": {"here": {"executor": "local", "max_usd": 40}}},
-            "config: pods.here.max_usd needs pods.here.gpu_hourly_usd",
-        ),
-        (
-            {
-                "pods": {
-                    "rented": {
-                        "executor": "ssh",
-                        "provider": "runpod",
-                        "gpu_type": "NVIDIA A40",
-                        "image": "x",
-                        "api_url": "https://rest.runpod.io/v1",
-                    }
-                }
-            },
-            "config: pods.rented.api_url https://rest.runpod.io/v1 names RunPod's REST API v1, which "
-            "RunPod retired on 2026-11-15. Use v2: https://api.runpod.io/v2",
-        ),
-        (
-            {
-                "runs": {
-                    "second": {
-                        "data": "x",
-                        "base_model": "./other/Qwen2.5-32B",
-                        "profile": "tiny_cpu",
-                        "pod": "runpod",
-                    }
-                }
-            },
-            "would share models/Qwen2.5-32B-4bit-mlx; rename one of the local model directories",
-        ),
-    ],
-)
-def test_cross_checks_fail_on_the_laptop_in_seconds(tmp_path, overlay, needle):
-    proc = dry_run(tmp_path, overlay)
-    assert needle in first_error(proc)
 
 
 def test_dry_run_on_the_default_config_lists_the_plan_and_touches_no_pod(tmp_path, tripwire):

@@ -32,6 +32,7 @@ from test_train_interrupts import (
     wait_until,
 )
 
+from helpers.processes import freeze, thaw
 from helpers.sshd import Sshd, style_run_config
 from helpers.workflow import LLAMAFACTORY_CLI, snakemake
 
@@ -100,11 +101,14 @@ def oom(tmp_path_factory, sshd, tiny_model):
         "the training to log a few steps",
         first,
     )
-    # A second snakemake on the same project, same target, while the first one runs.
+    # A second snakemake on the same project, same target, while the first one runs (its
+    # training held meanwhile, so it spends no CPU on steps nobody looks at).
+    freeze(run_dir)
     seen["second_call"] = snakemake(work, ADAPTER, configfile=config, check=False, timeout=120)
     seen["dry_run_beside"] = snakemake(work, "-n", ADAPTER, configfile=config, check=False, timeout=120)
     seen["attempts_beside"] = attempt_starts(run_dir)
     os.kill(trainer_of(run_dir), signal.SIGKILL)  # the OOM killer's way
+    thaw(run_dir)  # run.sh sees its trainer killed
     first.wait(timeout=120)
     seen["first"] = (first.returncode, output_of(work, "first"))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.processes import process_tree
 from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv, write_config
 
 ADAPTER = "lora_adapters/style_peft"
@@ -53,23 +54,6 @@ def two_process_config(tmp_path: Path, tiny_model: Path, **overrides) -> Path:
 
 def parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (torchrun's workers run in sessions of their own, so a
-    process group does not hold them all)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += children.get(found[-1], [])
-    return found
 
 
 def trainer_processes(run_dir: Path) -> list[int]:
@@ -131,7 +115,7 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
     budget stop signals it too). torchrun and its two workers must not train on unseen: run.sh
     stops them, records the kill, and the next snakemake call resumes from the newest complete
     checkpoint with two processes again."""
-    config = two_process_config(tmp_path, tiny_model, max_steps=300, save_steps=25, eval_steps=25)
+    config = two_process_config(tmp_path, tiny_model, max_steps=150, save_steps=25, eval_steps=25)
     work = tmp_path / "work"
     work.mkdir()
     out = open(tmp_path / "first.out", "w")
@@ -155,7 +139,7 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
         time.sleep(0.2)
     assert run_dir is not None, (tmp_path / "first.out").read_text()[-3000:]
     run_sh = int((run_dir / "pid").read_text())
-    tree = descendants(run_sh)
+    tree = process_tree(run_sh)
     assert len(tree) >= 5, tree  # run.sh, llamafactory-cli, torchrun, 2 workers
     workers = trainer_processes(run_dir)
     assert len(workers) == 4, workers  # llamafactory-cli, torchrun and both ranks
@@ -177,8 +161,8 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
     log = (run_dir / "train.log").read_text()
     assert log.count("Initializing 2 distributed tasks") == 2
     assert "Resuming training from checkpoint with epoch" in log and f"global step {last}" in log
-    assert json.loads((run_dir / "output/trainer_state.json").read_text())["global_step"] == 300
-    assert json.loads((work / ADAPTER / "training_summary.json").read_text())["total_steps"] == 300
+    assert json.loads((run_dir / "output/trainer_state.json").read_text())["global_step"] == 150
+    assert json.loads((work / ADAPTER / "training_summary.json").read_text())["total_steps"] == 150
     assert trainer_processes(run_dir) == [], "no trainer left behind"
 
 

@@ -24,6 +24,7 @@ import yaml
 from lora_style.training import runpod
 
 from helpers.fake_runpod import FakeRunPod
+from helpers.processes import freeze
 from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
@@ -344,7 +345,7 @@ def test_a_pod_that_never_answers_is_given_back(tmp_path, fake, tiny_model):
 
 
 def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call(tmp_path, fake, tiny_model):
-    config = rented_config(tmp_path, fake, tiny_model, max_steps=1000, save_steps=100, eval_steps=100)
+    config = rented_config(tmp_path, fake, tiny_model, max_steps=150, save_steps=100, eval_steps=100)
     work = tmp_path / "work"
     cmd = snakemake_argv(work, "--", ADAPTER, configfile=config)
     log = tmp_path / "laptop.log"
@@ -364,8 +365,9 @@ def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call
     )
     pod = the_pod(fake)
     (run_dir,) = runs.glob("style-*")
+    freeze(run_dir)  # held mid-training, as a 7-hour training would be, until RunPod stops it
     assert not (run_dir / "exit_code").exists(), "interrupted while it trains"
-    fake.interrupt(pod.id)  # RunPod's maintenance, a balance at $0, ...
+    fake.interrupt(pod.id)  # RunPod's maintenance, a balance at $0, ... (SIGTERM, then SIGKILL)
     laptop.wait(timeout=600)
     err = log.read_text()
     assert laptop.returncode == 0, err[-3000:]
@@ -373,4 +375,4 @@ def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call
     assert pod.start_count == 2 and pod.status == "EXITED"
     assert len(fake.calls("POST", "/pods")) == 1, "the same pod, started again"
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
-    assert summary["gpu_time"]["attempts"] == 2 and summary["total_steps"] == 1000
+    assert summary["gpu_time"]["attempts"] == 2 and summary["total_steps"] == 150

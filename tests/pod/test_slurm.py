@@ -26,6 +26,7 @@ import pytest
 from lora_style.training import run_state
 from lora_style.training.slurm import node_gpus, parse_time, sbatch_options
 
+from helpers.processes import descendants
 from helpers.slurm import start_cluster
 from helpers.sshd import Sshd
 from helpers.workflow import (
@@ -272,23 +273,6 @@ def test_preflight_refuses_what_the_partition_cannot_run(tmp_path, cluster, tiny
     ), proc.stderr[-3000:]
     assert "pods.cluster.time 10 is over partition short's limit of 2:00" in proc.stderr
     assert not cluster.client("squeue", "-h").stdout.strip(), "no job was submitted"
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes below pid (the trainer under run.sh), from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 @pytest.mark.slow

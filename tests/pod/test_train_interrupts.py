@@ -4,7 +4,8 @@ Real sshd, real LLaMA-Factory, real `snakemake`, interrupted for real:
  - the local snakemake is stopped (Ctrl-C) while it follows the training, then run again;
  - sshd stops listening for a while during wait, then comes back;
  - the training process on the pod is killed mid-run, then snakemake is run again.
-Training is made long enough to interrupt with profile overrides (more steps), never with sleeps.
+A training is held where a test needs it by freezing its processes (SIGSTOP, then SIGCONT:
+helpers/processes.py), never with sleeps, and is only as long as the test needs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.processes import freeze, thaw
 from helpers.sshd import style_run_config
 from helpers.workflow import LLAMAFACTORY_CLI, snakemake, snakemake_argv, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
 ADAPTER = "lora_adapters/style_peft"
+STEPS = 300  # the followed training's max_steps: it goes on through an interruption and an outage
 
 
 def start_snakemake(work: Path, config: Path, name: str) -> subprocess.Popen:
@@ -91,7 +94,7 @@ def followed(tmp_path_factory, sshd, tiny_model):
     work = tmp / "work"
     work.mkdir()
     config = style_run_config(
-        tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, max_steps=1200, save_steps=100, eval_steps=100
+        tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, max_steps=STEPS, save_steps=100, eval_steps=100
     )
     seen: dict = {}
 
@@ -111,6 +114,9 @@ def followed(tmp_path_factory, sshd, tiny_model):
         "training to go on without snakemake",
     )
 
+    # Held where it is while the second snakemake starts and attaches (a real training has hours
+    # left here; this one would be done), then let go before the outage.
+    freeze(run_dir)
     wait_log = work / "logs/style/wait_training.log"
     wait_log.unlink(missing_ok=True)  # (snakemake starts a job's log anew anyway)
     second = start_snakemake(work, config, "second")
@@ -126,6 +132,7 @@ def followed(tmp_path_factory, sshd, tiny_model):
     )
     seen["reattach_log"] = new_wait_log()
     seen["step_at_reattach"] = newest_step(run_dir)
+    thaw(run_dir)
     sshd.stop()  # the pod's sshd goes away ...
     outage_start = newest_step(run_dir)
     time.sleep(6)
@@ -141,14 +148,14 @@ def test_ctrl_c_then_rerun_follows_the_same_process_to_the_end(followed):
     seen, run_dir, work = followed["seen"], followed["run_dir"], followed["work"]
     assert seen["first_rc"] != 0
     assert seen["alive_after_interrupt"], "Ctrl-C of snakemake must not stop the training"
-    assert seen["step_at_reattach"] < 1200, "the rerun must find the training still running"
+    assert seen["step_at_reattach"] < STEPS, "the rerun must find the training still running"
     assert f"running (pid {seen['pid']})" in seen["reattach_log"]
     assert seen["second_rc"] == 0, seen["second_out"][-3000:]
     # No second training: LLaMA-Factory's Trainer started once, every step was trained once.
     assert (run_dir / "train.log").read_text().count("***** Running training *****") == 1
     assert (run_dir / "attempts.log").read_text().count("start ") == 1
-    assert logged_steps(run_dir) == list(range(1, 1201))
-    assert json.loads((work / ADAPTER / "training_summary.json").read_text())["total_steps"] == 1200
+    assert logged_steps(run_dir) == list(range(1, STEPS + 1))
+    assert json.loads((work / ADAPTER / "training_summary.json").read_text())["total_steps"] == STEPS
 
 
 def test_sshd_outage_during_wait_is_ridden_out(followed):
@@ -170,7 +177,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, sshd, tiny_m
         tmp_path,
         sshd.pod(tmp_path, LLAMAFACTORY_CLI),
         tiny_model,
-        max_steps=300,
+        max_steps=100,
         save_steps=25,
         eval_steps=25,
     )
@@ -186,11 +193,12 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, sshd, tiny_m
         "two checkpoints",
         first,
     )
+    freeze(run_dir)  # held between its second and third checkpoint ...
     pid = int((run_dir / "pid").read_text())
-    os.killpg(os.getpgid(pid), signal.SIGKILL)  # the pod's process dies (as in a pod restart)
+    os.killpg(os.getpgid(pid), signal.SIGKILL)  # ... where the pod's process dies (a pod restart)
     last = max(complete_checkpoints(run_dir))
     killed_at = newest_step(run_dir)
-    assert killed_at < 300
+    assert killed_at < 100, "killed before its end"
     first.wait(timeout=120)
     out = output_of(work, "first")
     assert first.returncode != 0
@@ -212,8 +220,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, sshd, tiny_m
     assert steps.count(1) == 1, "training never went back to step 0"
     if restart:  # steps logged after the checkpoint are redone
         assert steps[restart[0]] == last + 1
-    assert steps[-1] == 300
+    assert steps[-1] == 100
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
-    assert summary["total_steps"] == 300
+    assert summary["total_steps"] == 100
     state = json.loads((run_dir / "output/trainer_state.json").read_text())
-    assert state["global_step"] == 300
+    assert state["global_step"] == 100
