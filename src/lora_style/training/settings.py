@@ -32,7 +32,9 @@ from .messages import PodError
 @cache
 def defaults() -> dict:
     """{key: default} of a pods: entry, from the schema."""
-    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    # libyaml's loader where PyYAML has it: read at import (the fields' defaults), in every job.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    schema = yaml.load(SCHEMA.read_text(encoding="utf-8"), Loader=loader)
     properties = schema["properties"]["pods"]["additionalProperties"]["properties"]
     return {key: spec["default"] for key, spec in properties.items() if "default" in spec}
 
@@ -99,7 +101,7 @@ class PodSettings:
     def from_entry(cls, entry: Mapping[str, Any]) -> PodSettings:
         """A pods: entry (with its `name`, and `relaunch` where asked) as settings: every default
         it leaves out (or sets to null) filled in; a key the schema does not know is refused."""
-        unknown = sorted(set(entry) - ENTRY_KEYS)
+        unknown = sorted(set(entry).difference(ENTRY_KEYS))
         if unknown:
             at = f"pods.{entry.get('name') or '?'}"
             raise PodError(
@@ -111,7 +113,7 @@ class PodSettings:
     def as_entry(self) -> dict:
         """The settings as the pods: entry they came from (JSON-ready, from_entry's inverse): what
         is set, the defaults included, without the runtime fields and the callback."""
-        entry = {key: getattr(self, key) for key in ENTRY_KEYS_ORDERED if getattr(self, key) is not None}
+        entry = {key: getattr(self, key) for key in ENTRY_KEYS if getattr(self, key) is not None}
         if not self.relaunch:
             del entry["relaunch"]
         if self.sbatch_args is not None:
@@ -121,8 +123,7 @@ class PodSettings:
 
 # What a pods: entry may hold: the schema's keys, the pod's name, and relaunch.
 RUNTIME_FIELDS = ("pod_id", "host_key_alias", "pod_usd_per_hour", "on_lost_contact")
-ENTRY_KEYS_ORDERED = tuple(f.name for f in dataclasses.fields(PodSettings) if f.name not in RUNTIME_FIELDS)
-ENTRY_KEYS = frozenset(ENTRY_KEYS_ORDERED)
+ENTRY_KEYS = tuple(f.name for f in dataclasses.fields(PodSettings) if f.name not in RUNTIME_FIELDS)
 
 
 def load_settings(value: str) -> PodSettings:
