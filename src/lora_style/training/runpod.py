@@ -201,7 +201,7 @@ def _start(api: RunPodAPI, settings: PodSettings, pod: dict, name: str, say: Say
 # ----------------------------------------------------------------------------- rent and release
 
 
-def rent(settings: PodSettings, run: str, workdir: Path, say: Say, need: dict | None = None) -> dict:
+def rent(settings: PodSettings, run: str, workdir: Path, say: Say, need: dict | None = None) -> PodSettings:
     """The pod for `run`, up and answering: the settings an SSH executor needs to reach it.
     `need` (the plan's estimate) prices the alternatives when the GPU type is out of stock."""
     api = RunPodAPI(settings, say)
