@@ -44,6 +44,7 @@ from lora_style.training import launch, preflight  # noqa: E402
 from lora_style.training.best_checkpoint import select_checkpoint  # noqa: E402
 from lora_style.training.estimate import GB, QWEN25, estimate_memory  # noqa: E402
 from lora_style.training.executor import LocalExecutor  # noqa: E402
+from lora_style.training.settings import PodSettings  # noqa: E402
 
 PROFILE = "qwen25_32b_a100"
 RUN = "gpucheck"
@@ -232,12 +233,9 @@ def run_blocks(blocks: int, ns, work: Path, logs: Path, data: Path, examples: in
     write_yaml(args, str(inputs / "train.yaml"))
     (inputs / "dataset_info.json").write_text(json.dumps(dataset_info(RUN), indent=2))
     shutil.copy(inputs / "train.yaml", logs / f"train-{blocks}.yaml")
-    settings = {
-        "name": "gpucheck",
-        "executor": "local",
-        "remote_dir": str(work / "pod"),
-        "llamafactory_cli": ns.cli,
-    }
+    settings = PodSettings(
+        name="gpucheck", executor="local", remote_dir=str(work / "pod"), llamafactory_cli=ns.cli
+    )
     ex = LocalExecutor(settings, work)
     files = launch.RunFiles.load(
         RUN, str(inputs / "train.yaml"), str(data), str(inputs / "dataset_info.json")
@@ -248,8 +246,8 @@ def run_blocks(blocks: int, ns, work: Path, logs: Path, data: Path, examples: in
     # Preflight's probe against this machine: nvidia-smi, llamafactory-cli, bitsandbytes; judged
     # against the profile's own arguments (on a CPU too, where its GPU check must then fail).
     real = build_args(model_dir, ns.steps, ns.every, cpu=False)
-    probe = preflight.probe(ex, settings["remote_dir"], ns.cli, preflight.run_packages(real))
-    report = preflight.evaluate(probe.facts, real, settings["name"], examples, settings=settings)
+    probe = preflight.probe(ex, settings.remote_dir, ns.cli, preflight.run_packages(real))
+    report = preflight.evaluate(probe.facts, real, settings.name, examples, settings=settings)
     (logs / f"probe-{blocks}.txt").write_text(probe.text + probe.err)
     result["preflight"] = report.as_dict()
     for check in report.checks:

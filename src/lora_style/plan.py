@@ -7,10 +7,12 @@ Snakemake's internals (which jobs the plan runs) is passed in as a set of rule n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from lora_style.fileio import count_lines
 from lora_style.training import cost, runpod_catalog
+from lora_style.training.settings import PodSettings
 
 POD_PLACEHOLDER = "POD_IP"
 # The rules that contact a run's pod: a real run stops before them on a placeholder address.
@@ -18,8 +20,9 @@ POD_RULES = {"preflight", "submit_training", "wait_training", "best_checkpoint"}
 TRAINING_RULES = {"submit_training", "wait_training"}
 
 
-def training_estimate(run: str, cfg: dict, args: dict, pod: dict, workdir: Path) -> cost.Estimate:
-    """The plan's estimate of one run's training on its pod (`pod` with its `name`)."""
+def training_estimate(run: str, cfg: dict, args: dict, pod: Mapping, workdir: Path) -> cost.Estimate:
+    """The plan's estimate of one run's training on its pod (its pods: entry with its `name`)."""
+    settings = PodSettings.from_entry(pod)
     examples = None
     if int(args.get("max_steps") or -1) <= 0:  # epochs: the data's examples decide the steps
         try:
@@ -29,11 +32,11 @@ def training_estimate(run: str, cfg: dict, args: dict, pod: dict, workdir: Path)
     # A rented pod: RunPod's list price from the last catalog read (.state/runpod/catalog.json),
     # never a request (a dry run opens no connection).
     listed = (
-        runpod_catalog.list_price(workdir, pod.get("gpu_type"), pod["cloud_type"])
-        if pod.get("provider") == "runpod"
+        runpod_catalog.list_price(workdir, settings.gpu_type, settings.cloud_type)
+        if settings.provider == "runpod"
         else None
     )
-    return cost.estimate(run, args, cfg["profile"], pod, examples, listed)
+    return cost.estimate(run, args, cfg["profile"], settings, examples, listed)
 
 
 def plan_line(run: str, planned_rules: set[str], estimate) -> str:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from lora_style.training.executor import SSHExecutor
+from lora_style.training.settings import PodSettings
 
 from helpers.workflow import REPO
 
@@ -51,15 +52,15 @@ def unsupported(argv: list[str]) -> list[str]:
 
 def executor(tmp_path) -> SSHExecutor:
     return SSHExecutor(
-        {
-            "name": "runpod",
-            "executor": "ssh",
-            "host": "203.0.113.7",
-            "port": 22022,
-            "user": "root",
-            "identity_file": "~/.ssh/id_ed25519",
-            "known_hosts": ".state/known_hosts",
-        },
+        PodSettings(
+            name="runpod",
+            executor="ssh",
+            host="203.0.113.7",
+            port=22022,
+            user="root",
+            identity_file="~/.ssh/id_ed25519",
+            known_hosts=".state/known_hosts",
+        ),
         tmp_path,
     )
 

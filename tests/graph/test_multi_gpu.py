@@ -17,6 +17,7 @@ import yaml
 from lora_style.config import train_yaml
 from lora_style.training import cost, estimate, launch, preflight, processes
 from lora_style.training.machines import make_executor
+from lora_style.training.settings import PodSettings
 
 from helpers.workflow import REPO
 
@@ -27,36 +28,41 @@ PROFILES = REPO / "config" / "hparams"
 
 
 def test_gpu_count_above_one_starts_llamafactorys_torchrun_with_that_many_processes():
-    assert processes.train_env({"gpu_count": 2}, {}).splitlines()[1:] == [
+    assert processes.train_env(PodSettings(gpu_count=2), {}).splitlines()[1:] == [
         "NPROC_PER_NODE=2",
         "FORCE_TORCHRUN=1",
     ]
     # One GPU: no torchrun, and NPROC_PER_NODE=1 keeps a pod with two GPUs from turning the run
     # into two processes behind the plan's back.
-    assert processes.train_env({"gpu_count": 1}, {}).splitlines()[1:] == ["NPROC_PER_NODE=1"]
+    assert processes.train_env(PodSettings(gpu_count=1), {}).splitlines()[1:] == ["NPROC_PER_NODE=1"]
     # DeepSpeed needs torchrun even on one GPU (LLaMA-Factory refuses it otherwise).
-    assert "FORCE_TORCHRUN=1" in processes.train_env({}, {"deepspeed": "deepspeed/ds_z3.json"})
+    assert "FORCE_TORCHRUN=1" in processes.train_env(PodSettings(), {"deepspeed": "deepspeed/ds_z3.json"})
     # CPU processes, for the distributed path on a machine without GPUs; their device is "cpu"
     # (accelerate's "cpu:0" breaks transformers' resume of the optimizer state).
-    assert processes.world_size({"processes": 2, "gpu_count": 1}) == 2
-    assert "ACCELERATE_TORCH_DEVICE=cpu" in processes.train_env({"processes": 2}, {})
-    assert "ACCELERATE_TORCH_DEVICE" not in processes.train_env({"gpu_count": 2}, {})
+    assert processes.world_size(PodSettings(processes=2, gpu_count=1)) == 2
+    assert "ACCELERATE_TORCH_DEVICE=cpu" in processes.train_env(PodSettings(processes=2), {})
+    assert "ACCELERATE_TORCH_DEVICE" not in processes.train_env(PodSettings(gpu_count=2), {})
 
 
 @pytest.mark.parametrize(
     "found, settings, ok, said",
     [
-        (2, {"gpu_count": 2}, True, "2 processes under torchrun, one per GPU"),
-        (1, {"gpu_count": 2}, False, "the run trains on 2 GPUs (pods.p.gpu_count: 2); the pod has 1 GPU"),
-        (0, {"gpu_count": 2}, False, "the pod has no NVIDIA GPU"),
+        (2, PodSettings(gpu_count=2), True, "2 processes under torchrun, one per GPU"),
+        (
+            1,
+            PodSettings(gpu_count=2),
+            False,
+            "the run trains on 2 GPUs (pods.p.gpu_count: 2); the pod has 1 GPU",
+        ),
+        (0, PodSettings(gpu_count=2), False, "the pod has no NVIDIA GPU"),
         (
             4,
-            {"gpu_count": 2},
+            PodSettings(gpu_count=2),
             True,
             "trains on 2 of the pod's 4 GPUs (pods.p.gpu_count: 2); 2 idle, still billed",
         ),
-        (0, {"processes": 2}, True, "2 CPU processes (gloo) under torchrun"),
-        (1, {"processes": 2}, False, "pods.p.processes is for a machine without GPUs"),
+        (0, PodSettings(processes=2), True, "2 CPU processes (gloo) under torchrun"),
+        (1, PodSettings(processes=2), False, "pods.p.processes is for a machine without GPUs"),
     ],
 )
 def test_preflight_compares_the_pods_gpus_with_the_processes(found, settings, ok, said):
@@ -66,21 +72,21 @@ def test_preflight_compares_the_pods_gpus_with_the_processes(found, settings, ok
 
 def test_a_slurm_jobs_gpus_are_its_processes_and_slurm_checks_them():
     """The login node has no GPUs; the job gets `gpus` of them (--gres), one process each."""
-    slurm = {"executor": "slurm", "gpus": 2}
+    slurm = PodSettings(executor="slurm", gpus=2)
     assert processes.train_env(slurm, {}).splitlines()[1:] == ["NPROC_PER_NODE=2", "FORCE_TORCHRUN=1"]
     assert processes.check_gpus(0, slurm, {}, "llamafactory-cli", "p") is None
 
 
 def test_one_process_on_a_cpu_or_one_gpu_needs_no_word():
-    assert processes.check_gpus(0, {"gpu_count": 1}, {}, "llamafactory-cli", "p") is None
-    assert processes.check_gpus(1, {"gpu_count": 1}, {}, "llamafactory-cli", "p") is None
+    assert processes.check_gpus(0, PodSettings(gpu_count=1), {}, "llamafactory-cli", "p") is None
+    assert processes.check_gpus(1, PodSettings(gpu_count=1), {}, "llamafactory-cli", "p") is None
 
 
 def test_a_space_in_llamafactorys_path_is_refused_before_torchrun_splits_it():
     """The launcher builds its torchrun command with " ".join(...).split()."""
-    check = processes.check_gpus(2, {"gpu_count": 2}, {}, "/opt/my envs/bin/llamafactory-cli", "p")
+    check = processes.check_gpus(2, PodSettings(gpu_count=2), {}, "/opt/my envs/bin/llamafactory-cli", "p")
     assert not check.ok and "space" in check.detail
-    assert processes.check_gpus(1, {}, {}, "/opt/my envs/bin/llamafactory-cli", "p") is None
+    assert processes.check_gpus(1, PodSettings(), {}, "/opt/my envs/bin/llamafactory-cli", "p") is None
 
 
 def test_preflight_reports_both_gpus_and_the_per_gpu_need():
@@ -101,14 +107,14 @@ def test_preflight_reports_both_gpus_and_the_per_gpu_need():
         "dir": ["/workspace/lora-runs"],
         "disk_free_kb": [str(200 * 2**20)],
     }
-    report = preflight.evaluate(facts, args, "two", 1000, settings={"gpu_count": 2})
+    report = preflight.evaluate(facts, args, "two", 1000, settings=PodSettings(gpu_count=2))
     checks = {c.name: c for c in report.checks}
     assert not report.failures, [c.detail for c in report.failures]
     assert "per GPU, ZeRO-3 over 2 GPUs" in checks["GPU memory"].detail
     assert "the 2 it trains on have at least" in checks["GPU memory"].detail
     assert checks["GPUs"].detail == "2 processes under torchrun, one per GPU"
     # The same run on one of those GPUs: the pod has it, the memory does not fit.
-    one = preflight.evaluate(facts, args, "two", 1000, settings={"gpu_count": 1})
+    one = preflight.evaluate(facts, args, "two", 1000, settings=PodSettings(gpu_count=1))
     assert [c.name for c in one.failures] == ["GPU memory"]
 
 
@@ -152,13 +158,9 @@ def test_the_72b_profile_fits_two_80gb_gpus_by_the_estimate():
 
 def test_the_cost_line_counts_every_gpu_at_its_price():
     args = yaml.safe_load((PROFILES / "qwen25_32b_a100.yaml").read_text())
-    pod = {
-        "name": "two",
-        "executor": "ssh",
-        "gpu_type": "NVIDIA A100-SXM4-80GB",
-        "gpu_hourly_usd": 1.89,
-        "gpu_count": 2,
-    }
+    pod = PodSettings(
+        name="two", executor="ssh", gpu_type="NVIDIA A100-SXM4-80GB", gpu_hourly_usd=1.89, gpu_count=2
+    )
     line = cost.estimate("lovecraft", args, "qwen25_32b_a100", pod, None).line()
     assert line == (
         "lovecraft: 600 steps, ~14.3 GPU-hours (7.1 h on 2 x A100-SXM4-80GB) at $1.89 per GPU-hour = ~$27.00"
@@ -207,7 +209,7 @@ def test_the_run_folder_carries_the_deepspeed_config_and_the_process_count(tmp_p
     data.write_text('{"instruction": "a", "input": "", "output": "b"}\n')
     info.write_text("{}")
     files = launch.RunFiles.load("r", str(train), str(data), str(info))
-    settings = {"name": "p", "executor": "local", "remote_dir": str(tmp_path / "pod"), "gpu_count": 2}
+    settings = PodSettings(name="p", executor="local", remote_dir=str(tmp_path / "pod"), gpu_count=2)
     run_dir = tmp_path / "pod" / files.run_id
     launch.upload(make_executor(settings), files, str(run_dir), settings)
     named = yaml.safe_load((run_dir / "train.yaml").read_text())["deepspeed"]

@@ -12,7 +12,7 @@ import pytest
 from lora_style.training.executor import SSHExecutor
 from lora_style.training.machines import make_executor
 from lora_style.training.messages import PodError
-from lora_style.training.settings import load_settings
+from lora_style.training.settings import PodSettings, load_settings
 
 from helpers.workflow import REPO
 
@@ -21,15 +21,15 @@ from helpers.workflow import REPO
 
 def test_ssh_checks_host_keys_and_quotes_every_command(tmp_path):
     ex = SSHExecutor(
-        {
-            "name": "runpod",
-            "executor": "ssh",
-            "host": "203.0.113.7",
-            "port": 22022,
-            "user": "root",
-            "identity_file": "~/.ssh/id_ed25519",
-            "known_hosts": "known hosts/pods",
-        },
+        PodSettings(
+            name="runpod",
+            executor="ssh",
+            host="203.0.113.7",
+            port=22022,
+            user="root",
+            identity_file="~/.ssh/id_ed25519",
+            known_hosts="known hosts/pods",
+        ),
         tmp_path,
     )
     opts = ex.ssh_options()
@@ -48,18 +48,18 @@ def test_ssh_checks_host_keys_and_quotes_every_command(tmp_path):
 
 
 def test_ssh_leaves_port_user_and_key_to_ssh_config_when_unset(tmp_path):
-    ex = SSHExecutor({"name": "p", "executor": "ssh", "host": "mypod"}, tmp_path)
+    ex = SSHExecutor(PodSettings(name="p", executor="ssh", host="mypod"), tmp_path)
     opts = ex.ssh_options()
     assert "-p" not in opts and "-i" not in opts and ex.destination() == "mypod"
 
 
 def test_executor_kinds(tmp_path):
-    assert make_executor({"executor": "local"}, tmp_path).kind == "local"
+    assert make_executor(PodSettings(executor="local"), tmp_path).kind == "local"
     with pytest.raises(PodError, match="pods.p.host is missing"):
-        make_executor({"name": "p", "executor": "ssh"}, tmp_path)
+        make_executor(PodSettings(name="p", executor="ssh"), tmp_path)
     with pytest.raises(PodError, match="identity_file: .*does not exist"):
         make_executor(
-            {"name": "p", "executor": "ssh", "host": "h", "identity_file": str(tmp_path / "nokey")}, tmp_path
+            PodSettings(name="p", executor="ssh", host="h", identity_file=str(tmp_path / "nokey")), tmp_path
         ).sh("true")
 
 
@@ -78,7 +78,7 @@ def test_no_ssh_or_rsync_here_is_a_clear_error_not_a_traceback(tmp_path, monkeyp
     assert proc.returncode == 1
     assert proc.stderr == "error: ssh not found on this machine: install the OpenSSH client\n"
     monkeypatch.setenv("PATH", str(empty))
-    ex = SSHExecutor(json.loads(settings), tmp_path)
+    ex = SSHExecutor(load_settings(settings), tmp_path)
     with pytest.raises(PodError, match="^rsync not found on this machine: install rsync$"):
         ex.get("/remote/file", tmp_path / "file")
 
@@ -94,7 +94,7 @@ def test_unreadable_pod_settings_name_the_file(tmp_path):
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(PodError, match="is not a JSON object"):
         load_settings(str(tmp_path / "list.json"))
-    assert load_settings('{"name": "p", "executor": "local"}') == {"name": "p", "executor": "local"}
+    assert load_settings('{"name": "p", "executor": "local"}') == PodSettings(name="p", executor="local")
     proc = subprocess.run(
         [
             sys.executable,

@@ -26,6 +26,7 @@ import pytest
 from lora_style.training.launch import RunFiles
 from lora_style.training.machines import make_executor
 from lora_style.training.run_state import read_state
+from lora_style.training.settings import PodSettings
 
 pytestmark = [pytest.mark.slow]
 
@@ -36,9 +37,10 @@ BIG = 48 * 2**20  # 12 s on it
 # The pipeline's code, as a job runs it, with rsync rate-limited: argv[1] the rate in KiB/s,
 # argv[2] what to run ("upload SETTINGS TRAIN_YAML DATA DATASET_INFO RUN_DIR", or "fetch ARGS...").
 RUNNER = """
-import json, sys
+import sys
 from pathlib import Path
 from lora_style.training import executor, machines
+from lora_style.training.settings import load_settings
 plain = executor.SSHExecutor.rsync_argv
 rate = int(sys.argv[1])
 executor.SSHExecutor.rsync_argv = (
@@ -49,7 +51,7 @@ if sys.argv[2] == "upload":
     from lora_style.training.messages import PodError, Say
     settings, *paths, run_dir = sys.argv[3:]
     try:
-        upload(machines.make_executor(json.loads(settings)), RunFiles.load("style", *paths),
+        upload(machines.make_executor(load_settings(settings)), RunFiles.load("style", *paths),
                run_dir, say=Say("style"))
     except PodError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -136,7 +138,9 @@ def test_an_upload_cut_off_leaves_a_run_not_started_and_the_next_finishes_it(tmp
     assert "nothing was launched. Run snakemake again: it sends what is missing" in said
 
     # What is there now is no run: not launched, and no copy of the data that matches.
-    state = read_state(make_executor(settings, tmp_path), settings["remote_dir"], files.run_id)
+    state = read_state(
+        make_executor(PodSettings.from_entry(settings), tmp_path), settings["remote_dir"], files.run_id
+    )
     assert state.status == "new" and state.describe() == "not started"
     kept = run_dir / "data" / "train.jsonl"
     assert not kept.exists() or sha256(kept) != files.sha256["data/train.jsonl"]

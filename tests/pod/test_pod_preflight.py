@@ -11,6 +11,7 @@ import yaml
 
 from lora_style.training import pod_setup, preflight, shell
 from lora_style.training.executor import LocalExecutor
+from lora_style.training.settings import PodSettings
 
 from helpers.workflow import LLAMAFACTORY_CLI, REPO
 
@@ -96,7 +97,7 @@ def test_preflight_over_ssh_needs_rsync_on_the_pod():
 @pytest.mark.pod
 def test_probe_runs_here_and_finds_the_pod_environment(tmp_path):
     """The real probe script through the local executor: this machine's facts."""
-    ex = LocalExecutor({"name": "here", "executor": "local"}, tmp_path)
+    ex = LocalExecutor(PodSettings(name="here", executor="local"), tmp_path)
     facts = preflight.probe(ex, "runs dir", str(LLAMAFACTORY_CLI)).facts
     assert facts["cli"] == [str(LLAMAFACTORY_CLI)]
     assert facts["cli_rc"] == ["0"] and facts["version"] == ["0.9.5"]
@@ -120,7 +121,7 @@ def test_preflight_checks_the_runs_packages_at_the_versions_llamafactory_require
     ]
     gpus = [f"{i}, NVIDIA H100 80GB HBM3, 81559, 81000" for i in range(2)]
     base = {**FACTS_OK, "nvidia_smi_rc": ["0"], "gpu": gpus}
-    settings = {"gpu_count": 2}
+    settings = PodSettings(gpu_count=2)
 
     def failures(*imports):
         report = preflight.evaluate({**base, "import": list(imports)}, args, "two", 1000, settings=settings)
@@ -149,7 +150,7 @@ def test_preflight_checks_the_runs_packages_at_the_versions_llamafactory_require
 @pytest.mark.pod
 def test_the_real_probe_asks_llamafactorys_python_for_the_runs_packages(tmp_path):
     """probe.sh imports each module with llamafactory-cli's interpreter: a version, or the error."""
-    ex = LocalExecutor({"name": "here", "executor": "local"}, tmp_path)
+    ex = LocalExecutor(PodSettings(name="here", executor="local"), tmp_path)
     needs = [
         preflight.Need("peft", "peft>=0.18.0", "test"),
         preflight.Need("no_such_module_here", "no-such>=1", "test"),
@@ -258,7 +259,7 @@ def test_setup_script_runs_logs_and_records(tmp_path):
 
 @pytest.mark.pod
 def test_setup_probe_reports_missing_modules_here(tmp_path):
-    ex = LocalExecutor({"name": "here", "executor": "local"}, tmp_path)
+    ex = LocalExecutor(PodSettings(name="here", executor="local"), tmp_path)
     facts = preflight.probe(ex, "runs", str(LLAMAFACTORY_CLI), for_setup=True).facts
     # The pod environment here has LLaMA-Factory but not the guide's extras.
     missing = " ".join(facts["missing_modules"]).split()

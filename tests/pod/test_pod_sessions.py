@@ -23,6 +23,7 @@ import pytest
 from lora_style.training import follow, launch
 from lora_style.training.executor import SSHExecutor
 from lora_style.training.messages import PodError, Unreachable
+from lora_style.training.settings import PodSettings
 
 from helpers.sshd import Sshd
 from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake_argv, write_config
@@ -187,9 +188,12 @@ def test_a_changed_host_key_stops_at_once(tmp_path):
         known = tmp_path / "known_hosts"
         known.write_text(f"[127.0.0.1]:{sshd.port} {sshd.other_key.with_suffix('.pub').read_text()}")
         ex = SSHExecutor(
-            {**sshd.pod(tmp_path, LLAMAFACTORY_CLI, known_hosts=str(known)), "name": "testpod"}, tmp_path
+            PodSettings.from_entry(
+                {**sshd.pod(tmp_path, LLAMAFACTORY_CLI, known_hosts=str(known)), "name": "testpod"}
+            ),
+            tmp_path,
         )
-        settings = {"reconnect_minutes": 60}
+        settings = PodSettings(reconnect_minutes=60)
         said: list[str] = []
         started = time.monotonic()
         with pytest.raises(PodError) as caught:
@@ -207,7 +211,9 @@ def test_a_changed_host_key_stops_at_once(tmp_path):
 def test_an_upload_after_a_one_line_edit_sends_only_the_change(tmp_path, sshd):
     """10 MB of data, one line changed: the new run folder's upload is rsync's delta against the
     earlier one (prepare_upload.sh finds it; --copy-dest), and arrives intact."""
-    ex = SSHExecutor({**sshd.pod(tmp_path, LLAMAFACTORY_CLI), "name": "testpod"}, tmp_path)
+    ex = SSHExecutor(
+        PodSettings.from_entry({**sshd.pod(tmp_path, LLAMAFACTORY_CLI), "name": "testpod"}), tmp_path
+    )
     lines = SAMPLE_DATA.read_text().splitlines(keepends=True)
     data = tmp_path / "train.jsonl"
     with data.open("w") as out:
@@ -221,7 +227,7 @@ def test_an_upload_after_a_one_line_edit_sends_only_the_change(tmp_path, sshd):
     def upload() -> tuple[int, Path]:
         run = launch.RunFiles.load("style", files["train_yaml"], data, files["dataset_info"])
         sent = ex.bytes_sent
-        launch.upload(ex, run, f"{tmp_path}/pod/{run.run_id}", {}, said.append)
+        launch.upload(ex, run, f"{tmp_path}/pod/{run.run_id}", PodSettings(), said.append)
         return ex.bytes_sent - sent, tmp_path / "pod" / run.run_id
 
     first, _ = upload()
@@ -239,7 +245,9 @@ def test_an_edit_of_the_same_size_and_second_is_sent_not_taken_from_the_basis(tm
     """rsync's quick check matches on size and mtime to the second: an edit that keeps the size,
     staged within the second of the earlier upload, would land the basis's old copy (CI saw the
     sha256 check catch it, and a rerun could not fix it). Uploads go through the delta always."""
-    ex = SSHExecutor({**sshd.pod(tmp_path, LLAMAFACTORY_CLI), "name": "testpod"}, tmp_path)
+    ex = SSHExecutor(
+        PodSettings.from_entry({**sshd.pod(tmp_path, LLAMAFACTORY_CLI), "name": "testpod"}), tmp_path
+    )
     stage = tmp_path / "stage"
     (stage / "data").mkdir(parents=True)
     (tmp_path / "pod").mkdir()  # the pod's runs folder (loopback)

@@ -23,8 +23,9 @@ def test_a_long_download_shows_its_progress_while_it_runs(sshd, tmp_path):
     with open(big, "wb") as handle:
         handle.truncate(200 * 2**20)  # sparse here; rsync sends every byte
     fetch = (
-        "import json, sys\nfrom pathlib import Path\nfrom lora_style.training.machines import make_executor\n"
-        "make_executor(json.loads(sys.argv[1])).get(sys.argv[2], Path(sys.argv[3]), "
+        "import sys\nfrom pathlib import Path\nfrom lora_style.training.machines import make_executor\n"
+        "from lora_style.training.settings import load_settings\n"
+        "make_executor(load_settings(sys.argv[1])).get(sys.argv[2], Path(sys.argv[3]), "
         "bwlimit_kib=16384)\n"
     )
     pod = sshd.pod(tmp_path, "/bin/true")

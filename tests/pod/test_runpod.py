@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from lora_style.training import runpod
+from lora_style.training.settings import PodSettings
 
 from helpers.fake_runpod import FakeRunPod
 from helpers.processes import freeze
@@ -144,7 +145,7 @@ def test_rents_trains_fetches_and_stops_the_pod(tmp_path, fake, tiny_model):
     assert used["usd"] == pytest.approx(used["gpu_hours"] * pod.cost_per_hr, abs=0.01)
     assert 0 < used["wall_seconds"] < pod.run_seconds  # training is part of the billed time
     assert summary["estimate"]["steps"] == 10 and summary["cut_by_budget"] is False
-    record = json.loads(runpod.state_path({"name": "rented"}, work).read_text())
+    record = json.loads(runpod.state_path(PodSettings(name="rented"), work).read_text())
     assert record["id"] == pod.id and record["runs"] == {"style": "fetched"}
 
     # The API key is in no file the graph wrote (results, logs, .state), nor on the pod's volume.
@@ -183,7 +184,7 @@ def test_a_pod_created_by_a_crashed_call_is_found_by_name_not_rented_twice(tmp_p
     config = rented_config(tmp_path, fake, tiny_model)
     work = tmp_path / "work"
     work.mkdir()
-    name = runpod.pod_name({"name": "rented"}, work)
+    name = runpod.pod_name(PodSettings(name="rented"), work)
     # What a job killed between "created" and "recorded" leaves: a pod, and no record of it.
     body = {
         "name": name,
@@ -327,7 +328,7 @@ def test_two_runs_on_one_pod_share_it_and_it_stops_after_the_last(tmp_path, fake
     assert the_pod(fake).status == "EXITED"
     assert len(fake.calls("POST", r"/pods/\w+/action")) == 1, "stopped once, after the last fetch"
     assert "still training on it" in proc.stderr
-    record = json.loads(runpod.state_path({"name": "rented"}, work).read_text())
+    record = json.loads(runpod.state_path(PodSettings(name="rented"), work).read_text())
     assert record["runs"] == {"style": "fetched", "other": "fetched"}
 
 

@@ -24,7 +24,7 @@ from lora_style.training import runpod, runpod_account, shell
 from lora_style.training.machines import make_executor
 from lora_style.training.messages import PodError
 from lora_style.training.runpod_api import RunPodAPI, RunPodError
-from lora_style.training.settings import with_defaults
+from lora_style.training.settings import PodSettings
 
 from helpers.fake_runpod import FakeRunPod
 
@@ -51,8 +51,8 @@ def fake(tmp_path, monkeypatch):
     server.assert_no_violations()
 
 
-def settings_for(fake: FakeRunPod, tmp_path: Path, **extra) -> dict:
-    return with_defaults(
+def settings_for(fake: FakeRunPod, tmp_path: Path, **extra) -> PodSettings:
+    return PodSettings.from_entry(
         {
             "name": "rented",
             "executor": "ssh",
@@ -76,7 +76,7 @@ def live(fake: FakeRunPod) -> list:
     return [p for p in fake.pods.values() if p.status != "TERMINATED"]
 
 
-def reaches(settings: dict, tmp_path: Path) -> str:
+def reaches(settings: PodSettings, tmp_path: Path) -> str:
     """What a real ssh login on the rented pod prints (its RUNPOD_POD_ID)."""
     ex = make_executor(settings, tmp_path)
     try:
@@ -96,8 +96,8 @@ def test_rents_with_the_v2_body_reaches_the_pod_through_ssh_direct_and_reads_the
     assert body["gpu"] == {"id": A100, "count": 1} and body["startSsh"] is True
     assert body["ports"] == ["22/tcp"] and body["cloud"] == "SECURE"
     assert body["mounts"] == {"persistent": {"size": 100, "path": "/workspace"}}
-    assert (rented["host"], rented["port"]) == ("127.0.0.1", pod.sshd.port)
-    assert rented["user"] == getpass.getuser() and rented["pod_usd_per_hour"] == pod.cost_per_hr
+    assert (rented.host, rented.port) == ("127.0.0.1", pod.sshd.port)
+    assert rented.user == getpass.getuser() and rented.pod_usd_per_hour == pod.cost_per_hr
     assert reaches(rented, tmp_path) == pod.id
     assert "in stock in RunPod's SECURE cloud" in said.text()
     assert (tmp_path / ".state/runpod/catalog.json").exists(), "the plan prices from it"
@@ -137,7 +137,7 @@ def test_a_create_whose_answer_is_lost_leaves_one_pod(tmp_path, fake):
     rented = runpod.rent(settings_for(fake, tmp_path), "style", tmp_path, said)
     assert len(fake.calls("POST", "/pods")) == 1, "not created twice"
     (pod,) = fake.pods.values()
-    assert rented["pod_id"] == pod.id and pod.status == "RUNNING"
+    assert rented.pod_id == pod.id and pod.status == "RUNNING"
     assert "answer to the create was lost" in said.text() and "adopted, not rented twice" in said.text()
 
 
@@ -168,7 +168,7 @@ def test_register_ssh_key_adds_ours_and_keeps_the_accounts_other_keys(tmp_path, 
     assert fake.ssh_keys[0] == other and fake.ssh_keys[1].startswith(ours)
     (put,) = fake.calls("PUT", "/account/ssh-keys")
     assert put.body["keys"][0] == other
-    assert reaches(rented, tmp_path) == rented["pod_id"], "the pod lets the registered key in"
+    assert reaches(rented, tmp_path) == rented.pod_id, "the pod lets the registered key in"
 
 
 # ----------------------------------------------------------------------------- stock and price
@@ -196,7 +196,7 @@ def test_the_plan_prices_from_the_catalog_read_and_says_how_old(tmp_path, fake):
     )
     listed = runpod_catalog.list_price(tmp_path, A100, "SECURE")
     assert listed[0] == fake.prices[A100] and listed[1] == "0 min ago"
-    pod = {"name": "rented", "executor": "ssh", "gpu_type": A100, "gpu_count": 1}
+    pod = PodSettings(name="rented", executor="ssh", gpu_type=A100, gpu_count=1)
     line = cost.estimate("style", {"max_steps": 600}, "qwen25_32b_a100", pod, None, listed).line()
     assert line.endswith(
         f"at ${fake.prices[A100]:.2f}/h = ~${600 / 84 * fake.prices[A100]:.2f} "
@@ -272,7 +272,7 @@ def test_a_stopped_pod_whose_host_has_no_gpu_moves_to_a_new_pod_on_its_network_v
     fake.add_network_volume("vol_lora", data_center="EU-SE-1")
     settings, said = settings_for(fake, tmp_path, network_volume_id="vol_lora"), Said()
     first = runpod.rent(settings, "style", tmp_path, said)
-    old = fake.pods[first["pod_id"]]
+    old = fake.pods[first.pod_id]
     assert old.created_body["mounts"] == {"network": [{"volumeId": "vol_lora", "path": "/workspace"}]}
     assert old.created_body["dataCenterIds"] == ["EU-SE-1"] and old.data_center == "EU-SE-1"
     checkpoint = fake.workspace / "lora-runs/style-x/checkpoint-10"
@@ -281,9 +281,9 @@ def test_a_stopped_pod_whose_host_has_no_gpu_moves_to_a_new_pod_on_its_network_v
     fake.take_host_gpus(old.id)
 
     second = runpod.rent(settings, "style", tmp_path, said)
-    assert second["pod_id"] != old.id and old.status == "TERMINATED"
+    assert second.pod_id != old.id and old.status == "TERMINATED"
     assert checkpoint.is_dir(), "the checkpoints are on the network volume"
-    assert reaches(second, tmp_path) == second["pod_id"]
+    assert reaches(second, tmp_path) == second.pod_id
     assert "renting a new one on network volume vol_lora" in said.text()
 
 
@@ -291,20 +291,20 @@ def test_without_a_network_volume_a_host_with_no_gpu_is_a_clear_error_and_the_po
     settings, said = settings_for(fake, tmp_path), Said()
     first = runpod.rent(settings, "style", tmp_path, said)
     runpod.release(settings, "style", tmp_path, said)
-    fake.take_host_gpus(first["pod_id"])
+    fake.take_host_gpus(first.pod_id)
     with pytest.raises(PodError) as caught:
         runpod.rent(settings, "style", tmp_path, said)
     text = str(caught.value)
     assert "RunPod will not start it again" in text and "network_volume_id" in text
     assert "Its checkpoints stay on that host's volume" in text
-    assert fake.pods[first["pod_id"]].status == "EXITED", "never terminated: its checkpoints"
+    assert fake.pods[first.pod_id].status == "EXITED", "never terminated: its checkpoints"
 
 
 def test_runpod_stopping_the_pod_is_noticed_by_asking_the_api(tmp_path, fake):
     settings = settings_for(fake, tmp_path)
     rented = runpod.rent(settings, "style", tmp_path, Said())
     runpod.check_running(settings, tmp_path)  # running: nothing to say
-    fake.interrupt(rented["pod_id"])
+    fake.interrupt(rented.pod_id)
     with pytest.raises(runpod.PodStopped) as caught:
         runpod.check_running(settings, tmp_path)
     assert caught.value.status == "EXITED"
@@ -345,7 +345,7 @@ def test_the_guard_stops_its_pod_through_v2_with_the_pod_scoped_key(tmp_path, fa
     """guard.sh alone: nothing trains, so after IDLE_SECONDS it stops the pod it runs on, with
     curl, or with python3 where a pod has no curl; the key never on a command line or in its log."""
     rented = runpod.rent(settings_for(fake, tmp_path), "style", tmp_path, Said())
-    pod = fake.pods[rented["pod_id"]]
+    pod = fake.pods[rented.pod_id]
     env = guard_env(tmp_path, ["curl"] if with_curl else [], pod)
     proc, log = run_guard(tmp_path, fake, env)
     assert pod.status == "EXITED", (proc.stderr, log)
@@ -356,7 +356,7 @@ def test_the_guard_stops_its_pod_through_v2_with_the_pod_scoped_key(tmp_path, fa
 
 def test_the_guard_falls_back_to_runpodctl_and_never_gives_up_while_the_pod_is_up(tmp_path, fake):
     rented = runpod.rent(settings_for(fake, tmp_path), "style", tmp_path, Said())
-    pod = fake.pods[rented["pod_id"]]
+    pod = fake.pods[rented.pod_id]
     # The API refuses twice: the first try falls back to runpodctl (which fails too: it is
     # refused the same way), the guard waits and tries again, and the third call goes through.
     fake.fail_next("POST", f"/pods/{pod.id}/action", 500, "upstream error", times=3)
@@ -405,7 +405,7 @@ def test_ctrl_c_while_following_says_what_runpod_reports(tmp_path, fake, monkeyp
     assert remote_train._stopped_message(args, settings).startswith(
         "stopped following; the training goes on on the pod"
     )
-    fake.interrupt(rented["pod_id"])
+    fake.interrupt(rented.pod_id)
     message = remote_train._stopped_message(args, settings)
-    assert f"RunPod reports pod {rented['pod_id']} EXITED, so nothing trains there now" in message
+    assert f"RunPod reports pod {rented.pod_id} EXITED, so nothing trains there now" in message
     assert "goes on" not in message

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from lora_style.training import run_state
+from lora_style.training.settings import PodSettings
 from lora_style.training.slurm import node_gpus, parse_time, sbatch_options
 
 from helpers.processes import descendants
@@ -78,10 +79,10 @@ def test_gpus_of_a_node(gres, gpus):
 
 def test_sbatch_options_keep_the_users_args_as_they_are():
     assert sbatch_options(
-        {"partition": "gpu", "gpus": 2, "time": "12:00:00", "sbatch_args": ["--account=a b", "--qos=$(x)"]}
+        PodSettings(partition="gpu", gpus=2, time="12:00:00", sbatch_args=["--account=a b", "--qos=$(x)"])
     ) == ["--partition=gpu", "--gres=gpu:2", "--time=12:00:00", "--account=a b", "--qos=$(x)"]
-    assert sbatch_options({}) == []
-    assert sbatch_options({"nodes": 2}) == ["--nodes=2", "--ntasks-per-node=1"]
+    assert sbatch_options(PodSettings()) == []
+    assert sbatch_options(PodSettings(nodes=2)) == ["--nodes=2", "--ntasks-per-node=1"]
 
 
 SINFO = {
@@ -125,7 +126,7 @@ SINFO = {
 def test_preflight_checks_of_a_slurm_cluster(facts, pod, args, failed):
     from lora_style.training.slurm import slurm_checks
 
-    checks = slurm_checks(facts, {"name": "c", **pod}, args)
+    checks = slurm_checks(facts, PodSettings.from_entry({"name": "c", **pod}), args)
     assert {c.name: c.detail for c in checks if not c.ok}.keys() == failed.keys(), checks
     for check in checks:
         if not check.ok:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 
 from lora_style.training import cost
+from lora_style.training.settings import PodSettings
 
 from helpers.workflow import REPO
 
 PROFILES = REPO / "config" / "hparams"
-A100 = {"name": "runpod", "executor": "ssh", "gpu_type": "NVIDIA A100-SXM4-80GB", "gpu_hourly_usd": 1.89}
+A100 = PodSettings(name="runpod", executor="ssh", gpu_type="NVIDIA A100-SXM4-80GB", gpu_hourly_usd=1.89)
 
 
 def test_the_guides_run_costs_what_the_guide_paid():
@@ -32,7 +35,7 @@ def test_epochs_count_the_examples_and_every_gpu_is_paid_for():
         "gradient_accumulation_steps": 4,
         "val_size": 0.0,
     }
-    two = cost.estimate("r", args, "qwen25_32b_a100", {**A100, "gpu_count": 2}, 800)
+    two = cost.estimate("r", args, "qwen25_32b_a100", replace(A100, gpu_count=2), 800)
     assert two.steps == 2 * 800 // (4 * 2)  # the effective batch spans the GPUs
     assert two.gpu_hours == pytest.approx(two.steps / 84 * 2)
     assert "on 2 x A100-SXM4-80GB" in two.line()
@@ -41,7 +44,7 @@ def test_epochs_count_the_examples_and_every_gpu_is_paid_for():
 def test_what_the_line_says_without_a_rate_or_a_price():
     args = {"max_steps": 100}
     assert "no measured rate" in cost.estimate("r", args, "qwen25_14b", A100, None).line()
-    local = cost.estimate("r", args, "tiny_cpu", {"name": "here", "executor": "local"}, None)
+    local = cost.estimate("r", args, "tiny_cpu", PodSettings(name="here", executor="local"), None)
     assert (
         local.line()
         == "r: 100 steps, ~0.0 hours on this machine; no price (set gpu_hourly_usd on the pod for a cost)"
@@ -53,27 +56,27 @@ def test_used_counts_every_attempt_and_prices_it():
         {"start": 0, "from_step": 0, "end": 1800, "rc": 137},
         {"start": 2000, "from_step": 50, "end": 5600, "rc": 0},
     ]
-    used = cost.used(attempts, {**A100, "gpu_count": 2})
+    used = cost.used(attempts, replace(A100, gpu_count=2))
     assert used["wall_seconds"] == 5400 and used["gpu_hours"] == 3.0
     assert used["usd_per_hour"] == pytest.approx(3.78) and used["usd"] == pytest.approx(5.67)
     # A rented pod's own price wins over the configured one.
-    assert cost.used(attempts, {**A100, "pod_usd_per_hour": 2.5})["usd"] == pytest.approx(3.75)
+    assert cost.used(attempts, replace(A100, pod_usd_per_hour=2.5))["usd"] == pytest.approx(3.75)
 
 
 def test_budgets_in_seconds_of_training():
     assert cost.budget_seconds(A100) is None
-    assert cost.budget_seconds({**A100, "max_hours": 2}) == 7200
-    assert cost.budget_seconds({**A100, "max_usd": 18.9}) == 36000  # 10 h at $1.89
-    assert cost.budget_seconds({**A100, "max_usd": 18.9, "max_hours": 2}) == 7200
-    assert cost.budget_seconds({"max_usd": 5}) is None  # no price: no dollars
+    assert cost.budget_seconds(replace(A100, max_hours=2)) == 7200
+    assert cost.budget_seconds(replace(A100, max_usd=18.9)) == 36000  # 10 h at $1.89
+    assert cost.budget_seconds(replace(A100, max_usd=18.9, max_hours=2)) == 7200
+    assert cost.budget_seconds(PodSettings(max_usd=5)) is None  # no price: no dollars
 
 
 def test_a_slurm_job_pays_for_its_gpus_on_every_node():
     from lora_style.training import cost
 
-    pod = {"executor": "slurm", "gpus": 4, "nodes": 2, "gpu_hourly_usd": 2.0}
+    pod = PodSettings(executor="slurm", gpus=4, nodes=2, gpu_hourly_usd=2.0)
     assert cost.gpus_paid(pod) == 8 and cost.usd_per_hour(pod) == 16.0
-    assert cost.gpus_paid({"executor": "slurm", "partition": "cpu"}) == 1  # a CPU job: one unit
-    assert cost.gpus_paid({"executor": "ssh", "gpu_count": 2, "gpus": 7}) == 2
+    assert cost.gpus_paid(PodSettings(executor="slurm", partition="cpu")) == 1  # a CPU job: one unit
+    assert cost.gpus_paid(PodSettings(executor="ssh", gpu_count=2, gpus=7)) == 2
     used = cost.used([{"start": 0, "end": 1800}], pod)
     assert used["gpu_hours"] == 4.0 and used["usd"] == 8.0

@@ -9,6 +9,7 @@ import pytest
 from lora_style.training import fetch, follow, launch, preflight, remote_train
 from lora_style.training.executor import LocalExecutor
 from lora_style.training.messages import PodError, Say
+from lora_style.training.settings import PodSettings
 
 # ---------------------------------------------------------------------------- fetch and stop
 
@@ -29,7 +30,7 @@ def _finished_run(tmp_path):
     (run / "output" / "trainer_log.jsonl").write_text('{"current_steps": 5, "loss": 1.0}\n')
     (run / "run.sh").write_text("")
     (run / "exit_code").write_text("0\n")
-    settings = {"name": "here", "executor": "local", "remote_dir": str(tmp_path / "pod")}
+    settings = PodSettings(name="here", executor="local", remote_dir=str(tmp_path / "pod"))
     return settings, LocalExecutor(settings, tmp_path)
 
 
@@ -159,7 +160,9 @@ def test_ctrl_c_says_what_it_stopped(tmp_path, monkeypatch, capsys, command, cut
         ],
     }[command]
     monkeypatch.setattr(remote_train, "make_executor", lambda settings: ex)
-    rc = remote_train.main([command, "--run", "style", "--pod-settings", json.dumps(settings), *args])
+    rc = remote_train.main(
+        [command, "--run", "style", "--pod-settings", json.dumps(settings.as_entry()), *args]
+    )
     err = capsys.readouterr().err
     assert rc == 130
     assert f"[style] {message}" in err, err

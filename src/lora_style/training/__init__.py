@@ -1,6 +1,6 @@
 """Everything that touches the training machine (a pod over SSH, or this machine).
 
-    settings.py    a pod's settings, every default once (from the config schema)
+    settings.py    PodSettings: a pod's settings, frozen, every default once (from the config schema)
     executor.py    how commands and files reach it: ssh + rsync, or this machine
     shell.py       the pod-side .sh scripts beside it: how they are sent, what they print
     estimate.py    memory, disk and steps a run needs

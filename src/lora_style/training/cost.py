@@ -19,6 +19,7 @@ from lora_style.paths import CONFIG
 
 from .estimate import planned_steps
 from .processes import world_size
+from .settings import PodSettings
 
 RATES = CONFIG / "rates.yaml"
 
@@ -39,21 +40,21 @@ def short_gpu(gpu_type: str | None) -> str:
     return (gpu_type or "GPU").removeprefix("NVIDIA ").strip()
 
 
-def gpus_paid(pod: dict) -> int:
+def gpus_paid(pod: PodSettings) -> int:
     """The GPUs a training holds: a Slurm job's `gpus` on each of its `nodes`, else the pod's
     `gpu_count` (at least one: a CPU job is priced as one unit per node)."""
-    if pod.get("executor") == "slurm":
-        return max(1, int(pod.get("gpus") or 0)) * int(pod.get("nodes") or 1)
-    return int(pod.get("gpu_count") or 1)
+    if pod.executor == "slurm":
+        return max(1, int(pod.gpus or 0)) * int(pod.nodes or 1)
+    return int(pod.gpu_count or 1)
 
 
-def usd_per_hour(pod: dict) -> float | None:
+def usd_per_hour(pod: PodSettings) -> float | None:
     """The pod's price per hour, all its GPUs: the rented pod's own, else gpu_hourly_usd x count."""
-    if pod.get("pod_usd_per_hour") is not None:
-        return float(pod["pod_usd_per_hour"])
-    if pod.get("gpu_hourly_usd") is None:
+    if pod.pod_usd_per_hour is not None:
+        return float(pod.pod_usd_per_hour)
+    if pod.gpu_hourly_usd is None:
         return None
-    return float(pod["gpu_hourly_usd"]) * gpus_paid(pod)
+    return float(pod.gpu_hourly_usd) * gpus_paid(pod)
 
 
 @dataclass
@@ -111,7 +112,7 @@ def estimate(
     run: str,
     args: dict,
     profile: str,
-    pod: dict,
+    pod: PodSettings,
     examples: int | None,
     listed: tuple[float, str] | None = None,
 ) -> Estimate:
@@ -121,16 +122,16 @@ def estimate(
     gpus = gpus_paid(pod)
     # The effective batch spans every training process (CPU processes too: `processes`).
     steps = planned_steps(args, examples or 0, world_size(pod))
-    where = "this machine" if pod.get("executor") == "local" else f"pod '{pod.get('name', '?')}'"
-    price, source = pod.get("gpu_hourly_usd"), None
+    where = "this machine" if pod.executor == "local" else f"pod '{pod.name or '?'}'"
+    price, source = pod.gpu_hourly_usd, None
     if listed is not None:
         price, source = listed[0], f"RunPod's list price, read {listed[1]}"
     return Estimate(
         run,
         steps,
-        steps_per_hour(profile, pod.get("gpu_type")),
+        steps_per_hour(profile, pod.gpu_type),
         gpus,
-        pod.get("gpu_type"),
+        pod.gpu_type,
         price,
         where,
         profile,
@@ -138,7 +139,7 @@ def estimate(
     )
 
 
-def used(attempts: list[dict], pod: dict, now: float | None = None) -> dict:
+def used(attempts: list[dict], pod: PodSettings, now: float | None = None) -> dict:
     """GPU time of every training attempt (attempts.log), and its cost at the pod's price."""
     seconds = sum((a.get("end") or now or a["start"]) - a["start"] for a in attempts)
     gpus = gpus_paid(pod)
@@ -154,12 +155,12 @@ def used(attempts: list[dict], pod: dict, now: float | None = None) -> dict:
     }
 
 
-def budget_seconds(pod: dict) -> int | None:
+def budget_seconds(pod: PodSettings) -> int | None:
     """Training seconds a run may use under max_hours and max_usd (at the pod's price)."""
     limits = []
-    if pod.get("max_hours"):
-        limits.append(float(pod["max_hours"]) * 3600)
+    if pod.max_hours:
+        limits.append(float(pod.max_hours) * 3600)
     price = usd_per_hour(pod)
-    if pod.get("max_usd") and price:
-        limits.append(float(pod["max_usd"]) / price * 3600)
+    if pod.max_usd and price:
+        limits.append(float(pod.max_usd) / price * 3600)
     return max(1, int(min(limits))) if limits else None

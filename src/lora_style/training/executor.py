@@ -33,7 +33,7 @@ from pathlib import Path
 from . import shell
 from .messages import PodError, Unreachable
 from .progress import TransferProgress, relay_progress, to_stderr
-from .settings import with_defaults
+from .settings import PodSettings
 from .ssh_errors import ssh_failure
 
 # ssh exits with 255 when the connection itself fails; rsync reports a broken transport
@@ -63,9 +63,9 @@ class Executor(ABC):
 
     kind = ""
 
-    def __init__(self, settings: dict, workdir: str | os.PathLike = "."):
-        self.settings = with_defaults(settings)
-        self.name = settings.get("name", self.kind)
+    def __init__(self, settings: PodSettings, workdir: str | os.PathLike = "."):
+        self.settings = settings
+        self.name = settings.name or self.kind
         self.workdir = Path(workdir).resolve()
         self.bytes_sent = self.bytes_received = 0  # what file copies moved over the network
 
@@ -190,11 +190,11 @@ class SSHExecutor(Executor):
 
     kind = "ssh"
 
-    def __init__(self, settings: dict, workdir: str | os.PathLike = "."):
+    def __init__(self, settings: PodSettings, workdir: str | os.PathLike = "."):
         super().__init__(settings, workdir)
-        if not settings.get("host"):
+        if not settings.host:
             raise PodError(f"pods.{self.name}.host is missing: the pod's IP address or ssh alias")
-        self.known_hosts = self.workdir / os.path.expanduser(self.settings["known_hosts"])
+        self.known_hosts = self.workdir / os.path.expanduser(self.settings.known_hosts)
         self._control_dir: str | None = None
 
     def control_path(self) -> str:
@@ -211,11 +211,11 @@ class SSHExecutor(Executor):
         return os.path.join(self._control_dir, "m")
 
     def destination(self) -> str:
-        user = self.settings.get("user")
-        return f"{user}@{self.settings['host']}" if user else self.settings["host"]
+        user = self.settings.user
+        return f"{user}@{self.settings.host}" if user else self.settings.host
 
     def identity_file(self) -> Path | None:
-        path = self.settings.get("identity_file")
+        path = self.settings.identity_file
         return Path(os.path.expanduser(path)) if path else None
 
     def ssh_options(self) -> list[str]:
@@ -241,13 +241,13 @@ class SSHExecutor(Executor):
             "-o",
             f"ControlPath={_ssh_config_value(self.control_path())}",
             "-o",
-            f"ControlPersist={max(120, 3 * int(float(self.settings['poll_seconds'])))}",
+            f"ControlPersist={max(120, 3 * int(float(self.settings.poll_seconds)))}",
         ]
-        if self.settings.get("port"):
-            opts += ["-p", str(self.settings["port"])]
-        if self.settings.get("host_key_alias"):
+        if self.settings.port:
+            opts += ["-p", str(self.settings.port)]
+        if self.settings.host_key_alias:
             # A rented pod's key is pinned to its id, whatever address it has today.
-            opts += ["-o", f"HostKeyAlias={self.settings['host_key_alias']}"]
+            opts += ["-o", f"HostKeyAlias={self.settings.host_key_alias}"]
         key = self.identity_file()
         if key:
             # Only this key: no agent keys tried first (servers cut off after a few failures).
@@ -387,5 +387,5 @@ class SSHExecutor(Executor):
         self._rsync("downloading", f"{self.destination()}:{remote_file}", str(local_file), say, bwlimit_kib)
 
     def where(self) -> str:
-        port = self.settings.get("port")
+        port = self.settings.port
         return f"pod '{self.name}' ({self.destination()}{f' port {port}' if port else ''})"

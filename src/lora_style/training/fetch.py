@@ -15,7 +15,7 @@ from .executor import Executor
 from .messages import PodError, Say, stopped_after_landing, stopped_as
 from .reconnect import with_reconnect
 from .run_state import holding, list_checkpoints, read_state, remote_hashes
-from .settings import with_defaults
+from .settings import PodSettings
 
 
 def download_verified(
@@ -45,7 +45,7 @@ def remove_leftovers(adapter_dir: Path, say: Say) -> None:
 
 def fetch(
     run: str,
-    settings: dict,
+    settings: PodSettings,
     ex: Executor,
     launch_rec: dict,
     finished: dict,
@@ -61,9 +61,8 @@ def fetch(
             "adapter: remove it (or move it away) and run again"
         )
     remove_leftovers(adapter_dir, say)
-    settings = with_defaults(settings)
     run_id = launch_rec["run_id"]
-    state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say, "fetching")
+    state = with_reconnect(lambda: read_state(ex, settings.remote_dir, run_id), settings, say, "fetching")
     if not state.exists:
         raise PodError(
             f"{ex.where()} no longer has the run folder {run_id}; its checkpoints are gone. "

@@ -24,7 +24,7 @@ from .messages import (
 )
 from .reconnect import with_reconnect
 from .run_state import RunState, now_iso, parse_attempts, parse_state, read_state
-from .settings import with_defaults
+from .settings import PodSettings
 from .shell import parse_markers
 
 POLL_CAP = 4 * 2**20  # most bytes of each log fetched per poll
@@ -120,7 +120,7 @@ class Follower:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def read_attempts(ex: Executor, run_dir: str, settings: dict, say: Say) -> list[dict]:
+def read_attempts(ex: Executor, run_dir: str, settings: PodSettings, say: Say) -> list[dict]:
     return parse_attempts(
         with_reconnect(
             lambda: ex.sh('cat "$1"/attempts.log', timeout=60, args=(run_dir,)).text,
@@ -131,7 +131,9 @@ def read_attempts(ex: Executor, run_dir: str, settings: dict, say: Say) -> list[
     )
 
 
-def refuse_to_resume(ex: Executor, settings: dict, state: RunState, run_id: str, run: str, say: Say) -> None:
+def refuse_to_resume(
+    ex: Executor, settings: PodSettings, state: RunState, run_id: str, run: str, say: Say
+) -> None:
     """Raise TrainingFailed where resuming would only fail again: a full disk, or a training
     SIGKILLed twice from the same checkpoint (the OOM killer, most likely)."""
     where = f"{run_id} on {ex.where()} is {state.describe()}"
@@ -143,20 +145,21 @@ def refuse_to_resume(ex: Executor, settings: dict, state: RunState, run_id: str,
             raise TrainingFailed(f"{where}; not resumed: {killed_again_hint(state, run, again)}")
 
 
-def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror: Path, say: Say) -> dict:
+def wait(
+    files: RunFiles, settings: PodSettings, ex: Executor, launch_rec: dict, mirror: Path, say: Say
+) -> dict:
     """Follow the run to its end; resume it first if it died since the last call."""
-    settings = with_defaults(settings)
     run_id = launch_rec["run_id"]
     if run_id != files.run_id:
         raise PodError(
             f"{launch_rec.get('run_id')} in the launch record is not the run of these inputs "
             f"({files.run_id}); delete results/{files.run}/train/launch.json and run again"
         )
-    state = with_reconnect(lambda: read_state(ex, settings["remote_dir"], run_id), settings, say, "attaching")
+    state = with_reconnect(lambda: read_state(ex, settings.remote_dir, run_id), settings, say, "attaching")
     if state.status in ("new", "killed", "died"):
         if state.status == "new":
             # Its checkpoints are gone: the whole training again, only when the user asks for it.
-            if not settings.get("relaunch"):
+            if not settings.relaunch:
                 raise TrainingFailed(gone_message(ex.where(), run_id, files.run, launch_rec.get("estimate")))
             say(
                 f"{ex.where()} has no folder {run_id} (a new pod, or its volume was wiped): "
@@ -178,7 +181,7 @@ def wait(files: RunFiles, settings: dict, ex: Executor, launch_rec: dict, mirror
                 job_seen = (state.job, state.slurm)
                 say(f"{run_id}: {state.describe()}")
             if not more:
-                time.sleep(float(settings["poll_seconds"]))
+                time.sleep(float(settings.poll_seconds))
             continue
         if more:
             continue

@@ -35,6 +35,7 @@ from .run_state import (
     remote_hashes,
     write_remote_json,
 )
+from .settings import PodSettings
 
 # Where each uploaded file goes in the run folder (the train.yaml paths are relative to it).
 UPLOAD_LAYOUT = {
@@ -116,18 +117,18 @@ class RunFiles:
 # ------------------------------------------------------------------------ upload and launch
 
 
-def guarded(settings: dict) -> bool:
+def guarded(settings: PodSettings) -> bool:
     """A rented pod (idle stop) or a budget: the pod's guard runs next to the training."""
-    return bool(settings.get("provider")) or cost.budget_seconds(settings) is not None
+    return bool(settings.provider) or cost.budget_seconds(settings) is not None
 
 
 def upload(
-    ex: Executor, files: RunFiles, run_dir: str, settings: dict | None = None, say: Say | None = None
+    ex: Executor, files: RunFiles, run_dir: str, settings: PodSettings | None = None, say: Say | None = None
 ) -> None:
     """rsync the run's files and run.sh into its folder, then check them by sha256 there. With
     a budget or on a rented pod, guard.sh and the run's budget_seconds go along. A long upload
     (a large data set) reports its progress through `say`."""
-    settings = settings or {}
+    settings = settings or PodSettings()
     with tempfile.TemporaryDirectory(prefix="lora-upload-") as tmp:
         stage = Path(tmp)
         # The inputs (and the DeepSpeed config), content only; put() has rsync's delta algorithm
@@ -209,12 +210,12 @@ def secrets_for_training(environ: dict | None = None) -> bytes:
 
 
 def start_detached(
-    ex: Executor, run_dir: str, session: str, cli: str, settings: dict | None = None
+    ex: Executor, run_dir: str, session: str, cli: str, settings: PodSettings | None = None
 ) -> dict[str, list[str]]:
     """launch.sh: start run.sh detached unless an attempt is alive (and the pod's guard, where
     the run folder has one); its @@ answers."""
-    settings = settings or {}
-    idle = int(60 * float(settings["idle_stop_minutes"])) if settings.get("provider") else 0
+    settings = settings or PodSettings()
+    idle = int(60 * float(settings.idle_stop_minutes)) if settings.provider else 0
     secrets = secrets_for_training()
     return ex.run(
         "launch.sh",
@@ -222,22 +223,22 @@ def start_detached(
         session,
         cli,
         idle,
-        settings.get("api_url", ""),
+        settings.api_url,
         "stdin" if secrets else "",
         timeout=120,
         stdin=secrets,
     ).facts
 
 
-def launch(ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say) -> dict:
+def launch(ex: Executor, settings: PodSettings, files: RunFiles, state: RunState, say: Say) -> dict:
     """Setup (opt-in), preflight, upload, start detached. Returns what was launched."""
     record: dict = {}
     # On a rented pod, its guard must not stop it for idleness during a long setup or upload.
-    hold = holding(ex, settings["remote_dir"]) if settings.get("provider") else nullcontext()
+    hold = holding(ex, settings.remote_dir) if settings.provider else nullcontext()
     with hold, stopped_as(BEFORE_LAUNCH):
-        if settings.get("setup"):
-            if settings.get("provider"):
-                ex.run("hold.sh", settings["remote_dir"], 2 * 3600, timeout=60)  # pip takes long
+        if settings.setup:
+            if settings.provider:
+                ex.run("hold.sh", settings.remote_dir, 2 * 3600, timeout=60)  # pip takes long
             record["setup"] = pod_setup.pod_setup(ex, settings, say, files.args)
         report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)
         run_dir = f"{report.remote_dir}/{files.run_id}"
@@ -318,7 +319,12 @@ def launch_record(
 
 
 def launch_and_record(
-    ex: Executor, settings: dict, files: RunFiles, state: RunState, say: Say, previous: dict | None = None
+    ex: Executor,
+    settings: PodSettings,
+    files: RunFiles,
+    state: RunState,
+    say: Say,
+    previous: dict | None = None,
 ) -> dict:
     """Launch (or resume) the run and leave its launch record in the run folder."""
     attempt = launch(ex, settings, files, state, say)
@@ -330,10 +336,10 @@ def launch_and_record(
     return record
 
 
-def submit(files: RunFiles, settings: dict, ex: Executor, say: Say) -> dict:
+def submit(files: RunFiles, settings: PodSettings, ex: Executor, say: Say) -> dict:
     """Launch the run, or attach to it when its folder on the pod already trains or has finished."""
     try:
-        state = read_state(ex, settings["remote_dir"], files.run_id)
+        state = read_state(ex, settings.remote_dir, files.run_id)
     except PodError as exc:  # unreachable, or refused (a changed host key, a key it rejects)
         raise PodError(f"preflight failed; nothing was uploaded or launched: {exc}") from None
     if state.status in ("running", "finished", "cut"):

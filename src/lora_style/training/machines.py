@@ -14,18 +14,16 @@ import sys
 
 from .executor import Executor, LocalExecutor, SSHExecutor
 from .messages import PodError
-from .settings import load_settings
+from .settings import PodSettings, load_settings
 from .slurm import SlurmExecutor
 
 EXECUTORS = {"ssh": SSHExecutor, "local": LocalExecutor, "slurm": SlurmExecutor}
 
 
-def make_executor(settings: dict, workdir: str | os.PathLike = ".") -> Executor:
-    kind = settings.get("executor")
+def make_executor(settings: PodSettings, workdir: str | os.PathLike = ".") -> Executor:
+    kind = settings.executor
     if kind not in EXECUTORS:
-        raise PodError(
-            f"pods.{settings.get('name', '?')}.executor: '{kind}' is not one of {', '.join(EXECUTORS)}"
-        )
+        raise PodError(f"pods.{settings.name or '?'}.executor: '{kind}' is not one of {', '.join(EXECUTORS)}")
     return EXECUTORS[kind](settings, workdir)
 
 

@@ -23,6 +23,7 @@ from .preflight import (
     unmet,
 )
 from .run_state import now_iso
+from .settings import PodSettings
 from .shell import first
 
 
@@ -106,12 +107,12 @@ def setup_args(plan: list[dict], remote_dir: str) -> list[str]:
     return args
 
 
-def pod_setup(ex: Executor, settings: dict, say: Say, args: dict | None = None) -> dict:
+def pod_setup(ex: Executor, settings: PodSettings, say: Say, args: dict | None = None) -> dict:
     """Install what a fresh pod lacks (tmux, LLaMA-Factory with extras, what the run's `args`
     need); record what was done."""
-    remote_dir = settings["remote_dir"]
+    remote_dir = settings.remote_dir
     needs = run_packages(args or {})
-    facts = probe(ex, remote_dir, settings["llamafactory_cli"], needs, for_setup=True).facts
+    facts = probe(ex, remote_dir, settings.llamafactory_cli, needs, for_setup=True).facts
     plan = setup_plan(facts, rsync=ex.transport.kind == "ssh", needs=needs, login_node=ex.kind == "slurm")
     record = {"at": now_iso(), "plan": plan, "installed": []}
     runnable = [step for step in plan if step.get("command")]

@@ -38,6 +38,7 @@ from .estimate import (
 from .executor import Executor
 from .messages import PodError, Say, Unreachable
 from .processes import check_gpus, world_size
+from .settings import PodSettings
 from .shell import first
 
 # The packages of the guide's `pip install -e ".[metrics,bitsandbytes,qwen]"` (extras metrics,
@@ -157,14 +158,20 @@ def parse_gpus(lines: list[str]) -> list[dict]:
 
 
 def evaluate(
-    facts: dict, args: dict, pod: str, examples: int, needs_rsync: bool = False, settings: dict | None = None
+    facts: dict,
+    args: dict,
+    pod: str,
+    examples: int,
+    needs_rsync: bool = False,
+    settings: PodSettings | None = None,
 ) -> Report:
     """Turn the pod's facts into checks against what the run's profile needs.
 
     needs_rsync: the ssh executor copies files with rsync, which must exist at both ends.
     settings: the pod's, for the number of GPUs (processes) the run trains on."""
+    settings = settings or PodSettings()
     report = Report()
-    world = world_size(settings or {})
+    world = world_size(settings)
     at = f"pods.{pod}"
     # llamafactory-cli
     cli = first(facts, "cli")
@@ -249,7 +256,7 @@ def evaluate(
             report.checks.append(
                 Check("GPU memory", True, f"{seen}; the run needs {report.memory.describe()}")
             )
-    count = check_gpus(len(report.gpus), settings or {}, args, cli or "", pod)
+    count = check_gpus(len(report.gpus), settings, args, cli or "", pod)
     if count is not None:
         report.checks.append(Check("GPUs", count.ok, count.detail, count.fix))
     # bitsandbytes, deepspeed: asked of llamafactory-cli's own python
@@ -328,12 +335,12 @@ def probe(ex: Executor, remote_dir: str, cli: str, needs: Sequence[Need] = (), f
     )
 
 
-def run_preflight(ex: Executor, settings: dict, args: dict, examples: int, say: Say) -> Report:
+def run_preflight(ex: Executor, settings: PodSettings, args: dict, examples: int, say: Say) -> Report:
     """All checks in one connection; raises PodError (with every failure and its fix) or returns.
 
     args: the run's training arguments (train.yaml); examples: lines of its data."""
     try:
-        result = probe(ex, settings["remote_dir"], settings["llamafactory_cli"], run_packages(args))
+        result = probe(ex, settings.remote_dir, settings.llamafactory_cli, run_packages(args))
     except Unreachable as exc:
         raise PodError(f"preflight failed; nothing was uploaded or launched: {exc}") from None
     facts = result.facts

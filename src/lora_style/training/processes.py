@@ -13,20 +13,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .settings import PodSettings
 
-def world_size(settings: dict) -> int:
+
+def world_size(settings: PodSettings) -> int:
     """Training processes: `processes` (CPU processes on a machine without GPUs, for a test of the
     distributed path), else one per GPU: a Slurm job's `gpus`, a pod's `gpu_count`."""
-    return int(settings.get("processes") or settings.get("gpus") or settings.get("gpu_count") or 1)
+    return int(settings.processes or settings.gpus or settings.gpu_count or 1)
 
 
-def needs_torchrun(settings: dict, args: dict) -> bool:
+def needs_torchrun(settings: PodSettings, args: dict) -> bool:
     """Several processes, or DeepSpeed, which LLaMA-Factory refuses to start without torchrun
     ("Please use `FORCE_TORCHRUN=1` to launch DeepSpeed training"), even on one GPU."""
     return world_size(settings) > 1 or bool(args.get("deepspeed"))
 
 
-def train_env(settings: dict, args: dict) -> str:
+def train_env(settings: PodSettings, args: dict) -> str:
     """train.env of a run folder: shell assignments run.sh exports before the training starts.
 
     NPROC_PER_NODE is always written: without it, a single-process run on a pod with two GPUs
@@ -37,7 +39,7 @@ def train_env(settings: dict, args: dict) -> str:
     ]
     if needs_torchrun(settings, args):
         lines.append("FORCE_TORCHRUN=1")
-    if settings.get("processes"):
+    if settings.processes:
         # CPU processes: accelerate names each one's device "cpu:0" (torch.device("cpu", index)),
         # and transformers resumes the optimizer with torch.load(map_location=that device), which
         # fails: "don't know how to restore data location of torch.storage.UntypedStorage (tagged
@@ -53,7 +55,7 @@ class GpuCount:
     fix: str = ""
 
 
-def check_gpus(found: int, settings: dict, args: dict, cli: str, at: str) -> GpuCount | None:
+def check_gpus(found: int, settings: PodSettings, args: dict, cli: str, at: str) -> GpuCount | None:
     """The pod's GPUs against the processes the run starts; None when there is nothing to say
     (one process on a pod with at most one GPU)."""
     world = world_size(settings)
@@ -67,9 +69,9 @@ def check_gpus(found: int, settings: dict, args: dict, cli: str, at: str) -> Gpu
             "splits its command on spaces, so a distributed training cannot start",
             "install LLaMA-Factory in a folder whose path has no spaces",
         )
-    if settings.get("executor") == "slurm":
+    if settings.executor == "slurm":
         return None  # the login node's GPUs say nothing: Slurm's checks compare `gpus` with the partition
-    if settings.get("processes"):
+    if settings.processes:
         if found:
             return GpuCount(
                 False,

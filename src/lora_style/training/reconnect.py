@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 
 from .messages import PodError, Say, Unreachable
-from .settings import with_defaults
+from .settings import PodSettings
 
 
-def with_reconnect(call, settings: dict, say: Say, what: str):
+def with_reconnect(call, settings: PodSettings, say: Say, what: str):
     """Run call(); through SSH failures retry with backoff until reconnect_minutes have passed.
     A rented pod's `on_lost_contact` (runpod.check_running) is asked first, then every minute:
     it raises when RunPod reports the pod stopped, so no time goes on an address that is dead."""
-    limit = 60 * float(with_defaults(settings)["reconnect_minutes"])
-    ask = settings.get("on_lost_contact")
+    limit = 60 * float(settings.reconnect_minutes)
+    ask = settings.on_lost_contact
     start, delay, asked = time.monotonic(), 1.0, None
     while True:
         try:

@@ -26,6 +26,7 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -44,7 +45,7 @@ from lora_style.training import (
 from lora_style.training.machines import make_executor
 from lora_style.training.messages import STOPPED, PodError, Say, Stopped, TrainingFailed, Unreachable
 from lora_style.training.runpod_api import RunPodAPI
-from lora_style.training.settings import load_settings, with_defaults
+from lora_style.training.settings import PodSettings, load_settings
 
 
 def _stop_on_signals() -> None:
@@ -104,7 +105,7 @@ def _record(path: str, what: str) -> dict:
     return read_json_object(path, PodError, f"{what}; run snakemake again to rebuild it")
 
 
-def _command(args, settings: dict, ex, files, say: Say) -> None:
+def _command(args, settings: PodSettings, ex, files, say: Say) -> None:
     if args.command == "fetch":
         summary = fetch.fetch(
             args.run,
@@ -158,7 +159,7 @@ def _need(args, files, estimate_json: str | None) -> dict:
     return need
 
 
-def _rented(args, settings: dict, files, say: Say) -> None:
+def _rented(args, settings: PodSettings, files, say: Say) -> None:
     """A command on a pod the graph rents: rent (or start) it, guard it, and give it back as
     soon as nothing needs it. A failure stops it, except while a training may still go on (a lost
     connection during wait: the pod's guard stops it once nothing trains). A pod RunPod stops
@@ -167,8 +168,10 @@ def _rented(args, settings: dict, files, say: Say) -> None:
     workdir = Path.cwd()
     need = _need(args, files, getattr(args, "estimate", None))
     for attempt in range(RECOVERIES + 1):
-        rented = runpod.rent(settings, args.run, workdir, say, need)
-        rented["on_lost_contact"] = lambda: runpod.check_running(settings, workdir)
+        rented = replace(
+            runpod.rent(settings, args.run, workdir, say, need),
+            on_lost_contact=lambda: runpod.check_running(settings, workdir),
+        )
         try:
             ex = make_executor(rented)
             runpod.start_guard(ex, rented, say)
@@ -197,7 +200,7 @@ def _rented(args, settings: dict, files, say: Say) -> None:
             )
 
 
-def _record_bill(settings: dict, record: dict, summaries: list[Path], say: Say) -> None:
+def _record_bill(settings: PodSettings, record: dict, summaries: list[Path], say: Say) -> None:
     """RunPod's bill for the pod into the run's summaries; a failure to read it costs nothing."""
     try:
         bill = runpod_account.bill(settings, record, say)
@@ -226,12 +229,12 @@ def _by_hand(args, say: Say) -> None:
     entry = (config.get("pods") or {}).get(args.pod)
     if not isinstance(entry, dict) or entry.get("provider") != "runpod":
         raise PodError(f"{args.config}: pods.{args.pod} is not a pod with provider: runpod")
-    settings = with_defaults({**entry, "name": args.pod})
+    settings = PodSettings.from_entry({**entry, "name": args.pod})
     if args.command == "prices":
         runpod_catalog.read_catalog(RunPodAPI(settings, say), settings, Path.cwd())
         path = runpod_catalog.catalog_path(Path.cwd())
         say(
-            f"RunPod's GPU catalog ({settings['cloud_type']} cloud) written to {path}; the "
+            f"RunPod's GPU catalog ({settings.cloud_type} cloud) written to {path}; the "
             "plan's cost line now prices from it"
         )
         return
@@ -252,10 +255,10 @@ def _by_hand(args, say: Say) -> None:
     )
 
 
-def _stopped_message(args, settings: dict) -> str:
+def _stopped_message(args, settings: PodSettings | None) -> str:
     """What Ctrl-C means; for wait on a rented pod, what RunPod reports of it (a pod RunPod
     stopped trains nothing)."""
-    if args.command == "wait" and settings.get("provider") == "runpod":
+    if args.command == "wait" and settings is not None and settings.provider == "runpod":
         pod = runpod.pod_status(settings, Path.cwd())
         if pod is not None and pod["status"] not in runpod.UP:
             return (
@@ -270,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     say = Say(getattr(args, "run", None) or getattr(args, "pod", ""))
     _stop_on_signals()
-    settings: dict = {}
+    settings: PodSettings | None = None
     try:
         if args.command in ("prices", "bill"):
             _by_hand(args, say)
             return 0
-        settings = with_defaults(load_settings(args.pod_settings))
-        rented = settings.get("provider") == "runpod"
+        settings = load_settings(args.pod_settings)
+        rented = settings.provider == "runpod"
         # The inputs are read (and hashed) before a pod is rented; fetch reads none.
         files = (
             None

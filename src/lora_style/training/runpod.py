@@ -26,6 +26,7 @@ import socket
 import subprocess
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from lora_style.fileio import read_json_object, write_json
@@ -34,6 +35,7 @@ from . import runpod_account, runpod_catalog, shell
 from .messages import PodError, Say
 from .run_state import now_iso
 from .runpod_api import RunPodAPI, RunPodError
+from .settings import PodSettings
 
 POLL_SECONDS = 5.0  # while a pod boots (SkyPilot polls every 5 s)
 MOUNT_PATH = "/workspace"  # where RunPod's images and the LLaMA-Factory template keep data
@@ -51,23 +53,23 @@ class PodStopped(PodError):
 # ------------------------------------------------------------------------------ the pod's record
 
 
-def pod_name(settings: dict, workdir: Path) -> str:
+def pod_name(settings: PodSettings, workdir: Path) -> str:
     """Deterministic: the same project and pod entry always look for the same RunPod pod."""
     project = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:8]
-    return f"lora-{settings.get('name', 'pod')}-{project}"
+    return f"lora-{settings.name or 'pod'}-{project}"
 
 
-def state_path(settings: dict, workdir: Path) -> Path:
+def state_path(settings: PodSettings, workdir: Path) -> Path:
     return workdir / ".state" / "runpod" / f"{pod_name(settings, workdir)}.json"
 
 
-def read_record(settings: dict, workdir: Path) -> dict:
+def read_record(settings: PodSettings, workdir: Path) -> dict:
     path = state_path(settings, workdir)
     return read_json_object(path, PodError) if path.exists() else {}
 
 
 @contextmanager
-def locked(settings: dict, workdir: Path):
+def locked(settings: PodSettings, workdir: Path):
     """One job at a time decides about the pod (two runs' jobs may start together)."""
     path = state_path(settings, workdir).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,25 +78,25 @@ def locked(settings: dict, workdir: Path):
         yield
 
 
-def create_body(settings: dict, name: str, data_center: str | None = None) -> dict:
+def create_body(settings: PodSettings, name: str, data_center: str | None = None) -> dict:
     """v2's CreatePodRequest: SSH from the account's keys on the pod's published 22/tcp."""
     body = {
         "name": name,
-        "gpu": {"id": settings["gpu_type"], "count": int(settings["gpu_count"])},
-        "cloud": settings["cloud_type"],
-        "disk": int(settings["container_disk_gb"]),
+        "gpu": {"id": settings.gpu_type, "count": int(settings.gpu_count)},
+        "cloud": settings.cloud_type,
+        "disk": int(settings.container_disk_gb),
         "ports": ["22/tcp"],  # ssh.direct: only direct TCP SSH carries rsync
         "startSsh": True,
     }
-    if settings.get("network_volume_id"):
-        body["mounts"] = {"network": [{"volumeId": settings["network_volume_id"], "path": MOUNT_PATH}]}
+    if settings.network_volume_id:
+        body["mounts"] = {"network": [{"volumeId": settings.network_volume_id, "path": MOUNT_PATH}]}
         body["dataCenterIds"] = [data_center] if data_center else []
     else:
-        body["mounts"] = {"persistent": {"size": int(settings["volume_gb"]), "path": MOUNT_PATH}}
-    if settings.get("template_id"):
-        body["templateId"] = settings["template_id"]
+        body["mounts"] = {"persistent": {"size": int(settings.volume_gb), "path": MOUNT_PATH}}
+    if settings.template_id:
+        body["templateId"] = settings.template_id
     else:
-        body["image"] = settings["image"]
+        body["image"] = settings.image
     if not body.get("dataCenterIds"):
         body.pop("dataCenterIds", None)
     return body
@@ -150,8 +152,8 @@ def _create_or_adopt(api: RunPodAPI, body: dict, say: Say) -> dict:
             return found[0]
 
 
-def _replace(api: RunPodAPI, settings: dict, pod: dict, name: str, say: Say) -> dict:
-    volume = settings.get("network_volume_id")
+def _replace(api: RunPodAPI, settings: PodSettings, pod: dict, name: str, say: Say) -> dict:
+    volume = settings.network_volume_id
     say(
         f"pod {name} ({pod['id']}) cannot start on its host again (its GPUs were rented "
         f"meanwhile): terminating it and renting a new one on network volume {volume}, whose "
@@ -161,8 +163,8 @@ def _replace(api: RunPodAPI, settings: dict, pod: dict, name: str, say: Say) -> 
     return _create_or_adopt(api, create_body(settings, name, _volume_dc(api, settings)), say)
 
 
-def _volume_dc(api: RunPodAPI, settings: dict) -> str | None:
-    volume = settings.get("network_volume_id")
+def _volume_dc(api: RunPodAPI, settings: PodSettings) -> str | None:
+    volume = settings.network_volume_id
     if not volume:
         return None
     try:
@@ -170,14 +172,14 @@ def _volume_dc(api: RunPodAPI, settings: dict) -> str | None:
     except RunPodError as exc:
         if exc.status == 404:
             raise PodError(
-                f"pods.{settings.get('name')}.network_volume_id {volume}: RunPod knows "
+                f"pods.{settings.name}.network_volume_id {volume}: RunPod knows "
                 "no such network volume in this account (RunPod: Storage); nothing "
                 "was rented"
             ) from None
         raise
 
 
-def _start(api: RunPodAPI, settings: dict, pod: dict, name: str, say: Say) -> dict:
+def _start(api: RunPodAPI, settings: PodSettings, pod: dict, name: str, say: Say) -> dict:
     """Start a stopped pod; one whose host has no free GPU is replaced on its network volume."""
     say(f"starting pod {name} ({pod['id']}), stopped since its last job")
     try:
@@ -185,13 +187,13 @@ def _start(api: RunPodAPI, settings: dict, pod: dict, name: str, say: Say) -> di
     except RunPodError as exc:
         if exc.status != 400:  # RunPod's refusal to place it; an outage or a bad key is no reason
             raise  # to give the pod up
-        if settings.get("network_volume_id"):
+        if settings.network_volume_id:
             return _replace(api, settings, pod, name, say)
         raise PodError(
             f"pod {name} ({pod['id']}) is stopped and RunPod will not start it again: "
             f"{exc.detail or exc}. Its checkpoints stay on that host's volume (the pod "
             "is kept, stopped). Run again later, when the host has a free GPU; a "
-            f"network volume (pods.{settings.get('name')}.network_volume_id) would "
+            f"network volume (pods.{settings.name}.network_volume_id) would "
             "have let the graph resume on a new pod right away"
         ) from None
 
@@ -199,7 +201,7 @@ def _start(api: RunPodAPI, settings: dict, pod: dict, name: str, say: Say) -> di
 # ----------------------------------------------------------------------------- rent and release
 
 
-def rent(settings: dict, run: str, workdir: Path, say: Say, need: dict | None = None) -> dict:
+def rent(settings: PodSettings, run: str, workdir: Path, say: Say, need: dict | None = None) -> PodSettings:
     """The pod for `run`, up and answering: the settings an SSH executor needs to reach it.
     `need` (the plan's estimate) prices the alternatives when the GPU type is out of stock."""
     api = RunPodAPI(settings, say)
@@ -222,7 +224,7 @@ def rent(settings: dict, run: str, workdir: Path, say: Say, need: dict | None = 
             runpod_catalog.check_stock(api, settings, need, workdir, say)
             body = create_body(settings, name, _volume_dc(api, settings))
             say(
-                f"renting {settings['gpu_count']} x {settings['gpu_type']} ({settings['cloud_type']} "
+                f"renting {settings.gpu_count} x {settings.gpu_type} ({settings.cloud_type} "
                 f"cloud) on RunPod as pod {name}"
             )
             pod = _create_or_adopt(api, body, say)
@@ -240,7 +242,7 @@ def rent(settings: dict, run: str, workdir: Path, say: Say, need: dict | None = 
         )
         write_json(state_path(settings, workdir), record)
     alias = f"runpod-{pod['id']}"
-    known_hosts = workdir / os.path.expanduser(settings["known_hosts"])
+    known_hosts = workdir / os.path.expanduser(settings.known_hosts)
     if fresh:
         _forget_host_key(alias, known_hosts)  # a new container has new host keys
     try:
@@ -249,18 +251,20 @@ def rent(settings: dict, run: str, workdir: Path, say: Say, need: dict | None = 
         with locked(settings, workdir):
             _give_back(api, settings, workdir, pod["id"], created, say)
         raise
-    return {
-        **settings,
-        "host": host,
-        "port": port,
-        "user": settings.get("user") or user,
-        "host_key_alias": alias,
-        "pod_id": pod["id"],
-        "pod_usd_per_hour": float(pod["cost"]) if pod.get("cost") else None,
-    }
+    return replace(
+        settings,
+        host=host,
+        port=port,
+        user=settings.user or user,
+        host_key_alias=alias,
+        pod_id=pod["id"],
+        pod_usd_per_hour=float(pod["cost"]) if pod.get("cost") else None,
+    )
 
 
-def _give_back(api: RunPodAPI, settings: dict, workdir: Path, pod_id: str, created: bool, say: Say) -> None:
+def _give_back(
+    api: RunPodAPI, settings: PodSettings, workdir: Path, pod_id: str, created: bool, say: Say
+) -> None:
     """Nothing half-made is left billing: a pod made by this call goes; one started by it stops
     (keeping its volume's checkpoints). A pod in ERROR cannot be stopped (RunPod allows only
     start or terminate there): without a network volume it is left as it is, with its volume."""
@@ -273,7 +277,7 @@ def _give_back(api: RunPodAPI, settings: dict, workdir: Path, pod_id: str, creat
         return
     if "stop" in pod.get("actions", []):
         api.action(pod_id, "stop")
-    elif settings.get("network_volume_id"):
+    elif settings.network_volume_id:
         api.terminate(pod_id)  # its checkpoints are on the network volume
     else:
         say(
@@ -283,8 +287,8 @@ def _give_back(api: RunPodAPI, settings: dict, workdir: Path, pod_id: str, creat
         )
 
 
-def _wait_until_up(api: RunPodAPI, pod_id: str, settings: dict, say: Say) -> tuple[dict, tuple]:
-    deadline = time.monotonic() + 60 * float(settings["boot_minutes"])
+def _wait_until_up(api: RunPodAPI, pod_id: str, settings: PodSettings, say: Say) -> tuple[dict, tuple]:
+    deadline = time.monotonic() + 60 * float(settings.boot_minutes)
     said = False
     while time.monotonic() < deadline:
         pod = api.get(pod_id)
@@ -303,33 +307,30 @@ def _wait_until_up(api: RunPodAPI, pod_id: str, settings: dict, say: Say) -> tup
             say(f"pod {pod_id} is up: ssh {address[2]}@{address[0]} -p {address[1]}")
             return pod, address
         if not said:
-            say(
-                f"waiting for pod {pod_id} to boot and sshd to answer (up to "
-                f"{settings['boot_minutes']:g} min)"
-            )
+            say(f"waiting for pod {pod_id} to boot and sshd to answer (up to {settings.boot_minutes:g} min)")
             said = True
-        time.sleep(min(POLL_SECONDS, float(settings["poll_seconds"])))
+        time.sleep(min(POLL_SECONDS, float(settings.poll_seconds)))
     raise PodError(
-        f"pod {pod_id} did not answer on SSH within {settings['boot_minutes']:g} min "
-        f"(pods.{settings.get('name')}.boot_minutes); it was given back so that it does "
+        f"pod {pod_id} did not answer on SSH within {settings.boot_minutes:g} min "
+        f"(pods.{settings.name}.boot_minutes); it was given back so that it does "
         "not bill. Run again, or choose another gpu_type or cloud_type; a custom image "
         "must run sshd from PUBLIC_KEY and expose 22/tcp"
     )
 
 
-def pod_status(settings: dict, workdir: Path) -> dict | None:
+def pod_status(settings: PodSettings, workdir: Path) -> dict | None:
     """What RunPod reports of the rented pod now (one quick look, no retries), or None."""
     record = read_record(settings, Path(workdir))
     if not record.get("id"):
         return None
     try:
-        api = RunPodAPI({**settings, "api_retry_minutes": 0.2})
+        api = RunPodAPI(replace(settings, api_retry_minutes=0.2))
         return api.get(record["id"]) or {"id": record["id"], "status": "TERMINATED"}
     except PodError:
         return None
 
 
-def check_running(settings: dict, workdir: Path) -> None:
+def check_running(settings: PodSettings, workdir: Path) -> None:
     """SSH failed: ask RunPod before retrying it. A pod RunPod stopped (maintenance, a balance at
     $0, the console, a guard that misfired) raises PodStopped, which the caller recovers from."""
     pod = pod_status(settings, workdir)
@@ -337,14 +338,14 @@ def check_running(settings: dict, workdir: Path) -> None:
         raise PodStopped(f"RunPod reports pod {pod['id']} {pod['status']}", pod["status"])
 
 
-def start_guard(ex, settings: dict, say: Say) -> None:
+def start_guard(ex, settings: PodSettings, say: Say) -> None:
     """The pod's guard (guard.sh), from the first contact on: the pod stops itself once nothing
     has trained on it for idle_stop_minutes, whatever happens to the laptop or this job."""
     facts = ex.run(
         "guard_start.sh",
-        settings["remote_dir"],
-        int(60 * float(settings["idle_stop_minutes"])),
-        settings["api_url"],
+        settings.remote_dir,
+        int(60 * float(settings.idle_stop_minutes)),
+        settings.api_url,
         shell.script("guard.sh"),
         timeout=120,
     ).facts
@@ -355,7 +356,7 @@ def start_guard(ex, settings: dict, say: Say) -> None:
         )
 
 
-def release(settings: dict, run: str, workdir: Path, say: Say, failed: bool = False) -> dict | None:
+def release(settings: PodSettings, run: str, workdir: Path, say: Say, failed: bool = False) -> dict | None:
     """This run is done with the pod. When no run still needs it, apply on_finish (a failed
     training stops it, unless on_finish is keep). Returns the pod's record when it was given
     back (so its bill can be read), else None."""
@@ -366,7 +367,7 @@ def release(settings: dict, run: str, workdir: Path, say: Say, failed: bool = Fa
             return None
         record.setdefault("runs", {})[run] = "failed" if failed else "fetched"
         waiting = sorted(r for r, state in record["runs"].items() if state == "training")
-        action = settings["on_finish"]
+        action = settings.on_finish
         if failed and action == "terminate":
             action = "stop"  # keep the checkpoints and logs of a failed run to look at
         if waiting:

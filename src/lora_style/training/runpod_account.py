@@ -20,11 +20,12 @@ from pathlib import Path
 from .messages import PodError, Say
 from .run_state import now_iso
 from .runpod_api import RunPodAPI
+from .settings import PodSettings
 
 
-def public_key(settings: dict) -> str | None:
+def public_key(settings: PodSettings) -> str | None:
     """The public half of identity_file (`type base64`), from its .pub or from the key."""
-    identity = settings.get("identity_file")
+    identity = settings.identity_file
     if not identity:
         return None
     path = Path(os.path.expanduser(identity))
@@ -37,7 +38,7 @@ def public_key(settings: dict) -> str | None:
         )
         if done.returncode != 0:
             raise PodError(
-                f"pods.{settings.get('name')}.identity_file {identity}: no {pub.name} "
+                f"pods.{settings.name}.identity_file {identity}: no {pub.name} "
                 "beside it and its public half cannot be read from it (a passphrase?); "
                 f"write it with `ssh-keygen -y -f {identity} > {pub}`; nothing was rented"
             )
@@ -46,11 +47,11 @@ def public_key(settings: dict) -> str | None:
     return " ".join(fields[:2]) if len(fields) >= 2 else None
 
 
-def ensure_ssh_key(api: RunPodAPI, settings: dict, say: Say) -> None:
+def ensure_ssh_key(api: RunPodAPI, settings: PodSettings, say: Say) -> None:
     """A v2 pod gets SSH only from the account's registered keys (startSsh): with ours missing it
     would boot, bill and never answer. Registered here only with register_ssh_key, as the union
     of what is there and ours (PUT replaces the whole set)."""
-    name = settings.get("name", "?")
+    name = settings.name or "?"
     keys = api.ssh_keys()
     ours = public_key(settings)
     if ours is None:
@@ -64,23 +65,23 @@ def ensure_ssh_key(api: RunPodAPI, settings: dict, say: Say) -> None:
         )
     if any(" ".join(key.split()[:2]) == ours for key in keys):
         return
-    if settings.get("register_ssh_key"):
+    if settings.register_ssh_key:
         api.set_ssh_keys([*keys, f"{ours} lora-pipeline"])
         say(
-            f"registered {settings['identity_file']}.pub with RunPod (kept the account's other "
+            f"registered {settings.identity_file}.pub with RunPod (kept the account's other "
             f"{len(keys)} key(s))"
         )
         return
     raise PodError(
-        f"pods.{name}: the public half of {settings['identity_file']} is not among "
+        f"pods.{name}: the public half of {settings.identity_file} is not among "
         f"your RunPod account's {len(keys)} registered SSH key(s), so the pod would "
         "boot, bill and refuse you. Add it (RunPod: Settings -> SSH Public Keys: "
-        f"paste {settings['identity_file']}.pub), or set pods.{name}.register_ssh_key: "
+        f"paste {settings.identity_file}.pub), or set pods.{name}.register_ssh_key: "
         "true to let the graph add it; nothing was rented"
     )
 
 
-def bill(settings: dict, record: dict, say: Say | None = None) -> dict:
+def bill(settings: PodSettings, record: dict, say: Say | None = None) -> dict:
     """What RunPod billed for the project's pod(s) from its creation on: GPU, CPU, disk and
     total in USD, summed over RunPod's hourly buckets, with when it was read. Billing lags by
     minutes to hours: a later `python -m lora_style.training.remote_train bill` reads it again."""

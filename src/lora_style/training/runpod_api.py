@@ -30,6 +30,7 @@ from urllib3.util.retry import Retry
 from lora_style.config.checks import V1_GONE, retired_v1
 
 from .messages import PodError, Say
+from .settings import PodSettings
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
@@ -89,8 +90,8 @@ class _Retry(Retry):
         return fresh
 
 
-def _advice(status: int | None, settings: dict, what: str) -> str:
-    name, env = settings.get("name", "?"), settings.get("api_key_env", "RUNPOD_API_KEY")
+def _advice(status: int | None, settings: PodSettings, what: str) -> str:
+    name, env = settings.name or "?", settings.api_key_env
     at = f"pods.{name}"
     if status is None or status >= 500:
         return "RunPod's API is failing; run again later (status.runpod.io)"
@@ -115,11 +116,11 @@ def _advice(status: int | None, settings: dict, what: str) -> str:
 class RunPodAPI:
     """One account's session with RunPod's API v2."""
 
-    def __init__(self, settings: dict, say: Say | None = None):
+    def __init__(self, settings: PodSettings, say: Say | None = None):
         self.settings = settings
         self.say = say
-        name, env = settings.get("name", "?"), settings["api_key_env"]
-        self.url = settings["api_url"].rstrip("/")
+        name, env = settings.name or "?", settings.api_key_env
+        self.url = settings.api_url.rstrip("/")
         if retired_v1(self.url):
             raise RunPodError(f"pods.{name}.api_url {self.url} {V1_GONE}; nothing was rented")
         key = os.environ.get(env, "").strip()
@@ -129,7 +130,7 @@ class RunPodAPI:
                 "set. Export it in the shell that runs snakemake (RunPod: Settings "
                 "-> API Keys); nothing was rented"
             )
-        self.patience = 60 * float(settings.get("api_retry_minutes") or 5)
+        self.patience = 60 * float(settings.api_retry_minutes or 5)
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
         self.retried = requests.Session()
         self.retried.headers.update(headers)

@@ -18,6 +18,7 @@ from lora_style.fileio import read_json_object, write_json
 from .cost import short_gpu, steps_per_hour
 from .messages import PodError, Say
 from .run_state import now_iso
+from .settings import PodSettings
 
 
 def catalog_path(workdir: Path) -> Path:
@@ -93,9 +94,9 @@ def alternatives(gpus: list[dict], cloud: str, count: int, need: dict | None) ->
     return lines
 
 
-def check_stock(api, settings: dict, need: dict | None, workdir: Path, say: Say) -> None:
+def check_stock(api, settings: PodSettings, need: dict | None, workdir: Path, say: Say) -> None:
     """Raise before renting when gpu_type is out of stock in cloud_type, naming what is in stock."""
-    cloud, count, wanted = settings["cloud_type"], int(settings["gpu_count"]), settings["gpu_type"]
+    cloud, count, wanted = settings.cloud_type, int(settings.gpu_count), settings.gpu_type
     gpus = read_catalog(api, settings, workdir)
     entry = next((g for g in gpus if g.get("id") == wanted), None)
     if entry is not None and _in_stock(entry):
@@ -105,7 +106,7 @@ def check_stock(api, settings: dict, need: dict | None, workdir: Path, say: Say)
             + (f", list price ${price:.2f}/h a GPU" if price else "")
         )
         return
-    name = settings.get("name", "?")
+    name = settings.name or "?"
     why = (
         f"RunPod's catalog has no GPU type {wanted!r}"
         if entry is None
@@ -130,10 +131,10 @@ def check_stock(api, settings: dict, need: dict | None, workdir: Path, say: Say)
     )
 
 
-def read_catalog(api, settings: dict, workdir: Path) -> list[dict]:
+def read_catalog(api, settings: PodSettings, workdir: Path) -> list[dict]:
     """The catalog for the pod's cloud and GPU count, read now and kept for the plan's cost line
     (`python -m lora_style.training.remote_train prices`, and every check before renting)."""
-    cloud, count = settings["cloud_type"], int(settings["gpu_count"])
+    cloud, count = settings.cloud_type, int(settings.gpu_count)
     gpus = api.gpu_catalog(cloud, count)
     save_catalog(workdir, cloud, count, gpus)
     return gpus

@@ -26,7 +26,7 @@ of the compute nodes to measure, so the memory estimate is shown, not checked.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import shell
@@ -35,6 +35,7 @@ from .executor import Executor, LocalExecutor, Result, SSHExecutor
 from .messages import PodError
 from .preflight import Check
 from .processes import world_size
+from .settings import PodSettings
 
 
 class SlurmExecutor(Executor):
@@ -42,19 +43,19 @@ class SlurmExecutor(Executor):
 
     kind = "slurm"
 
-    def __init__(self, settings: dict, workdir="."):
-        budget = [key for key in ("max_usd", "max_hours") if settings.get(key)]
+    def __init__(self, settings: PodSettings, workdir="."):
+        budget = [key for key in ("max_usd", "max_hours") if getattr(settings, key)]
         if budget:
             # The budget's guard watches the trainings of the machine it runs on; a job runs on
             # a compute node. Refused rather than silently not kept.
-            at = f"pods.{settings.get('name', '?')}"
+            at = f"pods.{settings.name or '?'}"
             raise PodError(
                 f"{at}.{budget[0]}: a budget is not kept on a Slurm cluster (its guard "
                 f"cannot see the compute nodes); remove it, and bound each job with "
                 f"{at}.time instead"
             )
-        login = {**settings, "executor": "ssh" if settings.get("host") else "local"}
-        self._login = (SSHExecutor if settings.get("host") else LocalExecutor)(login, workdir)
+        login = replace(settings, executor="ssh" if settings.host else "local")
+        self._login = (SSHExecutor if settings.host else LocalExecutor)(login, workdir)
         super().__init__(settings, workdir)
 
     @property
@@ -92,11 +93,11 @@ class SlurmExecutor(Executor):
 
     def where(self) -> str:
         if isinstance(self._login, SSHExecutor):
-            port = self.settings.get("port")
+            port = self.settings.port
             login = f"login node {self._login.destination()}{f' port {port}' if port else ''}"
         else:
             login = "submitted from this machine"
-        part = self.settings.get("partition")
+        part = self.settings.partition
         return f"Slurm cluster '{self.name}' ({f'partition {part}, ' if part else ''}{login})"
 
     def submit_job(self, run_dir: str, session: str, cli: str) -> dict[str, list[str]]:
@@ -140,22 +141,22 @@ class SlurmExecutor(Executor):
         """Slurm's checks in place of the login node's own GPUs (slurm_probe.sh, one command)."""
         facts = self.run("slurm_probe.sh", timeout=120).facts
         report.checks = [c for c in report.checks if not c.name.startswith("GPU")]
-        report.checks += slurm_checks(facts, {"name": self.name, **self.settings}, args, report.memory)
+        report.checks += slurm_checks(facts, replace(self.settings, name=self.name), args, report.memory)
         report.detach = "sbatch"
 
 
-def sbatch_options(settings: dict) -> list[str]:
+def sbatch_options(settings: PodSettings) -> list[str]:
     """sbatch's options from a pod's settings; the user's sbatch_args last, as they are."""
     options = []
-    if settings.get("partition"):
-        options.append(f"--partition={settings['partition']}")
-    if int(settings.get("nodes") or 1) > 1:  # one launcher per node (slurm_job.sh's srun)
-        options += [f"--nodes={int(settings['nodes'])}", "--ntasks-per-node=1"]
-    if settings.get("gpus"):
-        options.append(f"--gres=gpu:{int(settings['gpus'])}")
-    if settings.get("time") is not None:
-        options.append(f"--time={settings['time']}")
-    return options + [str(arg) for arg in settings.get("sbatch_args") or []]
+    if settings.partition:
+        options.append(f"--partition={settings.partition}")
+    if int(settings.nodes or 1) > 1:  # one launcher per node (slurm_job.sh's srun)
+        options += [f"--nodes={int(settings.nodes)}", "--ntasks-per-node=1"]
+    if settings.gpus:
+        options.append(f"--gres=gpu:{int(settings.gpus)}")
+    if settings.time is not None:
+        options.append(f"--time={settings.time}")
+    return options + [str(arg) for arg in settings.sbatch_args or []]
 
 
 # --------------------------------------------------------------------------------- preflight
@@ -216,13 +217,13 @@ def parse_time(value) -> int | None:
     return ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
 
 
-def slurm_checks(facts: dict, settings: dict, args: dict, memory=None) -> list[Check]:
+def slurm_checks(facts: dict, settings: PodSettings, args: dict, memory=None) -> list[Check]:
     """slurm_probe.sh's answers against the pod's partition, time and gpus and the profile."""
-    at = f"pods.{settings.get('name', '?')}"
+    at = f"pods.{settings.name or '?'}"
     tools = dict(value.split(" ", 1) for value in facts.get("tool", []) if " " in value)
     missing = [tool for tool in ("sbatch", "squeue", "sinfo") if tool not in tools]
     if missing:
-        where = "the login node's" if settings.get("host") else "this machine's"
+        where = "the login node's" if settings.host else "this machine's"
         return [
             Check(
                 "Slurm",
@@ -245,7 +246,7 @@ def slurm_checks(facts: dict, settings: dict, args: dict, memory=None) -> list[C
         ]
     nodes = parse_nodes(facts.get("node", []))
     partitions = sorted({n.partition for n in nodes})
-    wanted = settings.get("partition") or next((n.partition for n in nodes if n.default), "")
+    wanted = settings.partition or next((n.partition for n in nodes if n.default), "")
     known = f"this cluster has {', '.join(partitions) or 'none'}"
     if not wanted or wanted not in partitions:
         detail = (
@@ -268,7 +269,7 @@ def slurm_checks(facts: dict, settings: dict, args: dict, memory=None) -> list[C
     else:
         checks.append(Check("partition", True, f"{wanted}: {len(mine)} node(s), time limit {limit}"))
     checks.append(time_check(settings, wanted, limit, at))
-    nodes = int(settings.get("nodes") or 1)
+    nodes = int(settings.nodes or 1)
     if nodes > len(mine):
         checks.append(
             Check(
@@ -291,8 +292,8 @@ def slurm_checks(facts: dict, settings: dict, args: dict, memory=None) -> list[C
     return checks
 
 
-def time_check(settings: dict, partition: str, limit: str, at: str) -> Check:
-    asked = settings.get("time")
+def time_check(settings: PodSettings, partition: str, limit: str, at: str) -> Check:
+    asked = settings.time
     try:
         seconds = parse_time(asked) if asked is not None else None
     except ValueError:
@@ -321,8 +322,10 @@ def time_check(settings: dict, partition: str, limit: str, at: str) -> Check:
     )
 
 
-def gpu_checks(settings: dict, args: dict, nodes: list[Node], partition: str, at: str, memory) -> list[Check]:
-    asked = int(settings.get("gpus") or 0)
+def gpu_checks(
+    settings: PodSettings, args: dict, nodes: list[Node], partition: str, at: str, memory
+) -> list[Check]:
+    asked = int(settings.gpus or 0)
     most = max(n.gpus for n in nodes)
     gres = ", ".join(sorted({n.gres for n in nodes}))
     cuda = needs_cuda(args)

@@ -63,13 +63,12 @@ def ssh_said(stderr: str) -> str:
 
 
 def explain_ssh_failure(stderr: str, executor: SSHExecutor) -> str:
-    port = executor.settings.get("port")
-    host = executor.settings["host"]
+    port = executor.settings.port
+    host = executor.settings.host
     key = executor.identity_file()
     fields = {
         "known_hosts": executor.known_hosts,
-        "hostport": executor.settings.get("host_key_alias")
-        or (f"[{host}]:{port}" if port and port != 22 else host),
+        "hostport": executor.settings.host_key_alias or (f"[{host}]:{port}" if port and port != 22 else host),
         "name": executor.name,
         "key": f" {key}" if key else "s offered (ssh-agent, ~/.ssh/config)",
     }
