@@ -6,7 +6,7 @@ Everything the pipeline does on the pod is one of the .sh scripts beside this mo
 ``Executor.run(name, *args)``: the values travel as positional arguments, never inside the
 script's text, so both executors run the same commands and no value is ever parsed as shell.
 
-    python -m pod.executor --pod-settings pod.json 'nvidia-smi; df -h .'   (from scripts/)
+    python -m lora_style.training.machines --pod-settings pod.json 'nvidia-smi; df -h .'
 
 Host keys are checked: a pod's first key is accepted once and remembered in a known-hosts file the
 project controls (``known_hosts:``, default ``.state/known_hosts``); a changed key stops everything.

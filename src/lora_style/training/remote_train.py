@@ -15,8 +15,9 @@ For a pod the graph rents from RunPod (provider: runpod), two more, by hand:
         (what RunPod billed for the pod, read again into the run's training_summary.json)
 
 ``--pod-settings`` is the run's ``pods:`` entry as JSON plus its ``name`` (rules/train.smk passes it
-as a resource), or the path of a file holding that JSON. The work itself lives in ``pod/``
-(launch, follow, fetch, preflight); this module is only the command line the rules call.
+as a resource), or the path of a file holding that JSON; it becomes one frozen PodSettings
+(settings.py) here. The work itself lives beside this module (launch, follow, fetch, preflight,
+runpod); this module is only the command line the rules call.
 Messages go to stderr, which the rule's log keeps (scripts/logged.sh).
 """
 
