@@ -33,7 +33,7 @@ def training_estimate(run: str, cfg: dict, args: dict, pod: dict, workdir: Path)
         if pod.get("provider") == "runpod"
         else None
     )
-    return cost.estimate(run, args, cfg["profile"], pod, examples, listed)
+    return cost.estimate(run, args, cfg["profile"], pod, examples, listed, workdir)
 
 
 def plan_line(run: str, planned_rules: set[str], estimate) -> str:
