@@ -4,7 +4,7 @@
 The run is made to stop: `learning_rate: 0.0` leaves the adapter at its start, so eval_loss is the
 same at every evaluation and never improves. With `early_stopping: {patience: 2}` and an evaluation
 every 5 steps, LLaMA-Factory's EarlyStoppingCallback must stop it at step 15 (best at 5, no better
-at 10 and 15) of its 1000: a run that trained on would take minutes and fail every assertion.
+at 10 and 15) of its 5000: a run that trained on would take many minutes and fail every assertion.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
-EVERY, MAX_STEPS, PATIENCE = 5, 1000, 2
+EVERY, MAX_STEPS, PATIENCE = 5, 5000, 2
 STOP = EVERY * (PATIENCE + 1)  # the first evaluation is the best; PATIENCE more without a better one
 PRICE = 36.0  # $/h, so a few seconds cost cents
 
@@ -60,7 +60,7 @@ def style_config(tmp: Path, **run) -> Path:
                     "poll_seconds": 1,
                     "llamafactory_cli": str(LLAMAFACTORY_CLI),
                     "gpu_hourly_usd": PRICE,
-                    # Training 1000 steps would pass this; the early stop at step 15 does not.
+                    # 5000 steps (minutes) would pass this; the early stop at step 15 (seconds) does not.
                     "max_hours": 0.05,
                 }
             },
@@ -123,13 +123,14 @@ def test_a_run_whose_eval_loss_stops_improving_stops_early_and_is_fetched_and_co
 
 def test_the_progress_line_projects_the_finish_the_cost_and_the_budgets_step(stopped):
     """As soon as a few steps have timed the rate: the projected finish and cost, and the step
-    at which max_hours would end the 1000 steps, said once, long before it would."""
+    at which max_hours would end the 5000 steps, said once, long before it would."""
     log = (stopped["work"] / "logs/style/wait_training.log").read_text()
     projected = [line for line in log.splitlines() if "projected: done in ~" in line]
     assert projected and "in all at most (early stopping may end it sooner)" in projected[0]
     first = re.search(r"elapsed (\d+):(\d\d):(\d\d)", projected[0]).groups()
     assert int(first[0]) == 0 and int(first[1]) == 0, projected[0]  # within the first minute
-    (cut,) = re.findall(r"the budget \(max_hours 0.05\) stops the training at about step (\d+) of 1000", log)
+    said = rf"the budget \(max_hours 0.05\) stops the training at about step (\d+) of {MAX_STEPS}"
+    (cut,) = re.findall(said, log)
     assert STOP < int(cut) < MAX_STEPS
 
 

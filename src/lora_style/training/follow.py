@@ -126,12 +126,13 @@ class Follower:
         self.tlog_offset = offset + len(data)
         lines = (self.tlog_rest + data).split(b"\n")
         self.tlog_rest = lines.pop()
-        newest = None
+        newest = projection = None
         for line in lines:
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
+            projection = self._project(entry)  # every entry: the attempt's first one times the rate
             if entry.get("loss") is not None:
                 self.loss = entry["loss"]
             if entry.get("eval_loss") is not None:
@@ -143,7 +144,6 @@ class Follower:
             self.last_step = newest.get("current_steps")
             self.last_entry = newest
             line = format_progress(newest, self.loss, self.eval_loss)
-            projection = self._project(newest)
             if projection:
                 line += "  " + format_projection(projection, self.patience)
             self.say(line)
