@@ -32,7 +32,8 @@ STOP = EVERY * (PATIENCE + 1)  # the first evaluation is the best; PATIENCE more
 PRICE = 36.0  # $/h, so a few seconds cost cents
 
 
-def style_config(tmp: Path, **run) -> Path:
+def style_config(tmp: Path, pod: dict | None = None, **run) -> Path:
+    """The run `style` on this machine (the local executor), or on `pod` (the test sshd)."""
     return write_config(
         tmp / "config.yaml",
         {
@@ -55,8 +56,7 @@ def style_config(tmp: Path, **run) -> Path:
             },
             "pods": {
                 "here": {
-                    "executor": "local",
-                    "remote_dir": "pod",
+                    **(pod or {"executor": "local", "remote_dir": "pod"}),
                     "poll_seconds": 1,
                     "llamafactory_cli": str(LLAMAFACTORY_CLI),
                     "gpu_hourly_usd": PRICE,
@@ -183,11 +183,14 @@ def test_the_next_plan_uses_the_measured_rate_and_the_dry_run_reruns_what_change
     assert planned_jobs(share.stdout) == {"report_pages", "style_mlx"}, share.stdout
 
 
-def test_a_run_killed_after_a_non_improving_evaluation_stops_at_the_same_step(tmp_path, tiny_model, stopped):
-    """Killed once checkpoint-10 (whose saved state counts one evaluation without improvement)
-    is written, and resumed: transformers restores the count (restore_callback_states_from_
-    checkpoint), so it stops at step 15 as the uninterrupted run did, not at 20."""
-    config = style_config(tmp_path, base_model=tiny_model)
+def test_a_run_killed_after_a_non_improving_evaluation_stops_at_the_same_step(
+    tmp_path, tiny_model, sshd, stopped
+):
+    """On the test sshd, killed once checkpoint-10 (whose saved state counts one evaluation
+    without improvement) is written, and resumed: transformers restores the count
+    (restore_callback_states_from_checkpoint), so it stops at step 15 as the uninterrupted run
+    did, not at 20."""
+    config = style_config(tmp_path, sshd.pod(tmp_path, LLAMAFACTORY_CLI), base_model=tiny_model)
     work = tmp_path / "work"
     out = open(tmp_path / "first.out", "w")
     first = subprocess.Popen(
@@ -196,7 +199,7 @@ def test_a_run_killed_after_a_non_improving_evaluation_stops_at_the_same_step(tm
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    pod = work / "pod"
+    pod = tmp_path / "pod"  # the sshd pod's remote_dir
     deadline = time.monotonic() + 300
     while True:  # poll often: steps 11-15 take a second or two
         found = list(pod.glob("style-*/output/checkpoint-10/trainer_state.json")) if pod.exists() else []
@@ -220,6 +223,8 @@ def test_a_run_killed_after_a_non_improving_evaluation_stops_at_the_same_step(tm
     assert "resuming" in proc.stderr
     attempts = (run_dir / "attempts.log").read_text().splitlines()
     assert [a.split()[-1] for a in attempts if a.startswith("start")] == ["0", "10"]
+    log = (run_dir / "train.log").read_text()  # transformers' own account of the resume
+    assert "global step 10" in log and "restoring any callbacks" in log
     summary = json.loads((work / "lora_adapters/style_peft/training_summary.json").read_text())
     assert summary["total_steps"] == stopped["summary"]["total_steps"] == STOP
     assert eval_steps_of(run_dir)[-1] == STOP and summary["stopped_early"] is True
