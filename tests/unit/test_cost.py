@@ -57,6 +57,10 @@ def test_the_step_a_budget_ends_a_run_at():
     est = cost.estimate("r", {"max_steps": 600}, "qwen25_32b_a100", A100, None)
     assert est.step_within(3600 * 5) == 420  # 5 h at 84 steps/h
     assert est.step_within(3600 * 8) is None  # the run ends first
+    cut = cost.estimate("r", {"max_steps": 600}, "qwen25_32b_a100", {**A100, "max_usd": 1.89 * 5}, None)
+    assert cut.line().endswith(
+        "(84 steps/h from config/rates.yaml; the budget (max_usd / max_hours) stops it at about step 420)"
+    )
 
 
 def test_epochs_count_the_examples_and_every_gpu_is_paid_for():

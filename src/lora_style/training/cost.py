@@ -147,6 +147,7 @@ class Estimate:
     packing: bool | None = None
     eval_steps: int | None = None
     tokens_per_step: int | None = None  # with packing: every sequence is cutoff_len tokens
+    budget_s: int | None = None  # the pod's max_hours / max_usd in seconds of training
 
     @property
     def hours(self) -> float | None:
@@ -191,6 +192,9 @@ class Estimate:
             notes.append(f"{self.rate:.4g} steps/h {self.rate_source}")
         if self.price_source:
             notes.append(self.price_source)
+        cut = self.step_within(self.budget_s)
+        if cut is not None:
+            notes.append(f"the budget (max_usd / max_hours) stops it at about step {cut}")
         said = f" ({'; '.join(notes)})" if notes else ""
         if self.gpu_hours is None:
             return (
@@ -258,6 +262,7 @@ def estimate(
         args.get("packing"),
         args.get("eval_steps"),
         tokens_per_step(args, world_size(pod)),
+        budget_seconds(pod) if price is not None or pod.get("max_hours") else None,
     )
 
 
