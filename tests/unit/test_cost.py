@@ -116,3 +116,23 @@ def test_a_slurm_job_pays_for_its_gpus_on_every_node():
     assert cost.gpus_paid({"executor": "ssh", "gpu_count": 2, "gpus": 7}) == 2
     used = cost.used([{"start": 0, "end": 1800}], pod)
     assert used["gpu_hours"] == 4.0 and used["usd"] == 8.0
+
+
+def test_the_projection_while_training_prices_the_rest_and_names_the_budgets_step():
+    """At step 100 of 600 after 1 h paid, 84 steps/h: 5.95 h to go, and max_usd $9.45 (5 h)
+    ends it at step 100 + 4 h x 84 = 436."""
+    pod = {**A100, "max_usd": 1.89 * 5}
+    projection = cost.project(100, 600, 84 / 3600, 3600.0, pod)
+    assert projection["remaining_s"] == pytest.approx(500 / 84 * 3600)
+    assert projection["usd"] == pytest.approx((1 + 500 / 84) * 1.89)
+    assert projection["cut_step"] == 436
+    assert cost.project(100, 600, 84 / 3600, 3600.0, A100)["cut_step"] is None  # no budget
+    from lora_style.training import follow, messages
+
+    assert follow.seconds({"elapsed_time": "1 day, 2:03:04"}) == 86400 + 2 * 3600 + 3 * 60 + 4
+    assert follow.seconds({"elapsed_time": "0:00:07"}) == 7 and follow.seconds({}) is None
+    line = messages.budget_cut_line(projection, 600, pod)
+    assert line.startswith(
+        "at this rate the budget (max_usd 9.45) stops the training at about step 436 of 600"
+    )
+    assert "~$" in messages.format_projection(projection, patience=2)
