@@ -3,8 +3,10 @@
 
 The run is made to stop: `learning_rate: 0.0` leaves the adapter at its start, so eval_loss is the
 same at every evaluation and never improves. With `early_stopping: {patience: 2}` and an evaluation
-every 5 steps, LLaMA-Factory's EarlyStoppingCallback must stop it at step 15 (best at 5, no better
-at 10 and 15) of its 5000: a run that trained on would take many minutes and fail every assertion.
+every 20 steps, LLaMA-Factory's EarlyStoppingCallback must stop it at step 60 (best at 20, no
+better at 40 and 60) of its 20000: a run that trained on would take many minutes and fail every
+assertion. (60 steps, not fewer: on an idle machine 15 tiny steps take under the one second that
+LLaMA-Factory's elapsed_time, the projection's clock, resolves.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
-EVERY, MAX_STEPS, PATIENCE = 5, 5000, 2
+EVERY, MAX_STEPS, PATIENCE = 20, 20000, 2
 STOP = EVERY * (PATIENCE + 1)  # the first evaluation is the best; PATIENCE more without a better one
 PRICE = 36.0  # $/h, so a few seconds cost cents
 
@@ -60,7 +62,7 @@ def style_config(tmp: Path, pod: dict | None = None, **run) -> Path:
                     "poll_seconds": 1,
                     "llamafactory_cli": str(LLAMAFACTORY_CLI),
                     "gpu_hourly_usd": PRICE,
-                    # 5000 steps (minutes) would pass this; the early stop at step 15 (seconds) does not.
+                    # 20000 steps (minutes) would pass this; the early stop at step 60 (seconds) does not.
                     "max_hours": 0.05,
                 }
             },
@@ -105,7 +107,7 @@ def stopped(tmp_path_factory, tiny_model):
 
 def test_a_run_whose_eval_loss_stops_improving_stops_early_and_is_fetched_and_converted(stopped):
     work, summary, run_dir = stopped["work"], stopped["summary"], stopped["run_dir"]
-    assert eval_steps_of(run_dir) == [5, 10, 15]
+    assert eval_steps_of(run_dir) == [EVERY, 2 * EVERY, STOP]
     assert stopped["state"]["global_step"] == STOP < MAX_STEPS
     assert summary["total_steps"] == STOP and summary["max_steps"] == MAX_STEPS
     assert summary["stopped_early"] is True and stopped["finished"]["status"] == "finished"
@@ -116,6 +118,7 @@ def test_a_run_whose_eval_loss_stops_improving_stops_early_and_is_fetched_and_co
         run_dir / f"output/checkpoint-{EVERY}/adapter_model.safetensors"
     ).read_bytes()
     assert (work / "lora_adapters/style_mlx/adapters.safetensors").stat().st_size > 0
+    assert f"stopped early: step {STOP} of {MAX_STEPS}" in (work / "results/style/train/loss.svg").read_text()
     # The budget was never reached: no cut, and the guard saw the run end by itself.
     assert summary["cut_by_budget"] is False and not (run_dir / "budget_cut").exists()
     assert (run_dir / "exit_code").read_text().strip() == "0"
@@ -123,7 +126,7 @@ def test_a_run_whose_eval_loss_stops_improving_stops_early_and_is_fetched_and_co
 
 def test_the_progress_line_projects_the_finish_the_cost_and_the_budgets_step(stopped):
     """As soon as a few steps have timed the rate: the projected finish and cost, and the step
-    at which max_hours would end the 5000 steps, said once, long before it would."""
+    at which max_hours would end the 20000 steps, said once, long before it would."""
     log = (stopped["work"] / "logs/style/wait_training.log").read_text()
     projected = [line for line in log.splitlines() if "projected: done in ~" in line]
     assert projected and "in all at most (early stopping may end it sooner)" in projected[0]
@@ -169,7 +172,9 @@ def test_the_next_plan_uses_the_measured_rate_and_the_dry_run_reruns_what_change
     cfg = yaml.safe_load(stopped["config"].read_text())
     cfg["runs"]["again"] = cfg["runs"]["style"]
     plan = snakemake(work, "again_mlx", "-n", configfile=write_config(tmp / "second.yaml", cfg))
-    rate = f"{learned['steps_per_hour']:.4g} steps/h measured on your last 1 run (.state/rates.json)"
+    rate = (
+        f"{cost.rate_text(learned['steps_per_hour'])} steps/h measured on your last 1 run (.state/rates.json)"
+    )
     said = plan.stdout + plan.stderr
     assert f"again: up to {MAX_STEPS} steps" in said and rate in said, said
     # Editing patience retrains; editing the report's threshold rewrites only the report pages.
@@ -186,10 +191,10 @@ def test_the_next_plan_uses_the_measured_rate_and_the_dry_run_reruns_what_change
 def test_a_run_killed_after_a_non_improving_evaluation_stops_at_the_same_step(
     tmp_path, tiny_model, sshd, stopped
 ):
-    """On the test sshd, killed once checkpoint-10 (whose saved state counts one evaluation
+    """On the test sshd, killed once checkpoint-40 (whose saved state counts one evaluation
     without improvement) is written, and resumed: transformers restores the count
-    (restore_callback_states_from_checkpoint), so it stops at step 15 as the uninterrupted run
-    did, not at 20."""
+    (restore_callback_states_from_checkpoint), so it stops at step 60 as the uninterrupted run
+    did, not at 80."""
     config = style_config(tmp_path, sshd.pod(tmp_path, LLAMAFACTORY_CLI), base_model=tiny_model)
     work = tmp_path / "work"
     out = open(tmp_path / "first.out", "w")
@@ -201,17 +206,21 @@ def test_a_run_killed_after_a_non_improving_evaluation_stops_at_the_same_step(
     )
     pod = tmp_path / "pod"  # the sshd pod's remote_dir
     deadline = time.monotonic() + 300
-    while True:  # poll often: steps 11-15 take a second or two
-        found = list(pod.glob("style-*/output/checkpoint-10/trainer_state.json")) if pod.exists() else []
+    while True:  # poll often: steps 41-60 take a few seconds
+        found = (
+            list(pod.glob(f"style-*/output/checkpoint-{2 * EVERY}/trainer_state.json"))
+            if pod.exists()
+            else []
+        )
         if found:
             break
         assert time.monotonic() < deadline and first.poll() is None, (tmp_path / "first.out").read_text()
         time.sleep(0.02)
     run_dir = found[0].parents[2]
     group = os.getpgid(int((run_dir / "pid").read_text()))
-    os.killpg(group, signal.SIGSTOP)  # frozen where it is: before step 15's evaluation
+    os.killpg(group, signal.SIGSTOP)  # frozen where it is: before step 60's evaluation
     saved = sorted(int(p.name.split("-")[1]) for p in (run_dir / "output").glob("checkpoint-*"))
-    assert saved == [5, 10], "the kill came too late to test the resume"
+    assert saved == [EVERY, 2 * EVERY], "the kill came too late to test the resume"
     state = json.loads(found[0].read_text())
     counter = state["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"]
     assert counter == {"early_stopping_patience_counter": 1}
@@ -222,9 +231,9 @@ def test_a_run_killed_after_a_non_improving_evaluation_stops_at_the_same_step(
     proc = snakemake(work, "lora_adapters/style_peft", configfile=config)
     assert "resuming" in proc.stderr
     attempts = (run_dir / "attempts.log").read_text().splitlines()
-    assert [a.split()[-1] for a in attempts if a.startswith("start")] == ["0", "10"]
+    assert [a.split()[-1] for a in attempts if a.startswith("start")] == ["0", str(2 * EVERY)]
     log = (run_dir / "train.log").read_text()  # transformers' own account of the resume
-    assert "global step 10" in log and "restoring any callbacks" in log
+    assert f"global step {2 * EVERY}" in log and "restoring any callbacks" in log
     summary = json.loads((work / "lora_adapters/style_peft/training_summary.json").read_text())
     assert summary["total_steps"] == stopped["summary"]["total_steps"] == STOP
     assert eval_steps_of(run_dir)[-1] == STOP and summary["stopped_early"] is True

@@ -82,7 +82,7 @@ def test_what_the_line_says_without_a_rate_or_a_price():
     local = cost.estimate("r", args, "tiny_cpu", {"name": "here", "executor": "local"}, None)
     assert (
         local.line()
-        == "r: 100 steps, ~0.0 hours on this machine (4000 steps/h from config/rates.yaml); no price (set "
+        == "r: 100 steps, ~0.0 hours on this machine (4,000 steps/h from config/rates.yaml); no price (set "
         "gpu_hourly_usd on the pod for a cost)"
     )
 

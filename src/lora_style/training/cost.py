@@ -109,6 +109,11 @@ def record_rate(
     return entry
 
 
+def rate_text(steps_per_hour: float) -> str:
+    """84, 1,895, 21,600: whole steps per hour, or two digits below 10."""
+    return f"{steps_per_hour:,.0f}" if steps_per_hour >= 10 else f"{steps_per_hour:.2g}"
+
+
 def short_gpu(gpu_type: str | None) -> str:
     return (gpu_type or "GPU").removeprefix("NVIDIA ").strip()
 
@@ -189,7 +194,7 @@ class Estimate:
         text = f"{self.run}: {'up to ' if self.patience else ''}{self.steps} steps"
         notes = [self.stops_early()] if self.patience else []
         if self.rate and self.rate_source:
-            notes.append(f"{self.rate:.4g} steps/h {self.rate_source}")
+            notes.append(f"{rate_text(self.rate)} steps/h {self.rate_source}")
         if self.price_source:
             notes.append(self.price_source)
         cut = self.step_within(self.budget_s)

@@ -158,7 +158,7 @@ def _learn_rate(run: str, summary: dict, launch_rec: dict, say: Say) -> None:
     )
     if entry:
         say(
-            f"measured {entry['steps_per_hour']:.4g} steps/h ({entry['steps']} steps in "
+            f"measured {cost.rate_text(entry['steps_per_hour'])} steps/h ({entry['steps']} steps in "
             f"{entry['wall_seconds']:.0f} s); recorded in {cost.LEARNED_RATES} for the next plan"
         )
 
