@@ -149,3 +149,26 @@ def test_a_placeholder_pod_stops_only_a_run_that_would_contact_it():
     assert plan.refused_placeholder(runs, pods, [("validate_dataset", "a")]) is None
     error = plan.refused_placeholder(runs, pods, [("submit_training", "a")])
     assert error.startswith("config: pods.gpu.host is the placeholder POD_IP") and "Nothing was run" in error
+
+
+def test_the_schema_names_a_mistake_inside_early_stopping():
+    import yaml
+
+    from lora_style.config import errors
+    from lora_style.paths import CONFIG
+
+    schema = yaml.safe_load((CONFIG / "schema" / "config.schema.yaml").read_text())
+
+    def explain(early_stopping) -> list[str]:
+        return errors.explain(
+            {"runs": {"a": run_cfg(early_stopping=early_stopping)}, "pods": {"gpu": POD}}, schema
+        )
+
+    assert explain({"patience": 0}) == [
+        "config: runs.a.early_stopping.patience: 0 is less than the minimum of 1"
+    ]
+    assert explain({"patiense": 2}) == [
+        "config: runs.a.early_stopping: unknown key 'patiense' (allowed: min_delta, patience)",
+        "config: runs.a.early_stopping: 'patience' is missing",
+    ]
+    assert explain({"patience": 2}) == explain(False) == []
