@@ -52,6 +52,7 @@ def style_config(tmp: Path, pod: dict | None = None, **run) -> Path:
                         "max_steps": MAX_STEPS,
                         "eval_steps": EVERY,
                         "save_steps": EVERY,
+                        "include_num_input_tokens_seen": True,  # the learned rate's tokens/s
                     },
                     **run,
                 }
@@ -168,6 +169,9 @@ def test_the_next_plan_uses_the_measured_rate_and_the_dry_run_reruns_what_change
     assert learned["run_id"] == summary["run_id"] and learned["steps"] == STOP
     assert learned["steps_per_hour"] == pytest.approx(STOP / summary["wall_time_s"] * 3600, rel=1e-3)
     assert (learned["profile"], learned["gpu_type"], learned["gpus"]) == ("tiny_cpu", "default", 1)
+    seen = max(e.get("num_input_tokens_seen", 0) for e in stopped["state"]["log_history"])
+    assert seen > 0 and summary["tokens_seen"] == seen
+    assert learned["tokens_per_second"] == pytest.approx(seen / summary["wall_time_s"], abs=0.1)
     # A second run of the same kind: its plan prices it at this run's rate, and says so.
     cfg = yaml.safe_load(stopped["config"].read_text())
     cfg["runs"]["again"] = cfg["runs"]["style"]

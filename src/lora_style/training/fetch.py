@@ -141,6 +141,8 @@ def fetch(
                 "max_steps": planned.get("steps"),
                 "early_stopping_patience": planned.get("patience"),
                 "stopped_early": bool(finished.get("stopped_early")),
+                # Counted by transformers when the run sets include_num_input_tokens_seen.
+                "tokens_seen": max([int(e.get("num_input_tokens_seen") or 0) for e in history] + [0]) or None,
                 # The guide's results table: one row per evaluation (training/results.py).
                 "results_table": table,
                 "advice": results.advice(

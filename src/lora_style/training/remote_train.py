@@ -152,7 +152,9 @@ def _learn_rate(run: str, summary: dict, launch_rec: dict, say: Say) -> None:
         planned.get("packing"),
     )
     steps = summary.get("total_steps")
-    tokens = planned["tokens_per_step"] * steps if planned.get("tokens_per_step") and steps else None
+    tokens = summary.get("tokens_seen") or (
+        planned["tokens_per_step"] * steps if planned.get("tokens_per_step") and steps else None
+    )
     entry = cost.record_rate(
         key, run, summary.get("run_id", ""), steps, summary.get("wall_time_s") or 0, tokens
     )
