@@ -50,7 +50,7 @@ rule metadata:
         lora_alpha=lambda w: TRAIN_ARGS[w.run]["lora_alpha"],
         template=lambda w: TRAIN_ARGS[w.run]["template"],
     shell:
-        "logged {log:q} python -m lora_style.mlx.metadata --run {wildcards.run} --author {params.author:q}"
+        "logged {log:q} python -m lora_style.mlx.metadata --run {wildcards.run} --author={params.author:q}"
         " --base-model {params.base_model:q} --base-model-id {params.base_model_id:q}"
         " --lora-rank {params.lora_rank} --lora-alpha {params.lora_alpha}"
         " --template {params.template:q} --validation {input.validation:q}"

@@ -75,10 +75,13 @@ rule report_pages:
         "logs/{run}/report_pages.log",
     conda:
         LOCAL_ENV
+    params:
+        # The results table's overfitting note: editing it rewrites these pages only.
+        overfitting_share=lambda w: RUNS[w.run]["results_table"]["overfitting_share"],
     shell:
         "logged {log:q} python -m lora_style.report.pages --run {wildcards.run} --validation {input.validation:q}"
         " --launch {input.launch:q} --finished {input.finished:q} --summary {input.summary:q}"
         " --metadata {input.metadata:q} --samples {input.samples:q}"
         " --validation-page {output.validation:q} --preflight-page {output.preflight:q}"
         " --training-page {output.training:q} --metadata-page {output.metadata:q}"
-        " --samples-page {output.samples:q}"
+        " --samples-page {output.samples:q} --overfitting-share {params.overfitting_share}"

@@ -36,7 +36,7 @@ def training_estimate(run: str, cfg: dict, args: dict, pod: Mapping, workdir: Pa
         if settings.provider == "runpod"
         else None
     )
-    return cost.estimate(run, args, cfg["profile"], settings, examples, listed)
+    return cost.estimate(run, args, cfg["profile"], settings, examples, listed, workdir)
 
 
 def plan_line(run: str, planned_rules: set[str], estimate) -> str:

@@ -96,7 +96,10 @@ def test_dry_run_on_the_default_config_lists_the_plan_and_touches_no_pod(tmp_pat
     assert not calls.exists(), f"a dry run called {calls.read_text()}"
     # The cost of the plan's training, at a glance (the guide's rate and price, 600 steps).
     out = proc.stdout + proc.stderr
-    line = "lovecraft: 600 steps, ~7.1 GPU-hours on 1 x A100-SXM4-80GB at $1.89/h = ~$13.50"
+    line = (
+        "lovecraft: up to 600 steps, ~7.1 GPU-hours on 1 x A100-SXM4-80GB at $1.89/h = ~$13.50 at most "
+        "(stops early when eval_loss has not improved for 2 evaluations; 84 steps/h from config/rates.yaml)"
+    )
     assert f": {line}" in out
     assert f"lovecraft_mlx: trains in this plan ({line})" in out
     # ... with a warning that the pod's address is the shipped placeholder.
@@ -154,6 +157,16 @@ def test_qwen25_32b_a100_is_exactly_the_guides_yaml():
     assert args.pop("dataset_dir") == "data"
     assert args.pop("output_dir") == "output"
     guide.pop("output_dir")
+    # ... plus the profile's early stopping (patience 2), as LLaMA-Factory's own keys.
+    stopping = {
+        "early_stopping_steps": 2,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "save_strategy": "steps",
+        "restore_callback_states_from_checkpoint": True,
+    }
+    assert {key: args.pop(key) for key in stopping} == stopping
     assert args == guide
 
 

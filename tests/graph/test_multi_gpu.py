@@ -164,6 +164,7 @@ def test_the_cost_line_counts_every_gpu_at_its_price():
     line = cost.estimate("lovecraft", args, "qwen25_32b_a100", pod, None).line()
     assert line == (
         "lovecraft: 600 steps, ~14.3 GPU-hours (7.1 h on 2 x A100-SXM4-80GB) at $1.89 per GPU-hour = ~$27.00"
+        " (84 steps/h from config/rates.yaml)"
     )
     assert cost.usd_per_hour(pod) == pytest.approx(3.78)
 

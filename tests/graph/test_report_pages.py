@@ -135,3 +135,34 @@ def test_training_page_says_a_budget_cut_and_the_cost_against_the_plan():
         "per GPU-hour = ~$11.34"
     ) in page
     assert "Attempts (2)" in page and "2 1970-01-01 01:06:40 UTC" in page and "200 0 1 h 01 min" in page
+
+
+def test_training_page_has_the_guides_results_table_with_overfitting_at_the_reports_share():
+    """The guide's run: best at 600, rising 32 % by 1500; the overfitting note follows the share."""
+    from lora_style.training import results
+
+    evals = [0.40, 0.358, 0.37, 0.40, 0.4726]
+    history = [
+        entry
+        for i, loss in enumerate(evals, 1)
+        for entry in (
+            {"step": 300 * i, "loss": 0.5, "epoch": i},
+            {"step": 300 * i, "eval_loss": loss, "epoch": i},
+        )
+    ]
+    rows = results.results_table(history, {"gpu_hours": 1500 / 84, "gpus": 1, "usd_per_hour": 1.89}, 1500)
+    summary = {
+        "best_step": 600,
+        "total_steps": 1500,
+        "selected_by": "min_eval_loss",
+        "results_table": rows,
+        "advice": results.advice(rows, 1500, 1500),
+    }
+    page = text_of(report_pages.training_page("r", summary, {}, {}, 0.10))
+    assert "step epoch train loss eval loss GPU-hours dollars note" in page
+    assert "600 2.00 0.5000 0.3580 7.143 $13.50 best" in page
+    assert "900 3.00 0.5000 0.3700 10.71 $20.25 first rise" in page
+    assert "1500 5.00 0.5000 0.4726 17.86 $33.75 overfitting (+32 % over the minimum)" in page
+    assert "Next run: the best was at step 600 (0.3580); `max_steps: 900`" in page
+    lenient = text_of(report_pages.training_page("r", summary, {}, {}, 0.5))
+    assert "overfitting (" not in lenient and "50 % or more above its minimum" in lenient

@@ -156,6 +156,15 @@ def test_training_summary(built):
     (attempt,) = finished["attempts"]
     assert "Attempts (1) # started ended from step exit code took 1 " in page
     assert f"{attempt['end'] - attempt['start']} s" in page
+    # The guide's results table: a row per evaluation of the run's log_history (steps 5 and 10).
+    state = record(work, "results/lovecraft/train/trainer_state.json")
+    evals = [e for e in state["log_history"] if "eval_loss" in e]
+    rows = summary["results_table"]
+    assert [(r["step"], r["eval_loss"]) for r in rows] == [(e["step"], e["eval_loss"]) for e in evals]
+    for row in rows:
+        assert f"{row['step']} {row['epoch']:.2f} {row['train_loss']:.4f} {row['eval_loss']:.4f}" in page
+        assert row["usd"] == pytest.approx(row["gpu_hours"] * 2.0, abs=1e-3)
+    assert f"Next run: {summary['advice']}" in page
 
 
 @pytest.mark.slow

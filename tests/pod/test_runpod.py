@@ -273,6 +273,27 @@ def test_a_budget_cuts_the_training_and_keeps_the_best_checkpoint(tmp_path, fake
     assert (work / ADAPTER / "adapter_model.safetensors").exists()
 
 
+def test_an_early_stop_ends_as_a_finished_run_the_pod_stopped(tmp_path, fake, tiny_model):
+    """early_stopping on a rented pod: the training ends itself at step 60 of 20000 (learning
+    rate 0: eval_loss never improves), the guard cuts nothing, the best checkpoint is fetched
+    and the pod stopped, as after a last step."""
+    config = rented_config(
+        tmp_path, fake, tiny_model, max_steps=20000, learning_rate=0.0, eval_steps=20, save_steps=20
+    )
+    cfg = yaml.safe_load(config.read_text())
+    cfg["runs"]["style"]["early_stopping"] = {"patience": 2}
+    config.write_text(yaml.safe_dump(cfg))
+    work = tmp_path / "work"
+    proc = run(work, config)
+    summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["total_steps"] == 60
+    assert summary["best_step"] == 20 and summary["cut_by_budget"] is False
+    assert "stopped early at step 60 of 20000" in proc.stderr
+    assert the_pod(fake).status == "EXITED" and "stopped: no GPU bills" in proc.stderr
+    (run_dir,) = (fake.workspace / "lora-runs").glob("style-*")
+    assert (run_dir / "exit_code").read_text().strip() == "0" and not (run_dir / "budget_cut").exists()
+
+
 # ----------------------------------------------------------------------------- API errors
 
 

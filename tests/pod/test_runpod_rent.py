@@ -200,7 +200,7 @@ def test_the_plan_prices_from_the_catalog_read_and_says_how_old(tmp_path, fake):
     line = cost.estimate("style", {"max_steps": 600}, "qwen25_32b_a100", pod, None, listed).line()
     assert line.endswith(
         f"at ${fake.prices[A100]:.2f}/h = ~${600 / 84 * fake.prices[A100]:.2f} "
-        "(RunPod's list price, read 0 min ago)"
+        "(84 steps/h from config/rates.yaml; RunPod's list price, read 0 min ago)"
     )
 
 

@@ -31,6 +31,59 @@ def test_a_good_config_gives_each_runs_complete_arguments():
 
 
 @pytest.mark.parametrize(
+    "changes,says",
+    [
+        (
+            {"early_stopping": {"patience": 0}},
+            "config: runs.a: early_stopping.patience: 0 is not a whole number of evaluations",
+        ),
+        (
+            {"early_stopping": {"patience": 2, "min_delta": 0.01}},
+            "config: runs.a: early_stopping.min_delta: 0.01: LLaMA-Factory 0.9.5 passes no threshold",
+        ),
+        (
+            {"early_stopping": {"patience": 2}, "overrides": {"save_steps": 150}},
+            "config: runs.a: early_stopping needs save_steps a multiple of eval_steps",
+        ),
+        (
+            {"early_stopping": {"patience": 2}, "overrides": {"eval_strategy": "no"}},
+            "config: runs.a: early_stopping needs evaluations, but eval_strategy is 'no'",
+        ),
+        (
+            {"early_stopping": False, "overrides": {"early_stopping_steps": 3}},
+            "config: runs.a: early_stopping_steps is set; write early_stopping: {patience: 3}",
+        ),
+        (
+            {"overrides": {"save_steps": 150}},
+            "config: runs.a (profile ",  # the profile's own early_stopping, named with its file
+        ),
+    ],
+)
+def test_early_stopping_mistakes_name_the_key_and_the_fix(changes, says):
+    with pytest.raises(ConfigError) as caught:
+        checks.check_config({"a": run_cfg(**changes)}, {"gpu": POD})
+    assert str(caught.value).startswith(says), str(caught.value)
+
+
+def test_early_stopping_becomes_llamafactorys_own_keys():
+    """patience -> early_stopping_steps, with what transformers' callback needs, and the count
+    restored on a resume (transformers' default would start it again at 0)."""
+    args, _ = checks.check_config({"a": run_cfg(early_stopping={"patience": 3})}, {"gpu": POD})
+    plain, _ = checks.check_config({"a": run_cfg(early_stopping=False)}, {"gpu": POD})
+    assert {k: v for k, v in args["a"].items() if k not in plain["a"]} == {
+        "early_stopping_steps": 3,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "save_strategy": "steps",
+        "restore_callback_states_from_checkpoint": True,
+    }
+    assert {k: v for k, v in args["a"].items() if k in plain["a"]} == plain["a"]  # nothing else changes
+    tiny, _ = checks.check_config({"a": run_cfg(profile="tiny_cpu")}, {"gpu": POD})
+    assert "early_stopping_steps" not in tiny["a"]  # the demo's profile does not stop early
+
+
+@pytest.mark.parametrize(
     "runs,pods,says",
     [
         ({"a": run_cfg(pod="nowhere")}, {"gpu": POD}, "config: runs.a.pod: no pod 'nowhere' under pods:"),
@@ -77,7 +130,10 @@ def test_the_plan_line_says_what_the_plan_spends(tmp_path):
         {"name": "gpu", **POD},
         tmp_path,
     )
-    line = "lovecraft: 600 steps, ~7.1 GPU-hours on 1 x A100-SXM4-80GB at $1.89/h = ~$13.50"
+    line = (
+        "lovecraft: up to 600 steps, ~7.1 GPU-hours on 1 x A100-SXM4-80GB at $1.89/h = ~$13.50 at most "
+        "(stops early when eval_loss has not improved for 2 evaluations; 84 steps/h from config/rates.yaml)"
+    )
     assert plan.plan_line("lovecraft", {"submit_training", "validate_dataset"}, estimate) == (
         f"lovecraft_mlx: trains in this plan ({line})"
     )
@@ -93,3 +149,26 @@ def test_a_placeholder_pod_stops_only_a_run_that_would_contact_it():
     assert plan.refused_placeholder(runs, pods, [("validate_dataset", "a")]) is None
     error = plan.refused_placeholder(runs, pods, [("submit_training", "a")])
     assert error.startswith("config: pods.gpu.host is the placeholder POD_IP") and "Nothing was run" in error
+
+
+def test_the_schema_names_a_mistake_inside_early_stopping():
+    import yaml
+
+    from lora_style.config import errors
+    from lora_style.paths import CONFIG
+
+    schema = yaml.safe_load((CONFIG / "schema" / "config.schema.yaml").read_text())
+
+    def explain(early_stopping) -> list[str]:
+        return errors.explain(
+            {"runs": {"a": run_cfg(early_stopping=early_stopping)}, "pods": {"gpu": POD}}, schema
+        )
+
+    assert explain({"patience": 0}) == [
+        "config: runs.a.early_stopping.patience: 0 is less than the minimum of 1"
+    ]
+    assert explain({"patiense": 2}) == [
+        "config: runs.a.early_stopping: unknown key 'patiense' (allowed: min_delta, patience)",
+        "config: runs.a.early_stopping: 'patience' is missing",
+    ]
+    assert explain({"patience": 2}) == explain(False) == []

@@ -55,7 +55,7 @@ def _line(error: jsonschema.ValidationError) -> str:
         allowed = sorted(schema.get("properties", {}))
         unknown = sorted(set(instance) - set(allowed))
         hint = ""
-        if error.absolute_path and error.absolute_path[0] == "runs":
+        if len(error.absolute_path) == 2 and error.absolute_path[0] == "runs":  # a run's own keys
             hint = "; LLaMA-Factory keys go under overrides:"
         return f"{where}: unknown key {', '.join(map(repr, unknown))} (allowed: {', '.join(allowed)}){hint}"
     if error.validator == "required":

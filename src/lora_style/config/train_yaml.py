@@ -47,6 +47,11 @@ RUN_KEY_SOURCE = {
 LLAMAFACTORY_DEFAULTS = {"cutoff_len": 2048, "lora_rank": 8}
 
 
+# Keys a profile may hold that are the pipeline's, not LLaMA-Factory's: early_stopping becomes
+# LLaMA-Factory's own keys (early_stopping_args).
+PROFILE_PIPELINE_KEYS = ("early_stopping",)
+
+
 class ConfigError(ValueError):
     """A configuration mistake, with the file and the fix in its message."""
 
@@ -70,6 +75,12 @@ def check_keys(args: dict, where: str, keys: set[str] | None = None) -> None:
 
 
 def load_profile(name: str, profiles_dir: Path = PROFILES_DIR, where: str = "profile") -> dict:
+    """A profile's LLaMA-Factory keys (its pipeline keys, such as early_stopping: read_profile)."""
+    return read_profile(name, profiles_dir, where)[0]
+
+
+def read_profile(name: str, profiles_dir: Path = PROFILES_DIR, where: str = "profile") -> tuple[dict, dict]:
+    """A profile as (its LLaMA-Factory keys, its pipeline keys: PROFILE_PIPELINE_KEYS)."""
     path = Path(profiles_dir) / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in Path(profiles_dir).glob("*.yaml")))
@@ -82,8 +93,9 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR, where: str = "pro
             raise ConfigError(
                 f"{path}: '{key}' is set per run from {RUN_KEY_SOURCE[key]}; delete it from the profile"
             )
+    ours = {key: profile.pop(key) for key in PROFILE_PIPELINE_KEYS if key in profile}
     check_keys(profile, str(path))
-    return profile
+    return profile, ours
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -161,13 +173,89 @@ def deepspeed_file(args: dict, deepspeed_dir: Path | None = None) -> Path | None
     return Path(deepspeed_dir or DEEPSPEED_DIR) / Path(str(value)).name
 
 
+def early_stopping_args(args: dict, spec, where: str) -> dict:
+    """`early_stopping: {patience: N, min_delta: 0}` as LLaMA-Factory's own keys.
+
+    LLaMA-Factory 0.9.5 adds transformers' EarlyStoppingCallback when `early_stopping_steps` is
+    set (train/tuner.py); the callback counts evaluations without a better `eval_loss` and needs
+    `metric_for_best_model` and the best-model bookkeeping of `load_best_model_at_end`, which
+    transformers allows only with a save strategy equal to the evaluation strategy and
+    `save_steps` a multiple of `eval_steps`. The callback's count is saved in every checkpoint's
+    trainer_state.json (stateful_callbacks) but restored on a resume only with
+    `restore_callback_states_from_checkpoint` (transformers' default: false, which would start
+    the count again at 0 after a crash and stop later than an uninterrupted run).
+    `spec` None or false: no early stopping (then `early_stopping_steps` may not be set either).
+    """
+    if spec is None or spec is False:
+        if args.get("early_stopping_steps") is not None:
+            raise ConfigError(
+                f"{where}: early_stopping_steps is set; write early_stopping: {{patience: "
+                f"{args['early_stopping_steps']}}} in the run (or the profile) instead, which also "
+                "sets the keys it needs and keeps its count through a resume"
+            )
+        return args
+    if not isinstance(spec, dict) or set(spec) - {"patience", "min_delta"}:
+        raise ConfigError(
+            f"{where}: early_stopping: {spec!r} is not {{patience: N, min_delta: 0}}; e.g. "
+            "early_stopping: {patience: 2}, or early_stopping: false for none"
+        )
+    patience = spec.get("patience")
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+        raise ConfigError(
+            f"{where}: early_stopping.patience: {patience!r} is not a whole number of evaluations "
+            "(1 or more); e.g. patience: 2"
+        )
+    min_delta = spec.get("min_delta", 0)
+    if min_delta not in (0, 0.0) or isinstance(min_delta, bool):
+        # LLaMA-Factory builds the callback with the patience alone (threshold 0.0).
+        raise ConfigError(
+            f"{where}: early_stopping.min_delta: {min_delta!r}: LLaMA-Factory 0.9.5 passes no "
+            "threshold to its EarlyStoppingCallback (train/tuner.py), so any lower eval_loss "
+            "counts as better; set min_delta: 0 (or leave it out)"
+        )
+    strategy = args.get("eval_strategy")
+    if strategy not in ("steps", "epoch"):
+        raise ConfigError(
+            f"{where}: early_stopping needs evaluations, but eval_strategy is {strategy!r}; set "
+            "eval_strategy: steps and eval_steps (and an evaluation set: val_size)"
+        )
+    if strategy == "steps":
+        every, save = args.get("eval_steps"), args.get("save_steps")
+        if not every or not save or save % every:
+            raise ConfigError(
+                f"{where}: early_stopping needs save_steps a multiple of eval_steps (transformers' "
+                f"rule for load_best_model_at_end), not save_steps {save!r} and eval_steps "
+                f"{every!r}; set both, e.g. save_steps: {every or 100} and eval_steps: {every or 100}"
+            )
+    if args.get("save_strategy", strategy) != strategy:
+        raise ConfigError(
+            f"{where}: early_stopping needs save_strategy equal to eval_strategy ({strategy}), not "
+            f"{args['save_strategy']!r}; remove save_strategy"
+        )
+    if args.get("metric_for_best_model", "eval_loss") not in ("eval_loss", "loss"):
+        raise ConfigError(
+            f"{where}: early_stopping watches eval_loss, the metric the best checkpoint is chosen "
+            f"by; remove metric_for_best_model ({args['metric_for_best_model']!r})"
+        )
+    return {
+        **args,
+        "early_stopping_steps": patience,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "save_strategy": strategy,
+        "restore_callback_states_from_checkpoint": True,
+    }
+
+
 def train_args(run: str, run_config: dict, profiles_dir: Path = PROFILES_DIR) -> dict:
     """The complete training arguments of one run, in the guide's key order.
 
     Every key another stage reads is there: LLaMA-Factory's defaults fill what the profile
     and the overrides leave out (``with_llamafactory_defaults``), so no one else repeats them.
     """
-    args = dict(load_profile(run_config["profile"], profiles_dir, f"config: runs.{run}.profile"))
+    profile, ours = read_profile(run_config["profile"], profiles_dir, f"config: runs.{run}.profile")
+    args = dict(profile)
     overrides = run_config.get("overrides") or {}
     where = f"config: runs.{run}.overrides"
     for key in RUN_KEYS:
@@ -176,6 +264,13 @@ def train_args(run: str, run_config: dict, profiles_dir: Path = PROFILES_DIR) ->
     check_keys(overrides, where)
     args.update(overrides)
     args = with_llamafactory_defaults(args)
+    # The run's early_stopping wins over the profile's (false: none).
+    if "early_stopping" in run_config:
+        stopping, said = run_config["early_stopping"], f"config: runs.{run}"
+    else:
+        said = f"config: runs.{run} (profile {Path(profiles_dir) / run_config['profile']}.yaml)"
+        stopping = ours.get("early_stopping")
+    args = early_stopping_args(args, stopping, said)
     args = resolve_deepspeed(args, f"config: runs.{run} (profile {run_config['profile']} + overrides)")
     return {
         "model_name_or_path": base_model_path(run_config["base_model"], f"config: runs.{run}.base_model"),

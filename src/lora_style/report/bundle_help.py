@@ -31,6 +31,16 @@ def first_prompt(prompts: Path | None, fallback: str) -> str:
     return fallback
 
 
+def next_run_advice(workdir: Path, run: str) -> str | None:
+    """The results table's sentence for the next run (training_summary.json), if it has one."""
+    path = workdir / "lora_adapters" / f"{run}_peft" / "training_summary.json"
+    try:
+        advice = json.loads(path.read_text(encoding="utf-8")).get("advice")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return advice if isinstance(advice, str) else None
+
+
 def bundle_help(workdir: Path, run: str, report: Path | None, prompts: Path | None) -> str:
     adapter = Path("lora_adapters") / f"{run}_mlx"
     meta = read_json_object(
@@ -56,6 +66,9 @@ def bundle_help(workdir: Path, run: str, report: Path | None, prompts: Path | No
     ]
     if report:
         lines.append(f"  report      {shlex.quote(str(report))}  (open it in a browser)")
+    advice = next_run_advice(workdir, run)
+    if advice:
+        lines.append(f"  next run    {advice}")
     lines += [
         "",
         "Generate with it here (the prompt is rendered exactly as training saw it):",

@@ -78,6 +78,14 @@ def loss_svg(log_history: list[dict], summary: dict, title: str) -> str:
                     color=CHOSEN_COLOUR,
                     linestyle="none",
                 )
+        if summary.get("stopped_early") and summary.get("total_steps"):
+            ax.axvline(
+                summary["total_steps"],
+                color="#777777",
+                linestyle=":",
+                linewidth=1.5,
+                label=f"stopped early: step {summary['total_steps']} of {summary.get('max_steps')}",
+            )
         ax.set(title=title, xlabel="step", ylabel="loss")
         ax.grid(True, color="#eeeeee")
         ax.set_xlim(left=0)

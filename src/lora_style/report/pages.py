@@ -37,6 +37,7 @@ from lora_style.report.html_parts import (
     value_html,
     when,
 )
+from lora_style.training import results
 from lora_style.training.cost import Estimate
 
 
@@ -145,7 +146,58 @@ def bill_facts(bill: dict | None) -> dict:
     }
 
 
-def training_page(run: str, summary: dict, finished: dict, launch: dict) -> str:
+def _num(value, digits: str) -> str:
+    return "" if value is None else format(value, digits)
+
+
+def results_section(summary: dict, overfitting_share: float) -> list[str]:
+    """The guide's results table (training_summary.json's results_table) and its advice; the
+    overfitting note at this report's share (results_table.overfitting_share)."""
+    rows = summary.get("results_table")
+    if rows is None:
+        return [note("info", "This training summary holds no results table (fetched by an older version).")]
+    out = ["<h2>Results, per evaluation</h2>"]
+    if summary.get("stopped_early"):
+        out.append(
+            note(
+                "ok",
+                escape(
+                    f"Stopped early at step {summary.get('total_steps')} of {summary.get('max_steps')}: "
+                    f"eval_loss had not improved for {summary.get('early_stopping_patience')} evaluations."
+                ),
+            )
+        )
+    notes = results.overfitting_notes(rows, overfitting_share)
+    out.append(
+        grid(
+            ["step", "epoch", "train loss", "eval loss", "GPU-hours", "dollars", "note"],
+            [
+                [
+                    str(r["step"]),
+                    _num(r.get("epoch"), ".2f"),
+                    _num(r.get("train_loss"), ".4f"),
+                    _num(r.get("eval_loss"), ".4f"),
+                    _num(r.get("gpu_hours"), ".4g"),
+                    "" if r.get("usd") is None else f"${r['usd']:.2f}",
+                    escape(", ".join(n)),
+                ]
+                for r, n in zip(rows, notes, strict=True)
+            ],
+            numeric={0, 1, 2, 3, 4, 5},
+        )
+    )
+    out.append(
+        f"<p>GPU-hours and dollars are spent up to that step (the run's paid time spread over its "
+        f"steps); overfitting: eval loss {overfitting_share * 100:.0f} % or more above its minimum.</p>"
+    )
+    if summary.get("advice"):
+        out.append(note("info", "Next run: " + escape(summary["advice"])))
+    return out
+
+
+def training_page(
+    run: str, summary: dict, finished: dict, launch: dict, overfitting_share: float = 0.1
+) -> str:
     body = []
     total = summary.get("total_steps")
     step = summary.get("best_step")
@@ -185,6 +237,7 @@ def training_page(run: str, summary: dict, finished: dict, launch: dict) -> str:
             }
         )
     )
+    body.extend(results_section(summary, overfitting_share))
     body.append("<h2>Time and cost</h2>")
     used = summary.get("gpu_time") or finished.get("gpu_time") or {}
     gpu = "(not recorded)"
@@ -295,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", required=True, help=text)
     for name in ("validation", "preflight", "training", "metadata", "samples"):
         parser.add_argument(f"--{name}-page", required=True, help=f"the {name} page to write")
+    parser.add_argument(
+        "--overfitting-share",
+        type=float,
+        default=0.1,
+        help="results table: note eval loss this share above its minimum as overfitting",
+    )
     args = parser.parse_args(argv)
     try:
         launch = _read(args.launch, "the launch record")
@@ -306,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 _read(args.summary, "the training summary"),
                 _read(args.finished, "the finish record"),
                 launch,
+                args.overfitting_share,
             ),
             args.metadata_page: metadata_page(
                 args.run, _read(args.metadata, "the bundle's metadata"), args.metadata

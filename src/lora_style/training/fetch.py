@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from lora_style.fileio import land, sha256_file, staged_dir, write_atomic
-from lora_style.training import best_checkpoint
+from lora_style.training import best_checkpoint, results
 
 from .executor import Executor
 from .messages import PodError, Say, stopped_after_landing, stopped_as
@@ -121,19 +121,36 @@ def fetch(
                     f"downloading {name}",
                 )
                 say(f"downloaded {name} ({hashes[rel][0]} bytes, sha256 {hashes[rel][1][:12]}... verified)")
+            trained = max([int(e.get("step", 0)) for e in history] + [steps[-1]])
+            planned = launch_rec.get("estimate") or {}
+            table = results.results_table(history, finished.get("gpu_time"), trained)
             summary = {
                 "run": run,
                 "run_id": run_id,
                 "best_step": choice.step,
                 "best_eval_loss": choice.eval_loss,
                 "selected_by": choice.selected_by,
-                "total_steps": max([int(e.get("step", 0)) for e in history] + [steps[-1]]),
+                "total_steps": trained,
                 "wall_time_s": finished.get("wall_time_s"),
                 "gpu_time": finished.get("gpu_time"),  # what the training used, all attempts
                 "estimate": launch_rec.get("estimate"),  # what the plan said it would
                 "cut_by_budget": bool(finished.get("cut_by_budget")),
                 "llamafactory_version": launch_rec.get("llamafactory_version"),
                 "sha256": {name: hashes[rel][1] for name, rel in wanted.items()},
+                "max_steps": planned.get("steps"),
+                "early_stopping_patience": planned.get("patience"),
+                "stopped_early": bool(finished.get("stopped_early")),
+                # Counted by transformers when the run sets include_num_input_tokens_seen.
+                "tokens_seen": max([int(e.get("num_input_tokens_seen") or 0) for e in history] + [0]) or None,
+                # The guide's results table: one row per evaluation (training/results.py).
+                "results_table": table,
+                "advice": results.advice(
+                    table,
+                    trained,
+                    planned.get("steps"),
+                    planned.get("patience"),
+                    bool(finished.get("cut_by_budget")),
+                ),
             }
             text = json.dumps(summary, indent=2) + "\n"
             (stage / "training_summary.json").write_text(text)

@@ -14,9 +14,11 @@ from .messages import (
     PodError,
     Say,
     TrainingFailed,
+    budget_cut_line,
     disk_full,
     disk_full_hint,
     format_progress,
+    format_projection,
     gone_message,
     hint_for,
     killed_again_hint,
@@ -30,11 +32,39 @@ from .shell import parse_markers
 POLL_CAP = 4 * 2**20  # most bytes of each log fetched per poll
 
 
+def seconds(entry: dict) -> float | None:
+    """LLaMA-Factory's elapsed_time ("0:01:05", "1 day, 2:00:00"), in seconds."""
+    text = str(entry.get("elapsed_time") or "")
+    days = 0
+    if "day" in text:
+        head, _, text = text.partition(",")
+        days = int(head.split()[0])
+    parts = text.strip().split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return days * 86400 + int(parts[0]) * 3600 + int(parts[1]) * 60 + int(parts[2])
+
+
 class Follower:
     """Polls the run folder (poll.sh): mirrors train.log, shows progress from trainer_log.jsonl."""
 
-    def __init__(self, ex: Executor, run_dir: str, mirror: Path, say: Say):
+    def __init__(
+        self,
+        ex: Executor,
+        run_dir: str,
+        mirror: Path,
+        say: Say,
+        settings: PodSettings | None = None,
+        patience: int | None = None,
+        paid_before: tuple[float, float | None] = (0.0, None),
+    ):
         self.ex, self.run_dir, self.say = ex, run_dir, say
+        # The projection: the pod's price and budgets, early stopping, and the time paid before
+        # this attempt's steps (ended attempts' seconds, and the open attempt's start if known).
+        self.settings, self.patience = settings or PodSettings(), patience
+        self.paid_before, self.open_start = paid_before
+        self.first: tuple[int, float] | None = None  # this attempt's first (step, elapsed s)
+        self.cut_said = False
         self.mirror = open(mirror, "wb")
         self.mirror_path = mirror
         self.log_offset = 0
@@ -96,12 +126,13 @@ class Follower:
         self.tlog_offset = offset + len(data)
         lines = (self.tlog_rest + data).split(b"\n")
         self.tlog_rest = lines.pop()
-        newest = None
+        newest = projection = None
         for line in lines:
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
+            projection = self._project(entry)  # every entry: the attempt's first one times the rate
             if entry.get("loss") is not None:
                 self.loss = entry["loss"]
             if entry.get("eval_loss") is not None:
@@ -112,7 +143,30 @@ class Follower:
         ):
             self.last_step = newest.get("current_steps")
             self.last_entry = newest
-            self.say(format_progress(newest, self.loss, self.eval_loss))
+            line = format_progress(newest, self.loss, self.eval_loss)
+            if projection:
+                line += "  " + format_projection(projection, self.patience)
+            self.say(line)
+            if projection and projection["cut_step"] is not None and not self.cut_said:
+                self.cut_said = True
+                budgets = {"max_usd": self.settings.max_usd, "max_hours": self.settings.max_hours}
+                limits = {key: value for key, value in budgets.items() if value}
+                self.say(budget_cut_line(projection, newest["total_steps"], limits))
+
+    def _project(self, entry: dict) -> dict | None:
+        """The projection once this attempt's steps have timed the rate (two steps and a second
+        of LLaMA-Factory's elapsed_time at least)."""
+        step, total, elapsed = entry.get("current_steps"), entry.get("total_steps"), seconds(entry)
+        if not step or not total or elapsed is None:
+            return None
+        if self.first is None or step <= self.first[0] or elapsed < self.first[1]:
+            self.first = (step, elapsed)  # a new attempt (a resume) times its own rate
+            return None
+        done, took = step - self.first[0], elapsed - self.first[1]
+        if done < 2 or took < 1:
+            return None
+        now_paid = time.time() - self.open_start if self.open_start else elapsed
+        return cost.project(step, total, done / took, self.paid_before + now_paid, self.settings)
 
     def tail(self, lines: int = 30) -> str:
         self.mirror.flush()
@@ -129,6 +183,17 @@ def read_attempts(ex: Executor, run_dir: str, settings: PodSettings, say: Say) -
             "reading attempts.log",
         )
     )
+
+
+def paid_before(ex: Executor, run_dir: str, settings: PodSettings, say: Say) -> tuple[float, float | None]:
+    """The seconds of the attempts that ended, and the start of the open one (attempts.log), for
+    the projection's cost and budget; read only when the pod has a price or a budget."""
+    if cost.usd_per_hour(settings) is None and cost.budget_seconds(settings) is None:
+        return 0.0, None
+    attempts = read_attempts(ex, run_dir, settings, say)
+    ended = sum(a["end"] - a["start"] for a in attempts if a.get("end"))
+    open_start = attempts[-1]["start"] if attempts and not attempts[-1].get("end") else None
+    return float(ended), open_start
 
 
 def refuse_to_resume(
@@ -172,7 +237,15 @@ def wait(
     else:
         say(f"following {run_id} on {ex.where()}: {state.describe()}")
         run_dir = f"{state.remote_dir}/{run_id}"
-    follower = Follower(ex, run_dir, mirror, say)
+    follower = Follower(
+        ex,
+        run_dir,
+        mirror,
+        say,
+        settings,
+        files.args.get("early_stopping_steps"),
+        paid_before(ex, run_dir, settings, say),
+    )
     started_from, job_seen = state.checkpoint, (state.job, state.slurm)
     while True:
         state, more = with_reconnect(follower.poll, settings, say, "following the training")
@@ -209,11 +282,23 @@ def wait(
         )
     attempts = read_attempts(ex, run_dir, settings, say)
     entry = follower.last_entry or {}
+    # LLaMA-Factory's early stopping ends the training (exit 0) before its total_steps.
+    stopped_early = bool(
+        state.status == "finished"
+        and entry.get("current_steps")
+        and entry.get("total_steps")
+        and entry["current_steps"] < entry["total_steps"]
+    )
     say(
         f"{run_id} finished: {format_progress(entry, follower.loss, follower.eval_loss)}"
         if entry
         else f"{run_id} finished"
     )
+    if stopped_early:
+        say(
+            f"{run_id} stopped early at step {entry['current_steps']} of {entry['total_steps']}: "
+            "eval_loss had stopped improving (early_stopping); the best checkpoint is fetched"
+        )
     used = cost.used(attempts, settings)
     if used["usd"] is not None:
         say(
@@ -226,6 +311,7 @@ def wait(
         "status": state.status,
         "exit_code": 0 if state.status == "finished" else int(state.rc or 0),
         "cut_by_budget": state.status == "cut",
+        "stopped_early": stopped_early,
         "run_dir": run_dir,
         "attempts": attempts,
         "wall_time_s": used["wall_seconds"],

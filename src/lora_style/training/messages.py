@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from contextlib import contextmanager
 
 from lora_style.fileio import UserError
@@ -220,3 +221,36 @@ def format_progress(entry: dict, loss: float | None, eval_loss: float | None, wi
     if entry.get("remaining_time"):
         parts.append(f"remaining {entry['remaining_time']}")
     return "  ".join(parts)
+
+
+def format_projection(projection: dict, patience: int | None = None) -> str:
+    """`projected: done in ~1 h 20 min (~14:05 UTC), ~$13.40 in all`"""
+    remaining = projection.get("remaining_s")
+    if remaining is None:
+        return ""
+    finish = time.strftime("%H:%M UTC", time.gmtime(time.time() + remaining))
+    text = f"projected: done in ~{_span(remaining)} (~{finish})"
+    if projection.get("usd") is not None:
+        text += f", ~${projection['usd']:.2f} in all"
+    if patience:
+        text += " at most (early stopping may end it sooner)"
+    return text
+
+
+def budget_cut_line(projection: dict, total: int, limits: dict) -> str:
+    """`limits`: the pod's budgets that are set, {"max_usd": 40, ...}."""
+    said = ", ".join(f"{key} {value}" for key, value in limits.items())
+    return (
+        f"at this rate the budget ({said}) stops the training at about step "
+        f"{projection['cut_step']} of {total}, before max_steps; the best checkpoint saved until "
+        "then is fetched (raise the budget, or lower max_steps, to plan for it)"
+    )
+
+
+def _span(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

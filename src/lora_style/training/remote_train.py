@@ -34,6 +34,7 @@ import yaml
 
 from lora_style.fileio import read_json_object, write_atomic, write_json
 from lora_style.training import (
+    cost,
     estimate,
     fetch,
     follow,
@@ -120,6 +121,8 @@ def _command(args, settings: PodSettings, ex, files, say: Say) -> None:
             say,
         )
         say(f"{args.adapter_dir}: checkpoint-{summary['best_step']} of {summary['total_steps']} steps")
+        say(f"results: {summary['advice']}")
+        _learn_rate(args.run, summary, _record(args.launch, "the launch record"), say)
     elif args.command == "preflight":
         report = preflight.run_preflight(ex, settings, files.args, files.examples(), say)
         say(f"preflight passed on {ex.where()}")
@@ -135,6 +138,33 @@ def _command(args, settings: PodSettings, ex, files, say: Say) -> None:
             files, settings, ex, _record(args.launch, "the launch record"), Path(args.remote_log), say
         )
         write_json(args.output, record)
+
+
+def _learn_rate(run: str, summary: dict, launch_rec: dict, say: Say) -> None:
+    """The run's measured rate into .state/rates.json, which the next plan prefers over
+    config/rates.yaml (cost.learned_rate)."""
+    planned = launch_rec.get("estimate") or {}
+    if not planned.get("profile"):
+        return  # a launch record from before the plan recorded its estimate
+    key = cost.rate_key(
+        planned["profile"],
+        planned.get("gpu_type"),
+        planned.get("gpus") or 1,
+        planned.get("cutoff_len"),
+        planned.get("packing"),
+    )
+    steps = summary.get("total_steps")
+    tokens = summary.get("tokens_seen") or (
+        planned["tokens_per_step"] * steps if planned.get("tokens_per_step") and steps else None
+    )
+    entry = cost.record_rate(
+        key, run, summary.get("run_id", ""), steps, summary.get("wall_time_s") or 0, tokens
+    )
+    if entry:
+        say(
+            f"measured {cost.rate_text(entry['steps_per_hour'])} steps/h ({entry['steps']} steps in "
+            f"{entry['wall_seconds']:.0f} s); recorded in {cost.LEARNED_RATES} for the next plan"
+        )
 
 
 def _gives_back(command: str, exc: BaseException) -> bool:
