@@ -3,8 +3,12 @@
     .venv-pod/bin/python tests/pod_checks.py load-dataset RUN_DIR
     .venv-pod/bin/python tests/pod_checks.py parse-yaml RUN_DIR/train.yaml
     .venv-pod/bin/python tests/pod_checks.py parse-profile PROFILE.yaml
+    .venv-pod/bin/python tests/pod_checks.py batch CHECKS.json
 
-Each prints one JSON object with what LLaMA-Factory made of our files.
+Each prints one JSON object with what LLaMA-Factory made of our files. `batch` runs a list of
+[name, command, arg] in one process (LLaMA-Factory imported once, not once a check) and prints
+{name: {"ok": true, "value": ...} or {"ok": false, "error": "..."}}; its commands include
+`facts` (scripts/llamafactory_facts.py's command line, its arguments a list).
 """
 
 from __future__ import annotations
@@ -84,9 +88,35 @@ def parse_profile(path: str) -> dict:
     return {"keys": sorted(args)}
 
 
+def facts(argv: list[str]) -> int:
+    """scripts/llamafactory_facts.py's command line, run here."""
+    from lora_style.config import llamafactory_facts
+
+    return llamafactory_facts.main([str(a) for a in argv])
+
+
+COMMANDS = {
+    "parse-yaml": parse_yaml,
+    "load-dataset": load_dataset,
+    "parse-profile": parse_profile,
+    "facts": facts,
+}
+
+
+def batch(path: str) -> dict:
+    results = {}
+    for name, command, arg in json.load(open(path)):
+        here = os.getcwd()
+        try:
+            results[name] = {"ok": True, "value": COMMANDS[command](arg)}
+        except BaseException as exc:  # SystemExit too: a refused profile is a result
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            os.chdir(here)
+    return results
+
+
 if __name__ == "__main__":
     command, arg = sys.argv[1], sys.argv[2]
-    result = {"parse-yaml": parse_yaml, "load-dataset": load_dataset, "parse-profile": parse_profile}[
-        command
-    ](arg)
+    result = {**COMMANDS, "batch": batch}[command](arg)
     print("RESULT " + json.dumps(result))

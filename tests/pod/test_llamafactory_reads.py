@@ -20,8 +20,16 @@ pytestmark = pytest.mark.pod
 POD_CHECKS = REPO / "tests" / "pod_checks.py"
 
 
-def pod_check(command: str, arg) -> dict:
-    proc = run_pod_python(POD_CHECKS, command, arg)
+PROFILES = sorted(p.name for p in (REPO / "config/hparams").glob("*.yaml"))
+
+
+def pod_checks(tmp: Path, checks: list[tuple[str, str, object]]) -> dict:
+    """Run [name, command, arg] checks in one pod-environment process (LLaMA-Factory imported once)."""
+    spec = tmp / "checks.json"
+    spec.write_text(
+        json.dumps([[n, c, [str(x) for x in a] if isinstance(a, list) else str(a)] for n, c, a in checks])
+    )
+    proc = run_pod_python(POD_CHECKS, "batch", spec)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT ") :])
 
@@ -45,8 +53,44 @@ def run_dir(tmp_path_factory, tiny_model) -> Path:
     return run
 
 
-def test_tiny_cpu_yaml_is_accepted_by_get_train_args(run_dir, tiny_model):
-    parsed = pod_check("parse-yaml", run_dir / "train.yaml")
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory, run_dir) -> dict:
+    """Every check of this module, run by LLaMA-Factory in one pod-environment process."""
+    tmp = tmp_path_factory.mktemp("checks")
+    (tmp / "bad.yaml").write_text("lora_rnak: 8\n")
+    return {
+        **pod_checks(
+            tmp,
+            [
+                ("yaml", "parse-yaml", run_dir / "train.yaml"),
+                ("dataset", "load-dataset", run_dir),
+                ("typo", "parse-profile", tmp / "bad.yaml"),
+                ("keys", "facts", ["keys", "--output", tmp / "keys.txt"]),
+                ("template", "facts", ["template", "qwen", "--output", tmp / "qwen.json"]),
+                *[(profile, "parse-profile", written(tmp, profile)) for profile in PROFILES],
+            ],
+        ),
+        "out": tmp,
+    }
+
+
+def written(tmp: Path, profile: str) -> Path:
+    """A profile as the pipeline hands it to LLaMA-Factory: its keys, with its pipeline keys
+    (early_stopping) turned into LLaMA-Factory's own, and the keys every run adds."""
+    args = train_yaml.train_args("x", {"profile": Path(profile).stem, "base_model": "Qwen/Qwen2.5-32B"})
+    path = tmp / profile
+    train_yaml.write_yaml(args, str(path))
+    return path
+
+
+def value(checked: dict, name: str):
+    result = checked[name]
+    assert result["ok"], result["error"]
+    return result["value"]
+
+
+def test_tiny_cpu_yaml_is_accepted_by_get_train_args(checked, tiny_model):
+    parsed = value(checked, "yaml")
     assert parsed["model"] == str(tiny_model)
     assert parsed["dataset"] == ["lovecraft_sft"] and parsed["dataset_dir"] == "data"
     assert parsed["template"] == "qwen" and parsed["finetuning_type"] == "lora"
@@ -55,8 +99,8 @@ def test_tiny_cpu_yaml_is_accepted_by_get_train_args(run_dir, tiny_model):
     assert parsed["output_dir"] == "output"
 
 
-def test_llamafactory_loader_finds_the_dataset_through_dataset_info(run_dir, sample_rows):
-    loaded = pod_check("load-dataset", run_dir)
+def test_llamafactory_loader_finds_the_dataset_through_dataset_info(checked, sample_rows):
+    loaded = value(checked, "dataset")
     # val_size 0.1 of 40 examples: LLaMA-Factory splits 36 / 4.
     assert (loaded["train"], loaded["eval"]) == (36, 4)
     # The example is rendered in the qwen chat format: instruction + "\n" + input in the user
@@ -66,33 +110,29 @@ def test_llamafactory_loader_finds_the_dataset_through_dataset_info(run_dir, sam
     assert any(row["output"] in loaded["first_labels"] for row in sample_rows)
 
 
-@pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "config/hparams").glob("*.yaml")))
-def test_every_profile_key_is_known_to_llamafactorys_parser(profile):
-    parsed = pod_check("parse-profile", REPO / "config" / "hparams" / profile)
-    assert parsed["keys"]
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_key_is_known_to_llamafactorys_parser(checked, profile):
+    assert value(checked, profile)["keys"]
 
 
-def test_a_typo_is_rejected_by_llamafactorys_parser_too(tmp_path):
+def test_a_typo_is_rejected_by_llamafactorys_parser_too(checked):
     """The same key our laptop-side check rejects is rejected by the real parser."""
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("lora_rnak: 8\n")
-    proc = run_pod_python(POD_CHECKS, "parse-profile", bad, check=False)
-    assert proc.returncode != 0 and "lora_rnak" in proc.stderr
+    assert not checked["typo"]["ok"] and "lora_rnak" in checked["typo"]["error"]
     assert "lora_rnak" not in train_yaml.known_keys()
 
 
-def test_shipped_key_list_matches_the_installed_llamafactory(tmp_path):
-    out = tmp_path / "keys.txt"
-    run_pod_python(REPO / "scripts" / "llamafactory_facts.py", "keys", "--output", out)
-    assert out.read_text() == (REPO / "config" / "llamafactory_keys.txt").read_text(), (
+def test_shipped_key_list_matches_the_installed_llamafactory(checked):
+    assert value(checked, "keys") == 0
+    assert (checked["out"] / "keys.txt").read_text() == (
+        REPO / "config" / "llamafactory_keys.txt"
+    ).read_text(), (
         "regenerate: .venv-pod/bin/python scripts/llamafactory_facts.py keys "
         "--output config/llamafactory_keys.txt"
     )
 
 
-def test_shipped_template_matches_the_installed_llamafactory(tmp_path):
-    out = tmp_path / "qwen.json"
-    run_pod_python(REPO / "scripts" / "llamafactory_facts.py", "template", "qwen", "--output", out)
-    assert json.loads(out.read_text()) == json.loads(
+def test_shipped_template_matches_the_installed_llamafactory(checked):
+    assert value(checked, "template") == 0
+    assert json.loads((checked["out"] / "qwen.json").read_text()) == json.loads(
         (REPO / "config" / "templates" / "qwen.json").read_text()
     )
