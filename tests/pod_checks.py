@@ -25,6 +25,8 @@ def parse_yaml(path: str) -> dict:
     return {
         "model": model_args.model_name_or_path,
         "dataset": data_args.dataset,
+        "eval_dataset": data_args.eval_dataset,
+        "val_size": data_args.val_size,
         "dataset_dir": data_args.dataset_dir,
         "template": data_args.template,
         "cutoff_len": data_args.cutoff_len,

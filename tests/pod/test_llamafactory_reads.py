@@ -33,7 +33,16 @@ def run_dir(tmp_path_factory, tiny_model) -> Path:
     data = run / train_yaml.DATASET_DIR
     data.mkdir(parents=True)
     proc = run_script(
-        "validate_dataset.py", SAMPLE_DATA, "--output", data / DATA_FILE, "--report", run / "validation.json"
+        "validate_dataset.py",
+        SAMPLE_DATA,
+        "--output",
+        data / DATA_FILE,
+        "--eval-output",
+        data / "eval.jsonl",
+        "--val-size",
+        "0.1",
+        "--report",
+        run / "validation.json",
     )
     assert proc.returncode == 0, proc.stderr
     assert (
@@ -49,6 +58,7 @@ def test_tiny_cpu_yaml_is_accepted_by_get_train_args(run_dir, tiny_model):
     parsed = pod_check("parse-yaml", run_dir / "train.yaml")
     assert parsed["model"] == str(tiny_model)
     assert parsed["dataset"] == ["lovecraft_sft"] and parsed["dataset_dir"] == "data"
+    assert parsed["eval_dataset"] == ["lovecraft_eval"] and parsed["val_size"] == 0.0
     assert parsed["template"] == "qwen" and parsed["finetuning_type"] == "lora"
     assert (parsed["max_steps"], parsed["lora_rank"], parsed["lora_alpha"]) == (10, 8, 32)
     assert parsed["cutoff_len"] == 512
@@ -57,7 +67,8 @@ def test_tiny_cpu_yaml_is_accepted_by_get_train_args(run_dir, tiny_model):
 
 def test_llamafactory_loader_finds_the_dataset_through_dataset_info(run_dir, sample_rows):
     loaded = pod_check("load-dataset", run_dir)
-    # val_size 0.1 of 40 examples: LLaMA-Factory splits 36 / 4.
+    # val_size 0.1 of 40 examples: the graph's split (by a hash of each example) holds out 4,
+    # which LLaMA-Factory reads as eval_dataset.
     assert (loaded["train"], loaded["eval"]) == (36, 4)
     # The example is rendered in the qwen chat format: instruction + "\n" + input in the user
     # turn, under the default system prompt (not the guide's "instruction as system").

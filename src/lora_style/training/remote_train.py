@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--train-yaml", required=True)
             p.add_argument("--data", required=True)
             p.add_argument("--dataset-info", required=True)
+            p.add_argument("--eval-data", help="the held-out examples (train.yaml's eval_dataset)")
             p.add_argument("--output", required=name != "preflight", help="the record to write")
         if name == "submit":
             p.add_argument("--estimate", help="the plan's GPU time and cost estimate (JSON), recorded")
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         files = (
             None
             if args.command == "fetch"
-            else launch.RunFiles.load(args.run, args.train_yaml, args.data, args.dataset_info)
+            else launch.RunFiles.load(args.run, args.train_yaml, args.data, args.dataset_info, args.eval_data)
         )
         if not rented:
             _command(args, settings, make_executor(settings), files, say)
