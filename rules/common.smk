@@ -113,6 +113,23 @@ def deepspeed_input(run):
     return [str(path)] if path else []
 
 
+def unquantised_base(run):
+    """The run's base model unquantised, for the fidelity check, when it is a local folder no
+    larger than fidelity.unquantised_max_gb (a hub id would be downloaded whole: never).
+    """
+    base = RUNS[run]["base_model"]
+    limit = RUNS[run]["fidelity"]["unquantised_max_gb"]
+    if not limit or not train_yaml.is_local_model(base):
+        return []
+    path = Path(os.path.normpath(os.path.expanduser(base)))
+    size = (
+        sum(p.stat().st_size for p in path.rglob("*.safetensors"))
+        if path.is_dir()
+        else 0
+    )
+    return [str(path)] if size <= limit * 1e9 else []
+
+
 def base_4bit_dir(run):
     return f"models/{train_yaml.base_name(RUNS[run]['base_model'])}-4bit-mlx"
 
@@ -128,6 +145,7 @@ def mlx_bundle(run):
         f"lora_adapters/{run}_mlx/adapters.safetensors",
         f"lora_adapters/{run}_mlx/adapter_config.json",
         f"lora_adapters/{run}_mlx/metadata.json",
+        f"results/{run}/fidelity/losses.json",
         base_4bit_dir(run),
         f"results/{run}/samples.md",
         # The report's items, as report.smk names them (this runs after every include).

@@ -31,11 +31,48 @@ rule mlx_adapter:
         " --base {input.base:q}"
 
 
+# How much of what the adapter learnt the bundle keeps (lora_style/mlx/fidelity.py): the held-out
+# loss with mlx-lm for the bundle, the 4-bit base alone and, for a small local base, the
+# unquantised base + adapter (which must equal the pod's reference_eval.json).
+rule fidelity_losses:
+    input:
+        examples="results/{run}/data/eval.jsonl",
+        base=lambda w: base_4bit_dir(w.run),
+        adapters=rules.mlx_adapter.output.adapters,
+        adapter_config=rules.mlx_adapter.output.config,
+        template=lambda w: TEMPLATES / f"{TRAIN_ARGS[w.run]['template']}.json",
+        unquantised=lambda w: unquantised_base(w.run),
+    output:
+        "results/{run}/fidelity/losses.json",
+    log:
+        "logs/{run}/fidelity_losses.log",
+    benchmark:
+        "benchmarks/{run}/fidelity_losses.tsv"
+    conda:
+        LOCAL_ENV
+    params:
+        adapter_dir=lambda w, input: os.path.dirname(input.adapters),
+        limit=lambda w: RUNS[w.run]["fidelity"]["examples"],
+        cutoff_len=lambda w: TRAIN_ARGS[w.run]["cutoff_len"],
+        template=lambda w: TRAIN_ARGS[w.run]["template"],
+        unquantised=lambda w: " ".join(
+            f"--unquantised {shlex.quote(path)}" for path in unquantised_base(w.run)
+        ),
+        code=code_version("mlx/fidelity.py", "prompt_format.py"),
+    shell:
+        "logged {log:q} python -m lora_style.mlx.fidelity losses --examples {input.examples:q}"
+        " --limit {params.limit} --template {params.template:q} --cutoff-len {params.cutoff_len}"
+        " --base-4bit {input.base:q} --adapter-path {params.adapter_dir:q} {params.unquantised}"
+        " --output {output:q}"
+
+
 rule metadata:
     input:
         peft="lora_adapters/{run}_peft",
         validation="results/{run}/data/validation.json",
         template=lambda w: TEMPLATES / f"{TRAIN_ARGS[w.run]['template']}.json",
+        losses=rules.fidelity_losses.output,
+        reference="results/{run}/train/reference_eval.json",
     output:
         "lora_adapters/{run}_mlx/metadata.json",
     log:
@@ -49,12 +86,15 @@ rule metadata:
         lora_rank=lambda w: TRAIN_ARGS[w.run]["lora_rank"],
         lora_alpha=lambda w: TRAIN_ARGS[w.run]["lora_alpha"],
         template=lambda w: TRAIN_ARGS[w.run]["template"],
+        # A threshold edit rewrites the verdict here and recomputes no loss.
+        threshold=lambda w: RUNS[w.run]["fidelity"]["threshold_percent"],
     shell:
         "logged {log:q} python -m lora_style.mlx.metadata --run {wildcards.run} --author {params.author:q}"
         " --base-model {params.base_model:q} --base-model-id {params.base_model_id:q}"
         " --lora-rank {params.lora_rank} --lora-alpha {params.lora_alpha}"
         " --template {params.template:q} --validation {input.validation:q}"
-        " --peft {input.peft:q} --output {output:q}"
+        " --peft {input.peft:q} --fidelity-losses {input.losses:q} --reference-eval {input.reference:q}"
+        " --fidelity-threshold {params.threshold} --output {output:q}"
 
 
 rule samples:

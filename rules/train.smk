@@ -106,6 +106,9 @@ rule best_checkpoint:
         summary="results/{run}/train/training_summary.json",
         # The whole log_history, for the loss plot (rules/report.smk), which never touches the pod.
         state="results/{run}/train/trainer_state.json",
+        # The chosen checkpoint's own evaluation on the held-out examples, on the pod while it is
+        # there (training/eval.sh): what the Mac bundle is measured against (mlx.smk, fidelity).
+        reference="results/{run}/train/reference_eval.json",
     log:
         "logs/{run}/best_checkpoint.log",
     benchmark:
@@ -114,7 +117,14 @@ rule best_checkpoint:
         LOCAL_ENV
     resources:
         pod=POD_SETTINGS,
+    params:
+        reference_examples=lambda w: (
+            RUNS[w.run]["fidelity"]["examples"]
+            if RUNS[w.run]["fidelity"]["reference"]
+            else 0
+        ),
     shell:
         "logged {log:q} python -m lora_style.training.remote_train fetch --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --launch {input.launch:q} --finished {input.finished:q} --adapter-dir {output.adapter:q}"
         " --summary {output.summary:q} --trainer-state {output.state:q}"
+        " --reference-eval {output.reference:q} --reference-examples {params.reference_examples}"

@@ -89,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "fetch":
             for option in ("--finished", "--adapter-dir", "--summary", "--trainer-state"):
                 p.add_argument(option, required=True)
+            p.add_argument(
+                "--reference-eval",
+                help="where to record the chosen checkpoint's evaluation on the pod (fetch.reference_eval)",
+            )
+            p.add_argument(
+                "--reference-examples",
+                type=int,
+                default=64,
+                help="how many held-out examples it reads (0: no evaluation)",
+            )
     for name, text in (
         ("prices", "read RunPod's GPU catalog for the plan's cost line"),
         ("bill", "read what RunPod billed for a run's pod (again)"),
@@ -117,6 +127,8 @@ def _command(args, settings: dict, ex, files, say: Say) -> None:
             Path(args.summary),
             Path(args.trainer_state),
             say,
+            args.reference_examples,
+            Path(args.reference_eval) if args.reference_eval else None,
         )
         say(f"{args.adapter_dir}: checkpoint-{summary['best_step']} of {summary['total_steps']} steps")
     elif args.command == "preflight":
