@@ -33,6 +33,13 @@ onstart:
     refuse_placeholder_pods()
 
 
+# The end of a run: a bundle that keeps too little of what its adapter learnt says so, with the
+# fixes (lora_style/mlx/fidelity.py; the same sentence is in metadata.json and the report).
+onsuccess:
+    for _line in bundle_help.fidelity_warnings(Path.cwd(), RUNS):
+        print(_line, file=sys.stderr)
+
+
 # The report's front page; each run's items carry their own captions (report/*.rst).
 report: "report/workflow.rst"
 

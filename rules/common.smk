@@ -15,6 +15,7 @@ from snakemake.utils import validate
 from lora_style import plan
 from lora_style.config import checks, train_yaml
 from lora_style.config import errors as config_errors
+from lora_style.report import bundle_help
 
 # The project's package, installed in the environment that runs Snakemake (`pip install -e .`:
 # the Makefile's .venv, or environment.yml under --sdm conda). A job's `python` is that

@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 from lora_style.fileio import UserError, read_json_object
@@ -56,6 +57,10 @@ def bundle_help(workdir: Path, run: str, report: Path | None, prompts: Path | No
     ]
     if report:
         lines.append(f"  report      {shlex.quote(str(report))}  (open it in a browser)")
+    fidelity = meta.get("fidelity") or {}
+    if fidelity.get("sentence"):
+        lines += ["", "What the bundle keeps (held-out loss, mlx-lm against the pod's evaluation):"]
+        lines += [f"  {line}" for line in textwrap.wrap(fidelity["sentence"], 94)]
     lines += [
         "",
         "Generate with it here (the prompt is rendered exactly as training saw it):",
@@ -74,6 +79,21 @@ def bundle_help(workdir: Path, run: str, report: Path | None, prompts: Path | No
         "",
     ]
     return "\n".join(lines)
+
+
+def fidelity_warnings(workdir: Path, runs) -> list[str]:
+    """The end of a snakemake run: each built run whose bundle loses more than its threshold of
+    what the adapter learnt, with the fixes (mlx/fidelity.py's verdict, from metadata.json)."""
+    lines = []
+    for run in runs:
+        path = workdir / "lora_adapters" / f"{run}_mlx" / "metadata.json"
+        try:
+            fidelity = json.loads(path.read_text(encoding="utf-8")).get("fidelity") or {}
+        except (OSError, ValueError):
+            continue
+        if fidelity.get("ok") is False:
+            lines.append(f"warning: {run}: " + fidelity["sentence"])
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
