@@ -179,7 +179,17 @@ class PlanNote(str):
     def __format__(self, spec):
         run = str.__str__(self)
         planned = {name for name, of in _planned(exclude_finished=False) if of == run}
-        return plan.plan_line(run, planned, lambda: training_estimate(run))
+        fidelity = RUNS[run]["fidelity"]
+        reference = (
+            (
+                lambda found: plan.reference_eval_note(
+                    found, TRAIN_ARGS[run], fidelity["examples"]
+                )
+            )
+            if fidelity["reference"] and TRAIN_ARGS[run].get("eval_dataset")
+            else None
+        )
+        return plan.plan_line(run, planned, lambda: training_estimate(run), reference)
 
 
 # The shipped config's pod address is a placeholder: a dry run still shows the plan (with a

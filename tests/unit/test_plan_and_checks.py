@@ -4,12 +4,14 @@ rules/common.smk calls (lora_style/config/checks.py, lora_style/plan.py)."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from lora_style import plan
 from lora_style.config import checks
 from lora_style.config.train_yaml import ConfigError
+from lora_style.training import cost
 
-from helpers.workflow import SAMPLE_DATA
+from helpers.workflow import REPO, SAMPLE_DATA
 
 POD = {"executor": "ssh", "host": "203.0.113.7", "gpu_type": "NVIDIA A100-SXM4-80GB", "gpu_hourly_usd": 1.89}
 
@@ -93,3 +95,23 @@ def test_a_placeholder_pod_stops_only_a_run_that_would_contact_it():
     assert plan.refused_placeholder(runs, pods, [("validate_dataset", "a")]) is None
     error = plan.refused_placeholder(runs, pods, [("submit_training", "a")])
     assert error.startswith("config: pods.gpu.host is the placeholder POD_IP") and "Nothing was run" in error
+
+
+def test_the_plan_line_names_the_reference_evaluation_and_its_small_cost():
+    """The guide's run: 84 steps/h of 16 examples at $1.89/h; 64 examples forward only, plus
+    loading the model: a few minutes, cents."""
+    args = yaml.safe_load((REPO / "config/hparams/qwen25_32b_a100.yaml").read_text())
+    pod = {"name": "runpod", "executor": "ssh", "gpu_type": "NVIDIA A100-SXM4-80GB", "gpu_hourly_usd": 1.89}
+    estimate = cost.estimate("lovecraft", args, "qwen25_32b_a100", pod, None)
+    minutes = plan.reference_eval_minutes(estimate, args, 64)
+    assert minutes == pytest.approx(3 + 64 * (3600 / 84 / 16) / 3 / 60)
+    line = plan.plan_line(
+        "lovecraft",
+        {"submit_training"},
+        lambda: estimate,
+        lambda found: plan.reference_eval_note(found, args, 64),
+    )
+    assert line.endswith(
+        f"; then up to 64 held-out examples evaluated on the pod, ~{minutes:.0f} min "
+        f"(~${minutes / 60 * 1.89:.2f}))"
+    )
