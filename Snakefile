@@ -62,3 +62,10 @@ for _run in RUNS:
             plan=lambda w, run=_run: PlanNote(run),
         message:
             "{resources.plan}"
+
+    # The bundle's adapter on finer quantisations of the base, measured: `snakemake {run}_quant_table`.
+    rule:
+        name:
+            f"{_run}_quant_table"
+        input:
+            f"results/{_run}/quant_table.md",

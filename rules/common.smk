@@ -92,6 +92,38 @@ except train_yaml.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 
+def _quant_candidates():
+    """{base name: {candidate name: its mlx_lm.convert options}} from the runs' fidelity
+    settings; two runs on one base must not give one name two meanings."""
+    found = {}
+    for run, cfg in RUNS.items():
+        base = train_yaml.base_name(cfg["base_model"])
+        for spec in cfg["fidelity"]["quant_candidates"]:
+            spec = {"bits": 4, "group_size": 64, **spec}
+            known = found.setdefault(base, {}).setdefault(spec["name"], spec)
+            if known != spec or spec["name"] == "4bit":
+                raise WorkflowError(
+                    f"config: runs.{run}.fidelity.quant_candidates: '{spec['name']}' "
+                    + (
+                        "is the bundle's own base (models/<base>-4bit-mlx); choose another name"
+                        if spec["name"] == "4bit"
+                        else f"means something else for another run on {base}; rename one"
+                    )
+                )
+    return found
+
+
+QUANT_CANDIDATES = _quant_candidates()
+
+
+def quant_candidate_dirs(run):
+    base = train_yaml.base_name(RUNS[run]["base_model"])
+    return [
+        f"models/{base}-{spec['name']}-mlx"
+        for spec in RUNS[run]["fidelity"]["quant_candidates"]
+    ]
+
+
 def pod_config(run):
     return PODS[RUNS[run]["pod"]]
 

@@ -134,3 +134,42 @@ rule samples:
         " --samples-md {output:q} --title 'Samples: {wildcards.run}' --note {params.note:q}"
         " --count {params.how_many} --max-tokens {params.max_tokens} --temp {params.temperature}"
         " --top-p {params.top_p} --seed {params.seed}"
+
+
+# `snakemake {run}_quant_table`: the bundle's adapter on each finer quantisation of the base,
+# with its size on disk, held-out loss and tokens/s here (lora_style/mlx/quant_table.py).
+rule quant_table:
+    input:
+        examples="results/{run}/data/eval.jsonl",
+        base=lambda w: base_4bit_dir(w.run),
+        candidates=lambda w: quant_candidate_dirs(w.run),
+        adapters=rules.mlx_adapter.output.adapters,
+        losses=rules.fidelity_losses.output,
+        reference="results/{run}/train/reference_eval.json",
+    output:
+        table="results/{run}/quant_table.md",
+        numbers="results/{run}/quant_table.json",
+    log:
+        "logs/{run}/quant_table.log",
+    conda:
+        LOCAL_ENV
+    params:
+        adapter_dir=lambda w, input: os.path.dirname(input.adapters),
+        limit=lambda w: RUNS[w.run]["fidelity"]["examples"],
+        cutoff_len=lambda w: TRAIN_ARGS[w.run]["cutoff_len"],
+        template=lambda w: TRAIN_ARGS[w.run]["template"],
+        models=lambda w, input: " ".join(
+            shlex.quote(f"--model={name}={path}")
+            for name, path in [("4bit", input.base)]
+            + [
+                (spec["name"], path)
+                for spec, path in zip(
+                    RUNS[w.run]["fidelity"]["quant_candidates"], input.candidates
+                )
+            ]
+        ),
+    shell:
+        "logged {log:q} python -m lora_style.mlx.quant_table --run {wildcards.run} --examples {input.examples:q}"
+        " --limit {params.limit} --template {params.template:q} --cutoff-len {params.cutoff_len}"
+        " --adapter-path {params.adapter_dir:q} --losses {input.losses:q} --reference {input.reference:q}"
+        " {params.models} --output {output.table:q}"

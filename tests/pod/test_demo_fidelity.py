@@ -12,6 +12,8 @@ import pytest
 from lora_style.mlx import fidelity
 from lora_style.prompt_format import load_template
 
+from helpers.workflow import snakemake
+
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
 
@@ -71,3 +73,23 @@ def test_an_adapter_scaled_by_zero_is_caught_by_the_verdict(demo, tmp_path):
     verdict = fidelity.verdict(measured, reference, 10.0, "lovecraft")
     assert verdict["ok"] is False and abs(verdict["kept_percent"]) < 1
     assert "keeps 0% of what the adapter learnt" in verdict["sentence"]
+
+
+def test_the_quant_table_measures_each_candidate(demo):
+    """`snakemake lovecraft_quant_table` on the demo: the 4-bit base and the four default
+    candidates (group size 32, 6 and 8 bits, mixed_4_6), each with size, loss and speed."""
+    work, config = demo
+    snakemake(work, "lovecraft_quant_table", configfile=config, timeout=900)
+    numbers = json.loads((work / "results/lovecraft/quant_table.json").read_text())
+    rows = {row["name"]: row for row in numbers["rows"]}
+    assert list(rows) == ["4bit", "g32", "6bit", "8bit", "mixed_4_6"]
+    assert (rows["g32"]["bits"], rows["g32"]["group_size"]) == (4, 32)
+    assert (rows["6bit"]["bits"], rows["8bit"]["bits"]) == (6, 8) and rows["mixed_4_6"]["mixed"]
+    assert rows["4bit"]["bytes"] < rows["6bit"]["bytes"] < rows["8bit"]["bytes"]
+    assert all(row["tokens_per_s"] > 0 for row in rows.values())
+    _, reference = records(work)
+    # 8 bits is close to the unquantised weights the pod evaluated; 4 bits is what the bundle has.
+    assert rows["8bit"]["loss"] == pytest.approx(reference["eval_loss"], rel=0.02)
+    assert rows["4bit"]["loss"] == pytest.approx(records(work)[0]["bundle_loss"], rel=1e-5)
+    table = (work / "results/lovecraft/quant_table.md").read_text()
+    assert table.count("\n| ") == 1 + 5 and "tokens/s" in table
