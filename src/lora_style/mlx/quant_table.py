@@ -32,10 +32,10 @@ def tokens_per_second(model, tokenizer, prompt_ids: list[int], tokens: int = SPE
     """mlx-lm's own generation speed (its last response's generation_tps), greedy."""
     import mlx_lm
 
-    last = None
-    for last in mlx_lm.stream_generate(model, tokenizer, prompt_ids, max_tokens=tokens):
-        pass
-    return float(last.generation_tps) if last is not None else 0.0
+    speed = 0.0
+    for response in mlx_lm.stream_generate(model, tokenizer, prompt_ids, max_tokens=tokens):
+        speed = float(response.generation_tps)
+    return speed
 
 
 def measure_model(name: str, path: str, adapter_path: str, examples, template, cutoff_len: int) -> dict:
