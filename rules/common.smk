@@ -179,6 +179,7 @@ def mlx_bundle(run):
         f"lora_adapters/{run}_mlx/adapter_config.json",
         f"lora_adapters/{run}_mlx/metadata.json",
         f"results/{run}/fidelity/losses.json",
+        f"lora_adapters/{run}_mlx/chat_template.jinja",
         base_4bit_dir(run),
         f"results/{run}/samples.md",
         # The report's items, as report.smk names them (this runs after every include).

@@ -31,6 +31,27 @@ rule mlx_adapter:
         " --base {input.base:q}"
 
 
+# mlx-lm's own tools (mlx_lm.generate, mlx_lm.server) render a chat with the base tokenizer's chat
+# template: the bundle ships one that renders the training format, and the check records whether
+# the base's own template already does (lora_style/mlx/chat_template.py).
+rule bundle_chat_template:
+    input:
+        base=lambda w: base_4bit_dir(w.run),
+        template=lambda w: TEMPLATES / f"{TRAIN_ARGS[w.run]['template']}.json",
+    output:
+        template="lora_adapters/{run}_mlx/chat_template.jinja",
+        check="results/{run}/chat_template.json",
+    log:
+        "logs/{run}/bundle_chat_template.log",
+    conda:
+        LOCAL_ENV
+    params:
+        template=lambda w: TRAIN_ARGS[w.run]["template"],
+    shell:
+        "logged {log:q} python -m lora_style.mlx.chat_template --base {input.base:q} --template {params.template:q}"
+        " --output {output.template:q} --check {output.check:q}"
+
+
 # How much of what the adapter learnt the bundle keeps (lora_style/mlx/fidelity.py): the held-out
 # loss with mlx-lm for the bundle, the 4-bit base alone and, for a small local base, the
 # unquantised base + adapter (which must equal the pod's reference_eval.json).

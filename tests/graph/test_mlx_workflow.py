@@ -26,6 +26,7 @@ RULES = [
     "base_4bit",
     "mlx_adapter",
     "fidelity_losses",
+    "bundle_chat_template",
     "metadata",
     "samples",
     "loss_plot",
@@ -141,6 +142,7 @@ def test_bundle_is_built(built):
     assert sorted(p.name for p in bundle.iterdir()) == [
         "adapter_config.json",
         "adapters.safetensors",
+        "chat_template.jinja",
         "metadata.json",
     ]
     adapter_config = json.loads((bundle / "adapter_config.json").read_text())

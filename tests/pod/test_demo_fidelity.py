@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from lora_style.mlx import fidelity
-from lora_style.prompt_format import load_template
+from lora_style.prompt_format import load_template, render_prompt, user_content
 
+from helpers.sshd import free_port
 from helpers.workflow import snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
@@ -93,3 +100,120 @@ def test_the_quant_table_measures_each_candidate(demo):
     assert rows["4bit"]["loss"] == pytest.approx(records(work)[0]["bundle_loss"], rel=1e-5)
     table = (work / "results/lovecraft/quant_table.md").read_text()
     assert table.count("\n| ") == 1 + 5 and "tokens/s" in table
+
+
+# ------------------------------------------------------------------ mlx-lm's own tools on the bundle
+
+PROMPT = {
+    "instruction": "Rewrite the following passage in the style of H. P. Lovecraft.",
+    "input": "The bus broke down.",
+}
+
+
+def projects_generation(work, max_tokens: int) -> tuple[list[int], str]:
+    """The prompt's token ids and the greedy text of the project's own generation (mlx/generate.py)."""
+    from lora_style.mlx import generate
+
+    template = load_template("qwen")
+    model, tokenizer = generate.load_model(
+        str(work / "models/tiny-qwen2-4bit-mlx"), str(work / "lora_adapters/lovecraft_mlx"), template
+    )
+    ids = generate.encode_prompt(tokenizer, render_prompt(PROMPT["instruction"], PROMPT["input"], template))
+    return ids, generate.generate(model, tokenizer, ids, template, max_tokens=max_tokens, temp=0.0)
+
+
+def test_the_bundles_chat_template_renders_the_training_token_ids(demo):
+    """mlx_lm.load with the bundle's chat_template.jinja (what mlx_lm.server --chat-template
+    uses): the chat renders to exactly the token ids the project's generation feeds the model."""
+    import mlx_lm
+
+    work, _ = demo
+    bundle = work / "lora_adapters/lovecraft_mlx"
+    check = json.loads((work / "results/lovecraft/chat_template.json").read_text())
+    assert check["shipped_template_matches"] and not check["base_template_matches"]  # tiny: no template
+    _, tokenizer = mlx_lm.load(
+        str(work / "models/tiny-qwen2-4bit-mlx"),
+        adapter_path=str(bundle),
+        tokenizer_config={"chat_template": (bundle / "chat_template.jinja").read_text()},
+    )
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_content(PROMPT["instruction"], PROMPT["input"])}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids, _ = projects_generation(work, 1)
+    assert list(tokenizer.encode(text, add_special_tokens=False)) == ids
+
+
+def test_mlx_lm_generate_with_the_bundle_generates_what_the_project_does(demo):
+    """The command bundle_help prints (mlx_lm.generate --model BASE --adapter-path ADAPTER, the
+    prompt rendered): the same prompt token count and, greedy, the same text."""
+    work, _ = demo
+    ids, text = projects_generation(work, 16)
+    rendered = render_prompt(PROMPT["instruction"], PROMPT["input"], load_template("qwen"))
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("mlx_lm.generate")),
+            *("--model", "models/tiny-qwen2-4bit-mlx", "--adapter-path", "lora_adapters/lovecraft_mlx"),
+            *("--ignore-chat-template", "--prompt", rendered.replace("\n", "\\n")),
+            *("--temp", "0", "--max-tokens", "16"),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"Prompt: {len(ids)} tokens" in proc.stdout
+    generated = proc.stdout.split("==========\n")[1].rsplit("\n", 1)[0]
+    assert generated.strip() == text and text
+
+
+def test_mlx_lm_server_answers_a_chat_request_with_the_adapter(demo):
+    """mlx_lm.server with the bundle (--adapter-path, --chat-template), one chat completion over
+    real HTTP on 127.0.0.1: the answer is the project's own greedy generation."""
+    work, _ = demo
+    _, text = projects_generation(work, 8)
+    port = free_port()
+    bundle = work / "lora_adapters/lovecraft_mlx"
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlx_lm.server")),
+            *("--model", "models/tiny-qwen2-4bit-mlx", "--adapter-path", "lora_adapters/lovecraft_mlx"),
+            *("--chat-template", (bundle / "chat_template.jinja").read_text()),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        ],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        body = json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": user_content(PROMPT["instruction"], PROMPT["input"])}
+                ],
+                "max_tokens": 8,
+                "temperature": 0.0,
+            }
+        ).encode()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    answer = json.loads(response.read())
+                break
+            except (ConnectionError, urllib.error.URLError):
+                assert server.poll() is None, server.stdout.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "mlx_lm.server did not answer in 120 s"
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    content = answer["choices"][0]["message"]["content"]
+    assert content.strip() == text, (content, text)
