@@ -37,6 +37,7 @@ def built(tmp_path_factory, tiny_model):
                     "author": "H.P. Lovecraft",
                     "profile": "tiny_cpu",
                     "pod": "local",
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                     "samples": {"count": 2, "max_tokens": 16},
                 }
             },
