@@ -245,7 +245,7 @@ def test_dry_run_on_the_default_config_lists_the_plan_and_touches_no_pod(tmp_pat
     out = proc.stdout + proc.stderr
     line = "lovecraft: 600 steps, ~7.1 GPU-hours on 1 x A100-SXM4-80GB at $1.89/h = ~$13.50"
     assert f": {line}" in out
-    assert f"lovecraft_mlx: trains in this plan ({line})" in out
+    assert f"lovecraft_mlx: trains in this plan ({line}; then up to 64 held-out examples" in out
     # ... with a warning that the pod's address is the shipped placeholder.
     assert "warning: pods.runpod.host is the placeholder POD_IP" in proc.stderr
 
