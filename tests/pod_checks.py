@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -86,9 +87,34 @@ def parse_profile(path: str) -> dict:
     return {"keys": sorted(args)}
 
 
+def eval_examples(yaml_path: str) -> dict:
+    """The held-out examples as LLaMA-Factory's supervised processor encodes them for
+    evaluation (eval_dataset): token ids and how many leading labels are masked (the prompt)."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    path = Path(yaml_path).resolve()
+    os.chdir(path.parent)
+    model_args, data_args, training_args, _, _ = get_train_args(yaml.safe_load(open(path)))
+    tokenizer_module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    module = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
+    examples = []
+    for row in module["eval_dataset"]:
+        labels = row["labels"]
+        masked = next((i for i, label in enumerate(labels) if label != -100), len(labels))
+        assert labels[masked:] == row["input_ids"][masked:], "labels are the response's ids"
+        examples.append({"input_ids": row["input_ids"], "prompt_len": masked})
+    return {"examples": examples}
+
+
 if __name__ == "__main__":
     command, arg = sys.argv[1], sys.argv[2]
-    result = {"parse-yaml": parse_yaml, "load-dataset": load_dataset, "parse-profile": parse_profile}[
-        command
-    ](arg)
+    result = {
+        "parse-yaml": parse_yaml,
+        "load-dataset": load_dataset,
+        "parse-profile": parse_profile,
+        "eval-examples": eval_examples,
+    }[command](arg)
     print("RESULT " + json.dumps(result))

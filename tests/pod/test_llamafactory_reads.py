@@ -77,6 +77,28 @@ def test_llamafactory_loader_finds_the_dataset_through_dataset_info(run_dir, sam
     assert any(row["output"] in loaded["first_labels"] for row in sample_rows)
 
 
+def test_the_mac_side_encodes_the_held_out_examples_as_llamafactory_does(run_dir, tiny_model):
+    """mlx/fidelity.py's loss scores the same tokens LLaMA-Factory's evaluation scores: the same
+    ids, the same masked prompt, truncated to cutoff_len the same way (48 cuts both parts; the
+    untruncated case is the demo's, test_demo_fidelity.py, where the two losses agree)."""
+    cutoff_len = 48
+    from transformers import AutoTokenizer
+
+    from lora_style.mlx import fidelity
+    from lora_style.prompt_format import load_template
+
+    args = train_yaml.train_args("lovecraft", {"profile": "tiny_cpu", "base_model": str(tiny_model)})
+    train_yaml.write_yaml({**args, "cutoff_len": cutoff_len}, str(run_dir / f"cut{cutoff_len}.yaml"))
+    theirs = pod_check("eval-examples", run_dir / f"cut{cutoff_len}.yaml")["examples"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    held_out = fidelity.read_examples(run_dir / "data" / "eval.jsonl", 64)
+    ours = [fidelity.example_ids(tokenizer, ex, load_template("qwen"), cutoff_len) for ex in held_out]
+    assert len(ours) == len(theirs) > 0
+    for (ids, prompt_len), row in zip(ours, theirs):
+        assert (ids, prompt_len) == (row["input_ids"], row["prompt_len"])
+        assert len(ids) <= cutoff_len and prompt_len < len(ids)
+
+
 @pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "config/hparams").glob("*.yaml")))
 def test_every_profile_key_is_known_to_llamafactorys_parser(profile):
     parsed = pod_check("parse-profile", REPO / "config" / "hparams" / profile)
