@@ -157,6 +157,28 @@ rule samples:
         " --top-p {params.top_p} --seed {params.seed}"
 
 
+# A single-folder model for apps that load one MLX model folder: the adapter fused into the 4-bit
+# base (mlx_lm.fuse, which quantises the fused weights again), with the training format as its
+# chat template. Built only for the quant table, which measures its loss.
+rule fused_model:
+    input:
+        base=lambda w: base_4bit_dir(w.run),
+        adapters=rules.mlx_adapter.output.adapters,
+        adapter_config=rules.mlx_adapter.output.config,
+        chat_template=rules.bundle_chat_template.output.template,
+    output:
+        directory("lora_adapters/{run}_fused_mlx"),
+    log:
+        "logs/{run}/fused_model.log",
+    conda:
+        LOCAL_ENV
+    params:
+        adapter_dir=lambda w, input: os.path.dirname(input.adapters),
+    shell:
+        "logged {log:q} python -m mlx_lm fuse --model {input.base:q} --adapter-path {params.adapter_dir:q}"
+        " --save-path {output:q} && cp {input.chat_template:q} {output:q}/chat_template.jinja"
+
+
 # `snakemake {run}_quant_table`: the bundle's adapter on each finer quantisation of the base,
 # with its size on disk, held-out loss and tokens/s here (lora_style/mlx/quant_table.py).
 rule quant_table:
@@ -167,6 +189,7 @@ rule quant_table:
         adapters=rules.mlx_adapter.output.adapters,
         losses=rules.fidelity_losses.output,
         reference="results/{run}/train/reference_eval.json",
+        fused=rules.fused_model.output,
     output:
         table="results/{run}/quant_table.md",
         numbers="results/{run}/quant_table.json",
@@ -193,4 +216,4 @@ rule quant_table:
         "logged {log:q} python -m lora_style.mlx.quant_table --run {wildcards.run} --examples {input.examples:q}"
         " --limit {params.limit} --template {params.template:q} --cutoff-len {params.cutoff_len}"
         " --adapter-path {params.adapter_dir:q} --losses {input.losses:q} --reference {input.reference:q}"
-        " {params.models} --output {output.table:q}"
+        " {params.models} --fused fused={input.fused:q} --output {output.table:q}"

@@ -84,12 +84,18 @@ def test_an_adapter_scaled_by_zero_is_caught_by_the_verdict(demo, tmp_path):
 
 def test_the_quant_table_measures_each_candidate(demo):
     """`snakemake lovecraft_quant_table` on the demo: the 4-bit base and the four default
-    candidates (group size 32, 6 and 8 bits, mixed_4_6), each with size, loss and speed."""
+    candidates (group size 32, 6 and 8 bits, mixed_4_6) with the adapter, and the fused model
+    (mlx_lm.fuse) alone, each with size, loss and speed."""
     work, config = demo
     snakemake(work, "lovecraft_quant_table", configfile=config, timeout=900)
     numbers = json.loads((work / "results/lovecraft/quant_table.json").read_text())
     rows = {row["name"]: row for row in numbers["rows"]}
-    assert list(rows) == ["4bit", "g32", "6bit", "8bit", "mixed_4_6"]
+    assert list(rows) == ["4bit", "g32", "6bit", "8bit", "mixed_4_6", "fused"]
+    assert not rows["fused"]["adapter"] and rows["fused"]["loss"] > 0.1  # mlx_lm.fuse, measured alone
+    fused = work / "lora_adapters/lovecraft_fused_mlx"
+    assert (fused / "chat_template.jinja").read_text() == (
+        work / "lora_adapters/lovecraft_mlx/chat_template.jinja"
+    ).read_text()
     assert (rows["g32"]["bits"], rows["g32"]["group_size"]) == (4, 32)
     assert (rows["6bit"]["bits"], rows["8bit"]["bits"]) == (6, 8) and rows["mixed_4_6"]["mixed"]
     assert rows["4bit"]["bytes"] < rows["6bit"]["bytes"] < rows["8bit"]["bytes"]
@@ -99,7 +105,7 @@ def test_the_quant_table_measures_each_candidate(demo):
     assert rows["8bit"]["loss"] == pytest.approx(reference["eval_loss"], rel=0.02)
     assert rows["4bit"]["loss"] == pytest.approx(records(work)[0]["bundle_loss"], rel=1e-5)
     table = (work / "results/lovecraft/quant_table.md").read_text()
-    assert table.count("\n| ") == 1 + 5 and "tokens/s" in table
+    assert table.count("\n| ") == 1 + 6 and "tokens/s" in table
 
 
 # ------------------------------------------------------------------ mlx-lm's own tools on the bundle

@@ -38,7 +38,9 @@ def tokens_per_second(model, tokenizer, prompt_ids: list[int], tokens: int = SPE
     return speed
 
 
-def measure_model(name: str, path: str, adapter_path: str, examples, template, cutoff_len: int) -> dict:
+def measure_model(
+    name: str, path: str, adapter_path: str | None, examples, template, cutoff_len: int
+) -> dict:
     import mlx_lm
 
     started = time.monotonic()
@@ -53,6 +55,7 @@ def measure_model(name: str, path: str, adapter_path: str, examples, template, c
     return {
         "name": name,
         "path": path,
+        "adapter": adapter_path is not None,
         "bits": quant.get("bits"),
         "group_size": quant.get("group_size"),
         "mixed": any(isinstance(v, dict) for v in quant.values()),
@@ -84,6 +87,13 @@ def table(rows: list[dict], base_loss: float, reference: float | None, run: str)
             f"| {row['name']} (`{row['path']}`) | {row['bytes'] / 1e6:,.1f} MB | {row['loss']:.4f} "
             f"| {kept} | {row['tokens_per_s']:.0f} |"
         )
+    if any(not row.get("adapter", True) for row in rows):
+        lines += [
+            "",
+            "A fused model (`mlx_lm.fuse`: the adapter folded into the 4-bit weights, which are "
+            "quantised again) is one folder for apps that load a single MLX model; it carries "
+            "the training format as its chat_template.jinja.",
+        ]
     lines += [
         "",
         "The adapter runs unchanged on any of them: `mlx_lm.generate --model <base> --adapter-path "
@@ -105,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", help="the pod's reference_eval.json")
     parser.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
     parser.add_argument(
+        "--fused",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a model with the adapter fused in (mlx_lm.fuse), measured without --adapter-path",
+    )
+    parser.add_argument(
         "--output", required=True, help="the table (Markdown); its numbers beside it as .json"
     )
     args = parser.parse_args(argv)
@@ -116,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             raise fidelity.FidelityError(f"{args.examples}: no held-out examples (val_size 0)")
         template = load_template(args.template)
         rows = []
-        for spec in args.model:
+        for spec, adapter in [(m, args.adapter_path) for m in args.model] + [(f, None) for f in args.fused]:
             name, _, path = spec.partition("=")
-            row = measure_model(name, path, args.adapter_path, examples, template, args.cutoff_len)
+            row = measure_model(name, path, adapter, examples, template, args.cutoff_len)
             print(
                 f"{name}: {row['bytes'] / 1e6:.1f} MB, loss {row['loss']:.4f}, "
                 f"{row['tokens_per_s']:.0f} tokens/s",
