@@ -33,6 +33,13 @@ onstart:
     refuse_placeholder_pods()
 
 
+# The end of a run: a bundle that keeps too little of what its adapter learnt says so, with the
+# fixes (lora_style/mlx/fidelity.py; the same sentence is in metadata.json and the report).
+onsuccess:
+    for _line in bundle_help.fidelity_warnings(Path.cwd(), RUNS):
+        print(_line, file=sys.stderr)
+
+
 # The report's front page; each run's items carry their own captions (report/*.rst).
 report: "report/workflow.rst"
 
@@ -55,3 +62,10 @@ for _run in RUNS:
             plan=lambda w, run=_run: PlanNote(run),
         message:
             "{resources.plan}"
+
+    # The bundle's adapter on finer quantisations of the base, measured: `snakemake {run}_quant_table`.
+    rule:
+        name:
+            f"{_run}_quant_table"
+        input:
+            f"results/{_run}/quant_table.md",

@@ -15,6 +15,7 @@ from snakemake.utils import validate
 from lora_style import plan
 from lora_style.config import checks, train_yaml
 from lora_style.config import errors as config_errors
+from lora_style.report import bundle_help
 
 # The project's package, installed in the environment that runs Snakemake (`pip install -e .`:
 # the Makefile's .venv, or environment.yml under --sdm conda). A job's `python` is that
@@ -91,6 +92,38 @@ except train_yaml.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 
+def _quant_candidates():
+    """{base name: {candidate name: its mlx_lm.convert options}} from the runs' fidelity
+    settings; two runs on one base must not give one name two meanings."""
+    found = {}
+    for run, cfg in RUNS.items():
+        base = train_yaml.base_name(cfg["base_model"])
+        for spec in cfg["fidelity"]["quant_candidates"]:
+            spec = {"bits": 4, "group_size": 64, **spec}
+            known = found.setdefault(base, {}).setdefault(spec["name"], spec)
+            if known != spec or spec["name"] == "4bit":
+                raise WorkflowError(
+                    f"config: runs.{run}.fidelity.quant_candidates: '{spec['name']}' "
+                    + (
+                        "is the bundle's own base (models/<base>-4bit-mlx); choose another name"
+                        if spec["name"] == "4bit"
+                        else f"means something else for another run on {base}; rename one"
+                    )
+                )
+    return found
+
+
+QUANT_CANDIDATES = _quant_candidates()
+
+
+def quant_candidate_dirs(run):
+    base = train_yaml.base_name(RUNS[run]["base_model"])
+    return [
+        f"models/{base}-{spec['name']}-mlx"
+        for spec in RUNS[run]["fidelity"]["quant_candidates"]
+    ]
+
+
 def pod_config(run):
     return PODS[RUNS[run]["pod"]]
 
@@ -113,6 +146,23 @@ def deepspeed_input(run):
     return [str(path)] if path else []
 
 
+def unquantised_base(run):
+    """The run's base model unquantised, for the fidelity check, when it is a local folder no
+    larger than fidelity.unquantised_max_gb (a hub id would be downloaded whole: never).
+    """
+    base = RUNS[run]["base_model"]
+    limit = RUNS[run]["fidelity"]["unquantised_max_gb"]
+    if not limit or not train_yaml.is_local_model(base):
+        return []
+    path = Path(os.path.normpath(os.path.expanduser(base)))
+    size = (
+        sum(p.stat().st_size for p in path.rglob("*.safetensors"))
+        if path.is_dir()
+        else 0
+    )
+    return [str(path)] if size <= limit * 1e9 else []
+
+
 def base_4bit_dir(run):
     return f"models/{train_yaml.base_name(RUNS[run]['base_model'])}-4bit-mlx"
 
@@ -128,6 +178,8 @@ def mlx_bundle(run):
         f"lora_adapters/{run}_mlx/adapters.safetensors",
         f"lora_adapters/{run}_mlx/adapter_config.json",
         f"lora_adapters/{run}_mlx/metadata.json",
+        f"results/{run}/fidelity/losses.json",
+        f"lora_adapters/{run}_mlx/chat_template.jinja",
         base_4bit_dir(run),
         f"results/{run}/samples.md",
         # The report's items, as report.smk names them (this runs after every include).
@@ -160,7 +212,17 @@ class PlanNote(str):
     def __format__(self, spec):
         run = str.__str__(self)
         planned = {name for name, of in _planned(exclude_finished=False) if of == run}
-        return plan.plan_line(run, planned, lambda: training_estimate(run))
+        fidelity = RUNS[run]["fidelity"]
+        reference = (
+            (
+                lambda found: plan.reference_eval_note(
+                    found, TRAIN_ARGS[run], fidelity["examples"]
+                )
+            )
+            if fidelity["reference"] and TRAIN_ARGS[run].get("eval_dataset")
+            else None
+        )
+        return plan.plan_line(run, planned, lambda: training_estimate(run), reference)
 
 
 # The shipped config's pod address is a placeholder: a dry run still shows the plan (with a

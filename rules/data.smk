@@ -7,7 +7,10 @@ rule validate_dataset:
         data=lambda w: RUNS[w.run]["data"],
         base=lambda w: base_model_input(w.run),
     output:
+        # The training side and the held-out side of the split (val_size, by a hash of each
+        # example: an edit never moves another example across).
         data="results/{run}/data/train.jsonl",
+        eval="results/{run}/data/eval.jsonl",
         report="results/{run}/data/validation.json",
     log:
         "logs/{run}/validate_dataset.log",
@@ -17,6 +20,7 @@ rule validate_dataset:
         LOCAL_ENV
     params:
         cutoff_len=lambda w: TRAIN_ARGS[w.run]["cutoff_len"],
+        val_size=lambda w: TRAIN_ARGS[w.run].get("val_size") or 0,
         # Token counts render each example in the run's chat template, as training does.
         template=lambda w: TRAIN_ARGS[w.run]["template"],
         # The base model's tokenizer: its directory, or for a hub id the tokenizer files alone
@@ -24,6 +28,7 @@ rule validate_dataset:
         tokenizer=lambda w, input: input.base or RUNS[w.run]["base_model"],
     shell:
         "logged {log:q} python -m lora_style.data.validate {input.data:q} --output {output.data:q}"
+        " --eval-output {output.eval:q} --val-size {params.val_size}"
         " --report {output.report:q} --cutoff-len {params.cutoff_len}"
         " --template {params.template:q} --tokenizer {params.tokenizer:q}"
 

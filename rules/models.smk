@@ -52,3 +52,38 @@ rule base_4bit:
     shell:
         "logged {log:q} python -m lora_style.mlx.quantize_base --hf-path {params.source:q} --mlx-path {output:q}"
         " --q-bits {params.q_bits} --q-group-size {params.q_group_size}"
+
+
+# The finer MLX quantisations a run's fidelity.quant_candidates names (g32, 6bit, 8bit,
+# mixed_4_6): built only for `snakemake {run}_quant_table`, measured there (rules/mlx.smk).
+rule quant_candidate:
+    input:
+        base=lambda w: local_model_input(BASE_MODELS[w.base]),
+    output:
+        directory("models/{base}-{candidate}-mlx"),
+    log:
+        "logs/models/{base}-{candidate}-mlx.log",
+    benchmark:
+        "benchmarks/models/{base}-{candidate}-mlx.tsv"
+    wildcard_constraints:
+        base="|".join(re.escape(name) for name in QUANT_CANDIDATES),
+        candidate="|".join(
+            sorted(
+                {re.escape(n) for specs in QUANT_CANDIDATES.values() for n in specs}
+            )
+        )
+        or "^$",
+    conda:
+        LOCAL_ENV
+    params:
+        source=lambda w, input: input.base if input.base else BASE_MODELS[w.base],
+        q_bits=lambda w: QUANT_CANDIDATES[w.base][w.candidate]["bits"],
+        q_group_size=lambda w: QUANT_CANDIDATES[w.base][w.candidate]["group_size"],
+        predicate=lambda w: (
+            f"--quant-predicate {QUANT_CANDIDATES[w.base][w.candidate]['quant_predicate']}"
+            if QUANT_CANDIDATES[w.base][w.candidate].get("quant_predicate")
+            else ""
+        ),
+    shell:
+        "logged {log:q} python -m lora_style.mlx.quantize_base --hf-path {params.source:q} --mlx-path {output:q}"
+        " --q-bits {params.q_bits} --q-group-size {params.q_group_size} {params.predicate}"

@@ -26,6 +26,7 @@ POD_SETTINGS = lambda w: json.dumps(
 rule preflight:
     input:
         data="results/{run}/data/train.jsonl",
+        eval_data="results/{run}/data/eval.jsonl",
         dataset_info="results/{run}/llamafactory/dataset_info.json",
         train_yaml="results/{run}/llamafactory/train.yaml",
     output:
@@ -39,12 +40,14 @@ rule preflight:
     shell:
         "logged {log:q} python -m lora_style.training.remote_train preflight --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
+        " --eval-data {input.eval_data:q}"
         " --output {output:q}"
 
 
 rule submit_training:
     input:
         data="results/{run}/data/train.jsonl",
+        eval_data="results/{run}/data/eval.jsonl",
         dataset_info="results/{run}/llamafactory/dataset_info.json",
         train_yaml="results/{run}/llamafactory/train.yaml",
         base=lambda w: base_model_input(w.run),
@@ -66,6 +69,7 @@ rule submit_training:
     shell:
         "logged {log:q} python -m lora_style.training.remote_train submit --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
+        " --eval-data {input.eval_data:q}"
         " --output {output:q} --estimate {resources.estimate:q}"
 
 
@@ -73,6 +77,7 @@ rule wait_training:
     input:
         launch="results/{run}/train/launch.json",
         data="results/{run}/data/train.jsonl",
+        eval_data="results/{run}/data/eval.jsonl",
         dataset_info="results/{run}/llamafactory/dataset_info.json",
         train_yaml="results/{run}/llamafactory/train.yaml",
     output:
@@ -88,6 +93,7 @@ rule wait_training:
     shell:
         "logged {log.wait:q} python -m lora_style.training.remote_train wait --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --launch {input.launch:q} --train-yaml {input.train_yaml:q} --data {input.data:q} --dataset-info {input.dataset_info:q}"
+        " --eval-data {input.eval_data:q}"
         " --output {output:q} --remote-log {log.remote:q}"
 
 
@@ -100,6 +106,9 @@ rule best_checkpoint:
         summary="results/{run}/train/training_summary.json",
         # The whole log_history, for the loss plot (rules/report.smk), which never touches the pod.
         state="results/{run}/train/trainer_state.json",
+        # The chosen checkpoint's own evaluation on the held-out examples, on the pod while it is
+        # there (training/eval.sh): what the Mac bundle is measured against (mlx.smk, fidelity).
+        reference="results/{run}/train/reference_eval.json",
     log:
         "logs/{run}/best_checkpoint.log",
     benchmark:
@@ -108,7 +117,14 @@ rule best_checkpoint:
         LOCAL_ENV
     resources:
         pod=POD_SETTINGS,
+    params:
+        reference_examples=lambda w: (
+            RUNS[w.run]["fidelity"]["examples"]
+            if RUNS[w.run]["fidelity"]["reference"]
+            else 0
+        ),
     shell:
         "logged {log:q} python -m lora_style.training.remote_train fetch --run {wildcards.run} --pod-settings {resources.pod:q}"
         " --launch {input.launch:q} --finished {input.finished:q} --adapter-dir {output.adapter:q}"
         " --summary {output.summary:q} --trainer-state {output.state:q}"
+        " --reference-eval {output.reference:q} --reference-examples {params.reference_examples}"

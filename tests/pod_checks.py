@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -29,6 +30,8 @@ def parse_yaml(path: str) -> dict:
     return {
         "model": model_args.model_name_or_path,
         "dataset": data_args.dataset,
+        "eval_dataset": data_args.eval_dataset,
+        "val_size": data_args.val_size,
         "dataset_dir": data_args.dataset_dir,
         "template": data_args.template,
         "cutoff_len": data_args.cutoff_len,
@@ -88,6 +91,28 @@ def parse_profile(path: str) -> dict:
     return {"keys": sorted(args)}
 
 
+def eval_examples(yaml_path: str) -> dict:
+    """The held-out examples as LLaMA-Factory's supervised processor encodes them for
+    evaluation (eval_dataset): token ids and how many leading labels are masked (the prompt)."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    path = Path(yaml_path).resolve()
+    os.chdir(path.parent)
+    model_args, data_args, training_args, _, _ = get_train_args(yaml.safe_load(open(path)))
+    tokenizer_module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    module = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
+    examples = []
+    for row in module["eval_dataset"]:
+        labels = row["labels"]
+        masked = next((i for i, label in enumerate(labels) if label != -100), len(labels))
+        assert labels[masked:] == row["input_ids"][masked:], "labels are the response's ids"
+        examples.append({"input_ids": row["input_ids"], "prompt_len": masked})
+    return {"examples": examples}
+
+
 def facts(argv: list[str]) -> int:
     """scripts/llamafactory_facts.py's command line, run here."""
     from lora_style.config import llamafactory_facts
@@ -100,6 +125,7 @@ COMMANDS = {
     "load-dataset": load_dataset,
     "parse-profile": parse_profile,
     "facts": facts,
+    "eval-examples": eval_examples,
 }
 
 

@@ -39,6 +39,7 @@ ROOT = HERE.parents[1]
 
 from lora_style.config.train_yaml import train_args, write_yaml  # noqa: E402
 from lora_style.data.dataset_info import dataset_info  # noqa: E402
+from lora_style.data.validate import validate_file  # noqa: E402
 from lora_style.tiny_model import corpus_texts  # noqa: E402
 from lora_style.training import launch, preflight  # noqa: E402
 from lora_style.training.best_checkpoint import select_checkpoint  # noqa: E402
@@ -537,7 +538,17 @@ def main(argv: list[str] | None = None) -> int:
     args_full = build_args(Path("Qwen/Qwen2.5-32B"), ns.steps, ns.every, cpu=False)
     data = work / "data" / "train.jsonl"
     tokens = int(ns.steps * args_full["gradient_accumulation_steps"] * args_full["cutoff_len"] * 1.3)
-    examples = make_data(data, tokens)
+    everything = work / "data" / "all.jsonl"
+    make_data(everything, tokens)
+    # The graph's own split (validate.py): train.jsonl and the held-out eval.jsonl beside it,
+    # which train.yaml names as eval_dataset.
+    split, _ = validate_file(
+        str(everything),
+        str(data),
+        eval_output=str(data.with_name("eval.jsonl")),
+        val_size=args_full["val_size"],
+    )
+    examples = split.examples - split.eval_examples
     say(f"data: {examples} examples, about {tokens} tokens")
 
     results = []

@@ -39,11 +39,43 @@ def training_estimate(run: str, cfg: dict, args: dict, pod: Mapping, workdir: Pa
     return cost.estimate(run, args, cfg["profile"], settings, examples, listed, workdir)
 
 
-def plan_line(run: str, planned_rules: set[str], estimate) -> str:
+# The reference evaluation after training (training/eval.sh): loading the base and the adapter
+# (measured on the CPU demo: 21 s; a 4-bit 32B from the pod's disk: a few minutes), then one
+# forward pass per example, a third of a training example's forward and backward.
+REFERENCE_LOAD_MINUTES = 3.0
+
+
+def reference_eval_minutes(estimate: cost.Estimate, args: dict, examples: int) -> float | None:
+    """Pod minutes of the chosen checkpoint's evaluation on `examples` held-out examples."""
+    if not estimate.rate:
+        return None
+    per_step = int(args.get("per_device_train_batch_size", 1)) * int(
+        args.get("gradient_accumulation_steps", 1)
+    )
+    per_example_s = 3600 / estimate.rate / max(per_step * max(estimate.gpus, 1), 1)
+    return REFERENCE_LOAD_MINUTES + examples * per_example_s / 3 / 60
+
+
+def reference_eval_note(estimate: cost.Estimate, args: dict, examples: int) -> str:
+    """What the plan line adds for the reference evaluation (fidelity.reference)."""
+    minutes = reference_eval_minutes(estimate, args, examples)
+    text = f"then up to {examples} held-out examples evaluated on the pod"
+    if minutes is None:
+        return text
+    text += f", ~{minutes:.0f} min"
+    if estimate.gpu_hourly_usd is not None:
+        text += f" (~${minutes / 60 * estimate.gpu_hourly_usd * max(estimate.gpus, 1):.2f})"
+    return text
+
+
+def plan_line(run: str, planned_rules: set[str], estimate, reference=None) -> str:
     """The run's line in the plan, from the rules of its jobs the plan runs; `estimate` is called
-    only when the plan trains."""
+    only when the plan trains. `reference(estimate)`, given, says what the reference evaluation
+    after training adds."""
     if planned_rules & TRAINING_RULES:
-        return f"{run}_mlx: trains in this plan ({estimate().line()})"
+        found = estimate()
+        extra = f"; {reference(found)}" if reference else ""
+        return f"{run}_mlx: trains in this plan ({found.line()}{extra})"
     if "best_checkpoint" in planned_rules:
         return f"{run}_mlx: no training in this plan, only the download of a finished one"
     return f"{run}_mlx: nothing to train in this plan: no GPU time"

@@ -101,7 +101,7 @@ def test_dry_run_on_the_default_config_lists_the_plan_and_touches_no_pod(tmp_pat
         "(stops early when eval_loss has not improved for 2 evaluations; 84 steps/h from config/rates.yaml)"
     )
     assert f": {line}" in out
-    assert f"lovecraft_mlx: trains in this plan ({line})" in out
+    assert f"lovecraft_mlx: trains in this plan ({line}; then up to 64 held-out examples" in out
     # ... with a warning that the pod's address is the shipped placeholder.
     assert "warning: pods.runpod.host is the placeholder POD_IP" in proc.stderr
 
@@ -149,11 +149,13 @@ def test_defaults_from_the_schema_are_applied(tmp_path):
 
 
 def test_qwen25_32b_a100_is_exactly_the_guides_yaml():
-    """The default run's generated YAML is the guide's, with only the pod-side paths changed."""
+    """The default run's generated YAML is the guide's, with only the pod-side paths changed, and
+    the held-out side named (eval_dataset): the graph splits by val_size itself."""
     guide = yaml.safe_load(GUIDE_YAML.read_text())
     run = DEFAULT_CONFIG["runs"]["lovecraft"]
     args = train_yaml.train_args("lovecraft", run)
     assert args["dataset"] == guide["dataset"] == "lovecraft_sft"
+    assert args.pop("eval_dataset") == "lovecraft_eval"
     assert args.pop("dataset_dir") == "data"
     assert args.pop("output_dir") == "output"
     guide.pop("output_dir")
@@ -231,7 +233,8 @@ def test_local_base_model_becomes_absolute(tmp_path, monkeypatch):
 def test_dataset_info_declares_the_dataset_the_yaml_trains_on():
     args = train_yaml.train_args("lovecraft", DEFAULT_CONFIG["runs"]["lovecraft"])
     info = dataset_info("lovecraft")
-    assert list(info) == [args["dataset"]]
+    assert list(info) == [args["dataset"], args["eval_dataset"]]
+    assert info[args["eval_dataset"]]["file_name"] == "eval.jsonl"
     assert info[args["dataset"]]["columns"] == {
         "prompt": "instruction",
         "query": "input",
@@ -265,8 +268,9 @@ def test_data_stage_end_to_end_through_snakemake(tmp_path):
     assert out["max_steps"] == 300 and out["dataset"] == "my-run_sft"
     assert out["model_name_or_path"] == "Qwen/Qwen2.5-14B"
     info = json.loads((tmp_path / targets[2]).read_text())
-    assert list(info) == ["my-run_sft"]
-    assert json.loads((tmp_path / targets[0]).read_text())["examples"] == 40
+    assert list(info) == ["my-run_sft", "my-run_eval"] and out["eval_dataset"] == "my-run_eval"
+    report = json.loads((tmp_path / targets[0]).read_text())
+    assert report["examples"] == 40 and report["train_examples"] + report["eval_examples"] == 40
 
     # A rerun with nothing changed runs nothing.
     proc = snakemake(tmp_path, "-n", *targets, configfile=over)

@@ -25,6 +25,8 @@ RULES = [
     "train_yaml",
     "base_4bit",
     "mlx_adapter",
+    "fidelity_losses",
+    "bundle_chat_template",
     "metadata",
     "samples",
     "loss_plot",
@@ -60,7 +62,7 @@ def planned_jobs(proc) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table[1], re.M) if m[1] != "total"}
 
 
-def config(tmp_path, author="H.P. Lovecraft"):
+def config(tmp_path, author="H.P. Lovecraft", fidelity=None):
     return write_config(
         tmp_path / "test.yaml",
         {
@@ -73,6 +75,7 @@ def config(tmp_path, author="H.P. Lovecraft"):
                     "profile": "tiny_cpu",
                     "pod": "local",
                     "samples": {"count": 2, "max_tokens": 8},
+                    **({"fidelity": fidelity} if fidelity else {}),
                 }
             },
             "pods": {"local": {"executor": "local", "remote_dir": "pod"}},
@@ -126,6 +129,8 @@ def built(tiny_model, tmp_path_factory):
         json.dumps({"run_id": "test", "pod": "local", "action": "launched", "attempt": None})
     )
     (train / "finished.json").write_text(json.dumps({"status": "finished", "attempts": []}))
+    # No pod evaluated this made-up adapter: the verdict compares against the unquantised base here.
+    (train / "reference_eval.json").write_text(json.dumps({"skipped": "no pod in this test"}))
     cfg = config(work)
     snakemake(repo, work, "lovecraft_mlx", configfile=cfg)
     return repo, work, cfg
@@ -137,6 +142,7 @@ def test_bundle_is_built(built):
     assert sorted(p.name for p in bundle.iterdir()) == [
         "adapter_config.json",
         "adapters.safetensors",
+        "chat_template.jinja",
         "metadata.json",
     ]
     adapter_config = json.loads((bundle / "adapter_config.json").read_text())
@@ -144,7 +150,8 @@ def test_bundle_is_built(built):
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["author"] == "H.P. Lovecraft"
     assert meta["base_model"] == "models/tiny-qwen2-4bit-mlx"
-    assert (meta["lora_rank"], meta["lora_alpha"], meta["training_examples"]) == (8, 32, 40)
+    assert (meta["lora_rank"], meta["lora_alpha"], meta["data"]["examples"]) == (8, 32, 40)
+    assert meta["training_examples"] + meta["data"]["held_out"] == 40 and meta["data"]["held_out"] > 0
     assert meta["checkpoint"]["step"] == 10
     assert (
         json.loads((work / "models" / "tiny-qwen2-4bit-mlx" / "config.json").read_text())["quantization"][
@@ -172,6 +179,27 @@ def test_author_change_rebuilds_only_metadata(built):
     assert planned_jobs(proc) == {"metadata": 1, "report_pages": 1, "lovecraft_mlx": 1}, proc.stdout
 
 
+def test_a_threshold_edit_recomputes_no_loss(built):
+    """fidelity.threshold_percent is read by the verdict (metadata) alone: no loss is measured again."""
+    repo, work, _ = built
+    cfg = config(work / "lora_adapters", fidelity={"threshold_percent": 3})
+    proc = snakemake(repo, work, "lovecraft_mlx", "-n", configfile=cfg)
+    assert planned_jobs(proc) == {"metadata": 1, "report_pages": 1, "lovecraft_mlx": 1}, proc.stdout
+
+
+def test_the_bundles_losses_are_measured_and_in_metadata(built):
+    _, work, _ = built
+    losses = json.loads((work / "results/lovecraft/fidelity/losses.json").read_text())
+    held_out = (work / "results/lovecraft/data/eval.jsonl").read_text().splitlines()
+    assert losses["examples"] == len(held_out) > 0 and losses["response_tokens"] > 0
+    for key in ("base_4bit_loss", "bundle_loss", "unquantised_adapter_loss"):
+        assert losses[key] > 0.1, losses  # the tiny model's untrained loss: far from zero
+    fidelity = json.loads((work / "lora_adapters/lovecraft_mlx/metadata.json").read_text())["fidelity"]
+    assert fidelity["pod_loss"] is None and fidelity["reference"] == "the unquantised base + adapter here"
+    assert fidelity["bundle_loss"] == pytest.approx(losses["bundle_loss"], abs=1e-6)
+    assert fidelity["sentence"]
+
+
 def plan_after_appending(built, module: str, line: str):
     """The dry run's plan with `line` appended to <module> (put back afterwards)."""
     repo, work, cfg = built
@@ -185,11 +213,17 @@ def plan_after_appending(built, module: str, line: str):
 
 
 def test_converter_edit_reconverts_and_nothing_else(built):
-    """The converter's code is a param of mlx_adapter only: an edit reconverts (and re-samples)."""
+    """The converter's code is a param of mlx_adapter only: an edit reconverts, re-samples and
+    measures the new adapter's loss again (so the verdict in metadata.json is of this adapter)."""
     proc = plan_after_appending(built, "src/lora_style/mlx/convert.py", "CONVERTER_EDIT = 1")
-    assert planned_jobs(proc) == {"mlx_adapter": 1, "samples": 1, "report_pages": 1, "lovecraft_mlx": 1}, (
-        proc.stdout
-    )
+    assert planned_jobs(proc) == {
+        "mlx_adapter": 1,
+        "samples": 1,
+        "fidelity_losses": 1,
+        "metadata": 1,
+        "report_pages": 1,
+        "lovecraft_mlx": 1,
+    }, proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -197,6 +231,7 @@ def test_converter_edit_reconverts_and_nothing_else(built):
     [
         "src/lora_style/mlx/convert.py",
         "src/lora_style/mlx/conversion_plan.py",
+        "src/lora_style/mlx/fidelity.py",
         "src/lora_style/safetensors_io.py",
         "src/lora_style/fileio.py",
         "src/lora_style/training/remote_train.py",

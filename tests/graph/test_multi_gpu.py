@@ -208,6 +208,7 @@ def test_the_run_folder_carries_the_deepspeed_config_and_the_process_count(tmp_p
     train, data, info = tmp_path / "train.yaml", tmp_path / "train.jsonl", tmp_path / "dataset_info.json"
     train_yaml.write_yaml(train_yaml.train_args("r", run), str(train))
     data.write_text('{"instruction": "a", "input": "", "output": "b"}\n')
+    (tmp_path / "eval.jsonl").write_text('{"instruction": "c", "input": "", "output": "d"}\n')
     info.write_text("{}")
     files = launch.RunFiles.load("r", str(train), str(data), str(info))
     settings = PodSettings(name="p", executor="local", remote_dir=str(tmp_path / "pod"), gpu_count=2)

@@ -155,8 +155,10 @@ class Sshd:
         }
 
 
-def style_run_config(tmp: Path, pod: dict, tiny_model: Path, **overrides) -> Path:
-    """A config with one run, `style`, training the tiny model on `pod` (e.g. Sshd.pod(...))."""
+def style_run_config(tmp: Path, pod: dict, tiny_model: Path, reference: bool = False, **overrides) -> Path:
+    """A config with one run, `style`, training the tiny model on `pod` (e.g. Sshd.pod(...)).
+    The reference evaluation after training (fidelity.reference, ~15 s here) only with
+    `reference`: the tests that do not read it save that time."""
     from helpers.workflow import SAMPLE_DATA, write_config
 
     return write_config(
@@ -169,6 +171,7 @@ def style_run_config(tmp: Path, pod: dict, tiny_model: Path, **overrides) -> Pat
                     "profile": "tiny_cpu",
                     "pod": "testpod",
                     "overrides": overrides,
+                    "fidelity": {"reference": reference},
                 }
             },
             "pods": {"testpod": pod},

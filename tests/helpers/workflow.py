@@ -97,3 +97,14 @@ def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | No
             pytest.fail(f"snakemake ended ({proc.returncode}) before {what}")
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def demo_config(path: Path) -> Path:
+    """config/demo.yaml, its paths (relative to demo/) made absolute, so it runs anywhere."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    for run in config["runs"].values():
+        for key in ("data", "heldout"):
+            run[key] = str((REPO / "demo" / run[key]).resolve())
+    for pod in config["pods"].values():
+        pod["llamafactory_cli"] = str(LLAMAFACTORY_CLI)
+    return write_config(path, config)

@@ -2,9 +2,10 @@
 data (scripts/make_tiny_model.py --pretrain-steps), so what the bundle generates for the
 held-out prompts is words of that text, not the byte soup of random weights.
 
-The real graph runs, as `make demo` runs it: config/demo.yaml with its paths made absolute,
-in a working directory of its own (the base model built, pretrained, trained with
-LLaMA-Factory on the CPU, converted, quantised to 4 bits, sampled).
+The real graph runs, as `make demo` runs it (the `demo` fixture of tests/conftest.py, shared with
+test_demo_fidelity.py): config/demo.yaml with its paths made absolute, in a working directory of
+its own (the base model built, pretrained, trained with LLaMA-Factory on the CPU, converted,
+quantised to 4 bits, measured, sampled).
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import re
 import string
 
 import pytest
-import yaml
 
 from lora_style.tiny_model import corpus_texts
 
-from helpers.workflow import LLAMAFACTORY_CLI, REPO, SAMPLE_DATA, snakemake, write_config
+from helpers.workflow import SAMPLE_DATA, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -34,26 +34,6 @@ def words(text: str) -> list[str]:
 def sample_outputs(samples_md: str) -> list[str]:
     """The text of each sample's Output block (scripts/generate.py's samples_markdown)."""
     return [m[2] for m in re.finditer(r"^Output:\n\n(`{3,})text\n(.*?)\n\1$", samples_md, re.M | re.S)]
-
-
-def demo_config(path):
-    """config/demo.yaml, its paths (relative to demo/) made absolute, so it runs anywhere."""
-    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    for run in config["runs"].values():
-        for key in ("data", "heldout"):
-            run[key] = str((REPO / "demo" / run[key]).resolve())
-    for pod in config["pods"].values():
-        pod["llamafactory_cli"] = str(LLAMAFACTORY_CLI)
-    return write_config(path, config)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    config = demo_config(tmp / "demo.yaml")
-    work = tmp / "demo"
-    snakemake(work, "--printshellcmds", "lovecraft_mlx", configfile=config, timeout=1200)
-    return work, config
 
 
 def test_the_demo_samples_are_words_of_the_shipped_text(demo):

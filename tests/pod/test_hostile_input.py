@@ -162,6 +162,7 @@ def test_hostile_paths_and_values_pass_intact_here_and_on_the_pod(tmp_path, tiny
                         "author": AUTHOR,
                         "profile": "tiny_cpu",
                         "pod": "testpod",
+                        "fidelity": {"reference": False},  # no evaluation after training: not read here
                         "overrides": {"max_steps": 10},
                     }
                 },

@@ -36,6 +36,7 @@ def two_process_config(tmp_path: Path, tiny_model: Path, **overrides) -> Path:
                     "base_model": str(tiny_model),
                     "profile": "tiny_cpu",
                     "pod": "here",
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                     "overrides": overrides,
                 }
             },

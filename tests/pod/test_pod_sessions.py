@@ -96,6 +96,7 @@ def session(tmp_path_factory, tiny_model):
                     "base_model": str(tiny_model),
                     "profile": "tiny_cpu",
                     "pod": "testpod",
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                     "overrides": {"max_steps": 20},
                 }
                 for run in RUNS

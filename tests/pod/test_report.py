@@ -37,6 +37,7 @@ def built(tmp_path_factory, tiny_model):
                     "author": "H.P. Lovecraft",
                     "profile": "tiny_cpu",
                     "pod": "local",
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                     "samples": {"count": 2, "max_tokens": 16},
                 }
             },
@@ -102,7 +103,11 @@ def test_validation_statistics(built):
     work, report, _ = built
     facts = record(work, "results/lovecraft/data/validation.json")
     page = text_of(item(report, "validation.html"))
-    assert f"examples {facts['examples']} duplicates {facts['duplicates']}" in page
+    assert (
+        f"examples {facts['examples']} to train on (train.jsonl) {facts['train_examples']} "
+        f"held out (eval.jsonl) {facts['eval_examples']} (val_size 0.1, split by a hash"
+    ) in page
+    assert f"duplicates {facts['duplicates']}" in page
     assert f"cutoff_len (tokens) {facts['cutoff_len']} examples over it {facts['over_cutoff_len']}" in page
     assert f"All {facts['examples']} examples fit in cutoff_len {facts['cutoff_len']} tokens" in page
     tokens = facts["tokens"]

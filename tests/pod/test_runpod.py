@@ -47,6 +47,7 @@ def rented_config(
                     "base_model": str(tiny_model),
                     "profile": "tiny_cpu",
                     "pod": "rented",
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                     "overrides": {"max_steps": 10, **overrides},
                 }
             },

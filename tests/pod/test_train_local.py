@@ -24,6 +24,7 @@ def test_local_executor_trains_the_tiny_profile_on_this_machine(tmp_path, tiny_m
                     "base_model": str(tiny_model),
                     "profile": "tiny_cpu",
                     "pod": "here",
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                 }
             },
             "pods": {
@@ -71,6 +72,7 @@ def test_a_failed_training_is_reported_and_not_relaunched_by_a_rerun(tmp_path, t
                     "base_model": str(tiny_model),
                     "profile": "tiny_cpu",
                     "pod": "here",
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                     "overrides": {"lora_target": "no_such_proj"},
                 }
             },
@@ -107,6 +109,7 @@ def test_a_budget_on_a_fixed_pod_cuts_the_training_and_fetches_the_best_so_far(t
                     "base_model": str(tiny_model),
                     "profile": "tiny_cpu",
                     "pod": "here",
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                     "overrides": {"max_steps": 2000, "save_steps": 10, "eval_steps": 10},
                 }
             },

@@ -40,7 +40,7 @@ def started_trainings(run_dir: Path) -> int:
 def trained(tmp_path_factory, sshd, tiny_model):
     """One full submit -> wait -> fetch run, shared by the tests that only read its results."""
     tmp = tmp_path_factory.mktemp("full")
-    config = style_run_config(tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, max_steps=20)
+    config = style_run_config(tmp, sshd.pod(tmp, LLAMAFACTORY_CLI), tiny_model, reference=True, max_steps=20)
     work = tmp / "work"
     proc = snakemake(work, ADAPTER, "results/style/train/loss.svg", configfile=config)
     launch = json.loads((work / "results/style/train/launch.json").read_text())
@@ -88,6 +88,22 @@ def test_full_run_produces_a_peft_adapter_that_differs_from_the_base(trained, ti
     ).read_bytes()
 
 
+def test_the_chosen_checkpoint_is_evaluated_on_the_pod_over_ssh(trained):
+    """fetch runs eval.sh on the pod (LLaMA-Factory's own evaluation of the chosen checkpoint on
+    the held-out examples) and records its eval_loss; its results stay in the run folder."""
+    work, run_dir = trained["work"], trained["run_dir"]
+    reference = json.loads((work / "results/style/train/reference_eval.json").read_text())
+    summary = json.loads((work / "results/style/train/training_summary.json").read_text())
+    held_out = (work / "results/style/data/eval.jsonl").read_text().splitlines()
+    assert reference["checkpoint"] == summary["best_step"] and reference["examples"] == len(held_out)
+    assert reference["eval_loss"] > 0.1
+    saved = json.loads(
+        (run_dir / f"reference_eval/checkpoint-{summary['best_step']}/all_results.json").read_text()
+    )
+    assert saved["eval_loss"] == reference["eval_loss"]
+    assert "do_train=false" in reference["how"]
+
+
 def test_fetched_files_match_the_pods_sha256_and_no_optimizer_state(trained):
     adapter = trained["work"] / ADAPTER
     summary = json.loads((adapter / "training_summary.json").read_text())
@@ -115,7 +131,9 @@ def test_a_rerun_is_a_noop_and_a_new_pod_address_retrains_nothing(trained, sshd,
     # The pod moved (a new port, here one nobody listens on): the trained run stays as it is, and
     # no SSH connection is needed to know that.
     (tmp / "moved").mkdir()
-    moved = style_run_config(tmp / "moved", sshd.pod(tmp, LLAMAFACTORY_CLI, port=1), tiny_model, max_steps=20)
+    moved = style_run_config(
+        tmp / "moved", sshd.pod(tmp, LLAMAFACTORY_CLI, port=1), tiny_model, reference=True, max_steps=20
+    )
     assert "Nothing to be done" in snakemake(work, ADAPTER, configfile=moved).stderr
     assert launch.stat().st_mtime_ns == before
 

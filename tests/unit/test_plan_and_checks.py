@@ -4,12 +4,15 @@ rules/common.smk calls (lora_style/config/checks.py, lora_style/plan.py)."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from lora_style import plan
 from lora_style.config import checks
 from lora_style.config.train_yaml import ConfigError
+from lora_style.training import cost
+from lora_style.training.settings import PodSettings
 
-from helpers.workflow import SAMPLE_DATA
+from helpers.workflow import REPO, SAMPLE_DATA
 
 POD = {"executor": "ssh", "host": "203.0.113.7", "gpu_type": "NVIDIA A100-SXM4-80GB", "gpu_hourly_usd": 1.89}
 
@@ -172,3 +175,23 @@ def test_the_schema_names_a_mistake_inside_early_stopping():
         "config: runs.a.early_stopping: 'patience' is missing",
     ]
     assert explain({"patience": 2}) == explain(False) == []
+
+
+def test_the_plan_line_names_the_reference_evaluation_and_its_small_cost():
+    """The guide's run: 84 steps/h of 16 examples at $1.89/h; 64 examples forward only, plus
+    loading the model: a few minutes, cents."""
+    args = yaml.safe_load((REPO / "config/hparams/qwen25_32b_a100.yaml").read_text())
+    pod = PodSettings(name="runpod", executor="ssh", gpu_type="NVIDIA A100-SXM4-80GB", gpu_hourly_usd=1.89)
+    estimate = cost.estimate("lovecraft", args, "qwen25_32b_a100", pod, None)
+    minutes = plan.reference_eval_minutes(estimate, args, 64)
+    assert minutes == pytest.approx(3 + 64 * (3600 / 84 / 16) / 3 / 60)
+    line = plan.plan_line(
+        "lovecraft",
+        {"submit_training"},
+        lambda: estimate,
+        lambda found: plan.reference_eval_note(found, args, 64),
+    )
+    assert line.endswith(
+        f"; then up to 64 held-out examples evaluated on the pod, ~{minutes:.0f} min "
+        f"(~${minutes / 60 * 1.89:.2f}))"
+    )

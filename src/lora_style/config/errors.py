@@ -40,6 +40,7 @@ _PATTERNS = {
     "and '_'), never the key itself",
     "^https?://": "must start with http:// or https://",
     "^[A-Za-z0-9_.-]+$": "may only use letters, digits and '_.-'",
+    "^[A-Za-z0-9_]+$": "may only use letters, digits and '_' (it names a folder models/<base>-<name>-mlx)",
     "^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$": "must be minutes, HH:MM:SS or D-HH:MM:SS",
 }
 

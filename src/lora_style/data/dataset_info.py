@@ -11,20 +11,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lora_style.config.train_yaml import dataset_name
+from lora_style.config.train_yaml import dataset_name, eval_dataset_name
 from lora_style.fileio import write_json
 
 # The validated data's file name inside the run's dataset_dir on the pod.
 DATA_FILE = "train.jsonl"
+# The held-out side of the graph's split (validate.py), the training YAML's eval_dataset.
+EVAL_FILE = "eval.jsonl"
+COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 
 
 def dataset_info(run: str) -> dict:
     return {
-        dataset_name(run): {
-            "file_name": DATA_FILE,
-            "formatting": "alpaca",
-            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
-        }
+        name: {"file_name": file_name, "formatting": "alpaca", "columns": dict(COLUMNS)}
+        for name, file_name in ((dataset_name(run), DATA_FILE), (eval_dataset_name(run), EVAL_FILE))
     }
 
 

@@ -83,6 +83,7 @@ class Result:
     duplicates: list[dict] = field(default_factory=list)
     chars: dict[str, array] = field(default_factory=lambda: {n: array("q") for n in FIELDS})
     sha256: str = ""
+    eval_examples: int = 0  # of `examples`, those on the held-out side (eval.jsonl)
 
     @property
     def ok(self) -> bool:
@@ -147,9 +148,22 @@ class Tokens:
         return tokens, lengths, list(self.counter.lines)
 
 
-def check_stream(handle, out, tokens: Tokens) -> Result:
-    """Check a JSONL stream (binary), writing the normalised copy to `out` as it goes; collect
-    every problem, never raise on the data."""
+# The held-out split: an example goes to eval.jsonl when the first 8 bytes of the blake2b digest
+# of its normalised line, read as a fraction of 2**64, fall below val_size. It depends on nothing
+# but the example itself, so appending, deleting or editing one example never moves another
+# across (LLaMA-Factory's own val_size split reshuffles everything on any edit), and duplicates
+# land on the same side (no copy of a held-out example is trained on).
+SPLIT = "blake2b-128 of the normalised line, first 8 bytes / 2**64 < val_size -> eval"
+
+
+def held_out(digest: bytes, val_size: float) -> bool:
+    return int.from_bytes(digest[:8], "big") < val_size * 2**64
+
+
+def check_stream(handle, out, tokens: Tokens, eval_out=None, val_size: float = 0.0) -> Result:
+    """Check a JSONL stream (binary), writing the normalised copy to `out` as it goes (with
+    `eval_out`, the held-out examples to it instead); collect every problem, never raise on the
+    data."""
     result = Result()
     digest = hashlib.sha256()
     seen: dict[bytes, int] = {}  # a digest of each normalised example -> its first line
@@ -197,9 +211,13 @@ def check_stream(handle, out, tokens: Tokens) -> Result:
             result.problems.extend(Problem(number, m) for m in surrogate_problems(example))
             tokens.stop()
             continue
-        out.write(line)
-        digest.update(line)
         key = hashlib.blake2b(line, digest_size=16).digest()
+        if eval_out is not None and held_out(key, val_size):
+            eval_out.write(line)
+            result.eval_examples += 1
+        else:
+            out.write(line)
+        digest.update(line)
         first = seen.setdefault(key, number)
         if first != number:
             result.duplicates.append({"line": number, "same_as_line": first})
@@ -251,6 +269,8 @@ def build_report(
     report = {
         "input": path,
         "examples": result.examples,
+        "train_examples": result.examples - result.eval_examples,
+        "eval_examples": result.eval_examples,
         "sha256": result.sha256,
         "duplicates": len(result.duplicates),
         "duplicate_lines": result.duplicates,
@@ -277,9 +297,12 @@ def validate_file(
     tokenizer: str | None = None,
     cutoff_len: int | None = None,
     template: str = "qwen",
+    eval_output: str | None = None,
+    val_size: float = 0.0,
 ):
     """Return (result, report or None). Reads the file once; the normalised copy lands at
-    `output` only when the file is valid (atomically), never otherwise."""
+    `output` only when the file is valid (atomically), never otherwise. With `eval_output`, the
+    examples on the held-out side of the split (`val_size`, held_out()) go there instead."""
     try:
         handle = open(path, "rb")
     except OSError as exc:
@@ -300,20 +323,59 @@ def validate_file(
         out = os.fdopen(fd, "wb", buffering=1 << 20)
     else:
         staging, out = None, open(os.devnull, "wb")
+    eval_target = Path(eval_output) if eval_output else None
+    eval_staging, eval_out = None, None
+    if eval_target:
+        eval_target.parent.mkdir(parents=True, exist_ok=True)
+        fd, eval_staging = tempfile.mkstemp(
+            dir=eval_target.parent, prefix=f".{eval_target.name}.", suffix=".tmp"
+        )
+        eval_out = os.fdopen(fd, "wb", buffering=1 << 20)
     try:
-        with handle, out:
+        with handle, out, eval_out or open(os.devnull, "wb"):
             counter = Tokens(tokenizer, template, cutoff_len)
-            result = check_stream(handle, out, counter)
+            result = check_stream(handle, out, counter, eval_out, val_size)
             if not result.ok:
                 return result, None
             report = build_report(path, result, *counter.report(), cutoff_len)
+        if eval_target:
+            report["split"] = {"val_size": val_size, "rule": SPLIT}
+            if val_size and not result.eval_examples and staging:
+                moved = hold_out_lowest(Path(staging), Path(eval_staging))
+                report["eval_examples"], report["train_examples"] = moved, result.examples - moved
+                report["split"]["fallback"] = FALLBACK
+        if eval_staging:
+            os.replace(eval_staging, eval_target)
+            eval_staging = None
         if staging:
             os.replace(staging, target)
             staging = None
         return result, report
     finally:
-        if staging:
-            Path(staging).unlink(missing_ok=True)
+        for left in (staging, eval_staging):
+            if left:
+                Path(left).unlink(missing_ok=True)
+
+
+FALLBACK = (
+    "the fraction held out none of these few examples, so the one with the lowest hash is held "
+    "out (it moves back only when an example with a lower hash is added)"
+)
+
+
+def hold_out_lowest(train: Path, held: Path) -> int:
+    """Too few examples for val_size to hold out any (40 at 5%): the example with the lowest
+    hash (and its duplicates) goes to the held-out side, so evaluation has something to read.
+    Only small files get here; they are read whole. Returns how many lines moved."""
+    lines = train.read_bytes().splitlines(keepends=True)
+    if len(lines) < 2:
+        return 0
+    digest = lambda line: hashlib.blake2b(line, digest_size=16).digest()  # noqa: E731
+    lowest = min(lines, key=digest)
+    kept = [line for line in lines if line != lowest]
+    write_atomic(train, b"".join(kept))
+    write_atomic(held, lowest * (len(lines) - len(kept)))
+    return len(lines) - len(kept)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,6 +388,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the base model, for token counts: a directory with tokenizer.json, "
         "or a hub id (its tokenizer files alone are fetched, cached)",
     )
+    parser.add_argument(
+        "--eval-output",
+        help="JSONL to write the held-out examples to (the training YAML's eval_dataset)",
+    )
+    parser.add_argument(
+        "--val-size",
+        type=float,
+        default=0.0,
+        help="the fraction held out, split by a hash of each normalised example (stable under edits)",
+    )
     parser.add_argument("--cutoff-len", type=int, help="training cutoff_len, to count examples over it")
     parser.add_argument(
         "--template",
@@ -334,13 +406,22 @@ def main(argv: list[str] | None = None) -> int:
         "to count tokens as training renders them",
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.val_size < 1:
+        parser.error(f"--val-size {args.val_size}: a fraction in [0, 1)")
 
     # Nothing stale may survive a failed run: remove old outputs before anything else.
-    for out in (args.output, args.report):
-        Path(out).unlink(missing_ok=True)
+    for out in (args.output, args.report, args.eval_output):
+        if out:
+            Path(out).unlink(missing_ok=True)
     try:
         result, report = validate_file(
-            args.input, args.output, args.tokenizer, args.cutoff_len, args.template
+            args.input,
+            args.output,
+            args.tokenizer,
+            args.cutoff_len,
+            args.template,
+            args.eval_output,
+            args.val_size,
         )
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -355,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: no token counts: {report['tokens']['why']}", file=sys.stderr)
     write_atomic(args.report, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
     print(
-        f"{args.input}: {report['examples']} examples, {report['duplicates']} duplicates"
+        f"{args.input}: {report['examples']} examples ({report['train_examples']} to train, "
+        f"{report['eval_examples']} held out), {report['duplicates']} duplicates"
         + (
             f", {report['over_cutoff_len']} over cutoff_len {args.cutoff_len}"
             if "over_cutoff_len" in report

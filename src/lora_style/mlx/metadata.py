@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from lora_style.fileio import UserError, read_json_object, write_atomic
+from lora_style.mlx import fidelity
 from lora_style.prompt_format import load_template, render_prompt
 
 
@@ -78,7 +79,7 @@ def build_metadata(
         "base_model": base_model,
         "lora_rank": lora_rank,
         "lora_alpha": lora_alpha,
-        "training_examples": report["examples"],
+        "training_examples": report.get("train_examples", report["examples"]),
         # Provenance.
         "run": run,
         "base_model_id": base_model_id,
@@ -99,7 +100,11 @@ def build_metadata(
         "estimate": summary.get("estimate"),
         # What RunPod billed for the rented pod (GPU, disk, total), when it was read.
         "runpod_bill": summary.get("runpod_bill"),
-        "data": {"examples": report["examples"], "sha256": report["sha256"]},
+        "data": {
+            "examples": report["examples"],
+            "held_out": report.get("eval_examples", 0),
+            "sha256": report["sha256"],
+        },
         "prompt_format": prompt_format(template),
     }
 
@@ -115,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", required=True, help="the training template's name")
     parser.add_argument("--validation", required=True, help="results/{run}/data/validation.json")
     parser.add_argument("--peft", required=True, help="lora_adapters/{run}_peft")
+    parser.add_argument("--fidelity-losses", help="results/{run}/fidelity/losses.json (mlx/fidelity.py)")
+    parser.add_argument("--reference-eval", help="results/{run}/train/reference_eval.json (the pod's)")
+    parser.add_argument("--fidelity-threshold", type=float, default=10.0, help="gap in per cent")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     Path(args.output).unlink(missing_ok=True)
@@ -131,6 +139,24 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.validation),
             Path(args.peft),
         )
+        if args.fidelity_losses:
+            losses = _read_json(Path(args.fidelity_losses), "the bundle's measured losses")
+            reference = (
+                _read_json(Path(args.reference_eval), "the pod's reference evaluation")
+                if (args.reference_eval)
+                else None
+            )
+            metadata["fidelity"] = (
+                {"skipped": losses["skipped"]}
+                if "skipped" in losses
+                else fidelity.verdict(losses, reference, args.fidelity_threshold, args.run)
+            )
+            if reference and "skipped" in reference:
+                metadata["fidelity"]["pod_eval_skipped"] = reference["skipped"]
+            if reference and "wall_time_s" in reference:
+                metadata["fidelity"]["pod_eval_seconds"] = reference["wall_time_s"]
+            if "seconds" in losses:
+                metadata["fidelity"]["mac_eval_seconds"] = losses["seconds"]
     except (MetadataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -119,7 +119,16 @@ def watching(folder: Path, log=print, every: float = WATCH_SECONDS):
         thread.join()
 
 
-def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, log=print) -> dict:
+def quantize(
+    hf_path: str,
+    mlx_path: str,
+    bits: int = 4,
+    group_size: int = 64,
+    log=print,
+    quant_predicate: str | None = None,
+) -> dict:
+    """mlx_lm.convert -q into mlx_path, checked. `quant_predicate` is one of mlx_lm.convert's
+    mixed-bits recipes (mixed_4_6: some layers in 6 bits, the rest in `bits`)."""
     target = Path(mlx_path)
     if target.exists():
         raise QuantizeError(
@@ -149,12 +158,20 @@ def quantize(hf_path: str, mlx_path: str, bits: int = 4, group_size: int = 64, l
 
     # mlx_lm.convert refuses an existing --mlx-path; the staged path does not exist yet.
     with staged_dir(target) as staged:
+        recipe = f" --quant-predicate {quant_predicate}" if quant_predicate else ""
         log(
-            f"mlx_lm.convert --hf-path {source} -q --q-bits {bits} --q-group-size {group_size} "
-            f"--mlx-path {target}"
+            f"mlx_lm.convert --hf-path {source} -q --q-bits {bits} --q-group-size {group_size}"
+            f"{recipe} --mlx-path {target}"
         )
         with watching(staged, log):
-            convert(source, str(staged), quantize=True, q_bits=bits, q_group_size=group_size)
+            convert(
+                source,
+                str(staged),
+                quantize=True,
+                q_bits=bits,
+                q_group_size=group_size,
+                quant_predicate=quant_predicate,
+            )
         summary = check_quantized(staged, bits, group_size)
         land(staged, target)
     log(
@@ -171,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", metavar="DIR", help="only check that DIR is a quantised MLX model")
     parser.add_argument("--q-bits", type=int, default=4)
     parser.add_argument("--q-group-size", type=int, default=64)
+    parser.add_argument(
+        "--quant-predicate",
+        choices=["mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"],
+        help="a mixed-bits recipe of mlx_lm.convert (some layers in more bits)",
+    )
     args = parser.parse_args(argv)
     # A job's stdout is a pipe: mlx_lm's stage lines must reach the terminal as they come.
     if hasattr(sys.stdout, "reconfigure"):
@@ -183,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"in {args.q_bits} bits, {human_size(summary['bytes'])} of weights"
             )
         elif args.hf_path and args.mlx_path:
-            quantize(args.hf_path, args.mlx_path, args.q_bits, args.q_group_size)
+            quantize(
+                args.hf_path,
+                args.mlx_path,
+                args.q_bits,
+                args.q_group_size,
+                quant_predicate=args.quant_predicate,
+            )
         else:
             parser.error("give --hf-path and --mlx-path, or --check DIR")
     except QuantizeError as exc:

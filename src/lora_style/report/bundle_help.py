@@ -15,10 +15,12 @@ import json
 import os
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 from lora_style.fileio import UserError, read_json_object
 from lora_style.paths import REPO
+from lora_style.prompt_format import load_template, render_prompt
 
 
 def first_prompt(prompts: Path | None, fallback: str) -> str:
@@ -69,12 +71,17 @@ def bundle_help(workdir: Path, run: str, report: Path | None, prompts: Path | No
     advice = next_run_advice(workdir, run)
     if advice:
         lines.append(f"  next run    {advice}")
+    fidelity = meta.get("fidelity") or {}
+    if fidelity.get("sentence"):
+        lines += ["", "What the bundle keeps (held-out loss, mlx-lm against the pod's evaluation):"]
+        lines += [f"  {line}" for line in textwrap.wrap(fidelity["sentence"], 94)]
     lines += [
         "",
         "Generate with it here (the prompt is rendered exactly as training saw it):",
         f"  {here}{python} {script} --adapter-path {adapter} \\",
         f"      --prompt {prompt}",
         "",
+        *mlx_lm_commands(workdir, run, adapter, base, prompt, here),
         "On a Mac with Apple silicon: copy the bundle, keeping its layout (metadata.json names the",
         "base model by its path inside it), set up this project's local side once, and generate:",
         f"  rsync -aR {shlex.quote(str(workdir))}/./{adapter} {shlex.quote(str(workdir))}/./{base} "
@@ -87,6 +94,54 @@ def bundle_help(workdir: Path, run: str, report: Path | None, prompts: Path | No
         "",
     ]
     return "\n".join(lines)
+
+
+def mlx_lm_commands(
+    workdir: Path, run: str, adapter: Path, base: Path, prompt: str, here: str = ""
+) -> list[str]:
+    """mlx-lm's own commands on the bundle, with the chat template that renders the training
+    format (mlx/chat_template.py; its check says whether the base's own one does)."""
+    check_path = workdir / "results" / run / "chat_template.json"
+    if not (workdir / adapter / "chat_template.jinja").is_file() or not check_path.is_file():
+        return []
+    check = json.loads(check_path.read_text(encoding="utf-8"))
+    instruction, _, input_ = shlex.split(prompt)[0].partition(" ### ")
+    meta = read_json_object(workdir / adapter / "metadata.json", UserError)
+    template = load_template(meta.get("prompt_format", {}).get("template", "qwen"))
+    lines = [
+        "With mlx-lm's own tools (an OpenAI-compatible server on 127.0.0.1:8080, and the CLI):",
+        f"  {here}mlx_lm.server --model {base} --adapter-path {adapter} \\",
+        f'      --chat-template "$(cat {adapter}/chat_template.jinja)" --port 8080',
+    ]
+    user = "\n".join(part for part in (instruction, input_) if part)
+    if check.get("base_template_matches"):
+        lines.append(
+            f"  {here}mlx_lm.generate --model {base} --adapter-path {adapter} --prompt {shlex.quote(user)}"
+        )
+    else:
+        text = render_prompt(instruction, input_, template)
+        lines += [
+            "  # the base's own chat template does not render the training format: give the prompt",
+            "  # rendered (mlx_lm.generate turns \\n into a newline)",
+            f"  {here}mlx_lm.generate --model {base} --adapter-path {adapter} --ignore-chat-template \\",
+            f"      --prompt {shlex.quote(text.replace(chr(10), chr(92) + 'n'))}",
+        ]
+    return [*lines, ""]
+
+
+def fidelity_warnings(workdir: Path, runs) -> list[str]:
+    """The end of a snakemake run: each built run whose bundle loses more than its threshold of
+    what the adapter learnt, with the fixes (mlx/fidelity.py's verdict, from metadata.json)."""
+    lines = []
+    for run in runs:
+        path = workdir / "lora_adapters" / f"{run}_mlx" / "metadata.json"
+        try:
+            fidelity = json.loads(path.read_text(encoding="utf-8")).get("fidelity") or {}
+        except (OSError, ValueError):
+            continue
+        if fidelity.get("ok") is False:
+            lines.append(f"warning: {run}: " + fidelity["sentence"])
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

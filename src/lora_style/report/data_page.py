@@ -75,6 +75,13 @@ def validation_page(run: str, v: dict) -> str:
         facts_table(
             {
                 "examples": examples,
+                "to train on (train.jsonl)": v.get("train_examples", examples),
+                "held out (eval.jsonl)": (
+                    f"{v['eval_examples']} (val_size {v['split']['val_size']}, split by a hash of "
+                    "each example: an edit never moves another across)"
+                    if "split" in v
+                    else v.get("eval_examples", 0)
+                ),
                 "duplicates": v.get("duplicates"),
                 "examples with an empty input": v.get("empty_input"),
                 "blank lines skipped": v.get("blank_lines_skipped"),

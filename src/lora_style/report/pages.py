@@ -306,12 +306,46 @@ def training_page(
     )
 
 
+def fidelity_part(fidelity: dict | None) -> list[str]:
+    """The verdict of mlx/fidelity.py: how much of what the adapter learnt the bundle keeps."""
+    if not fidelity:
+        return []
+    body = ["<h2>What the Mac bundle keeps</h2>"]
+    if "skipped" in fidelity:
+        return [*body, note("warn", escape(f"Not measured: {fidelity['skipped']}."))]
+    kind = {True: "ok", False: "bad", None: "warn"}[fidelity.get("ok")]
+    body.append(note(kind, escape(fidelity["sentence"])))
+    rows = [
+        ["the pod: LLaMA-Factory's evaluation of the chosen checkpoint", fmt(fidelity.get("pod_loss"))],
+        ["here: the unquantised base + adapter (mlx-lm)", fmt(fidelity.get("unquantised_adapter_loss"))],
+        ["here: the bundle, 4-bit base + adapter (mlx-lm)", fmt(fidelity.get("bundle_loss"))],
+        ["here: the 4-bit base alone (mlx-lm)", fmt(fidelity.get("base_4bit_loss"))],
+    ]
+    body.append(grid(["held-out loss (mean over response tokens)", "loss"], rows, {1}))
+    body.append(
+        facts_table(
+            {
+                "examples": fidelity.get("examples"),
+                "kept (per cent of what the adapter learnt)": fidelity.get("kept_percent"),
+                "gap (per cent)": fidelity.get("gap_percent"),
+                "threshold (per cent, fidelity.threshold_percent)": fidelity.get("threshold_percent"),
+                "pod time of its evaluation": duration(fidelity.get("pod_eval_seconds")),
+                "time here of the mlx-lm measurement": duration(fidelity.get("mac_eval_seconds")),
+            }
+        )
+    )
+    return body
+
+
 def metadata_page(run: str, metadata: dict, path: str) -> str:
-    body = [facts_table(metadata)]  # the file's own keys: what a reader of it will see
+    body = fidelity_part(metadata.get("fidelity"))
+    body.append("<h2>metadata.json</h2>" if body else "")
+    body.append(facts_table(metadata))  # the file's own keys: what a reader of it will see
     return page(
         f"{run}: the MLX bundle's metadata",
         f"{code(path)}, which travels with the adapter: who and what it was trained on, "
-        "and the prompt format inference must use.",
+        "the prompt format inference must use, and how much of what the adapter learnt the "
+        "4-bit bundle keeps.",
         body,
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from lora_style.fileio import land, sha256_file, staged_dir, write_atomic
@@ -14,8 +15,56 @@ from lora_style.training import best_checkpoint, results
 from .executor import Executor
 from .messages import PodError, Say, stopped_after_landing, stopped_as
 from .reconnect import with_reconnect
-from .run_state import holding, list_checkpoints, read_state, remote_hashes
+from .run_state import holding, list_checkpoints, read_remote_json, read_state, remote_hashes
 from .settings import PodSettings
+from .shell import first
+
+# The reference evaluation's limit on the pod: model load and a forward pass per example.
+REFERENCE_TIMEOUT = 3600
+
+
+def reference_eval(
+    ex: Executor, settings: PodSettings, launch_rec: dict, run_dir: str, step: int, examples: int, say: Say
+) -> dict:
+    """LLaMA-Factory's own evaluation of checkpoint-STEP on the first `examples` held-out
+    examples, on the pod while it is there (eval.sh): the loss the Mac bundle is measured against
+    (mlx/fidelity.py). Its record says why when there is none; a failure costs the run nothing."""
+    if examples <= 0:
+        return {"skipped": "turned off (fidelity.reference: false)"}
+    if "data/eval.jsonl" not in (launch_rec.get("inputs") or {}):
+        return {"skipped": "the run holds out no examples (val_size 0)"}
+    if ex.kind == "slurm":
+        return {"skipped": "not on a Slurm cluster (it would run on the login node)"}
+    attempt = launch_rec.get("attempt") or {}
+    cli = (attempt.get("preflight") or {}).get("llamafactory_cli") or settings.llamafactory_cli
+    say(f"reference evaluation of checkpoint-{step} on up to {examples} held-out examples (LLaMA-Factory)")
+    started = time.monotonic()
+    result = ex.run("eval.sh", run_dir, cli, step, examples, timeout=REFERENCE_TIMEOUT)
+    seconds = round(time.monotonic() - started, 1)
+    path = first(result.facts, "results")
+    if not path:
+        tail = [line for line in result.text.strip().splitlines() if not line.startswith("@@")][-5:]
+        say(
+            f"the reference evaluation failed ({first(result.facts, 'failed', str(result.rc))}); "
+            f"see {run_dir}/reference_eval.log there. The bundle is still measured on this machine"
+            + ("\n  " + "\n  ".join(tail) if tail else "")
+        )
+        return {"skipped": f"LLaMA-Factory's evaluation failed; see {run_dir}/reference_eval.log"}
+    results = read_remote_json(ex, f"{run_dir}/{path}")
+    if "eval_loss" not in results:
+        return {"skipped": f"{run_dir}/{path} has no eval_loss"}
+    say(f"reference eval_loss {results['eval_loss']:.4f} ({seconds:.0f} s on {ex.where()})")
+    return {
+        "eval_loss": results["eval_loss"],
+        "checkpoint": step,
+        "examples_asked": examples,
+        "examples": round(results.get("eval_samples_per_second", 0) * results.get("eval_runtime", 0)) or None,
+        "eval_runtime_s": results.get("eval_runtime"),
+        "wall_time_s": seconds,
+        "how": "llamafactory-cli train train.yaml do_train=false do_eval=true "
+        "adapter_name_or_path=output/checkpoint-N packing=false per_device_eval_batch_size=1 "
+        "max_samples=EXAMPLES (eval.sh)",
+    }
 
 
 def download_verified(
@@ -53,8 +102,12 @@ def fetch(
     summary_path: Path,
     state_path: Path,
     say: Say,
+    reference_examples: int = 0,
+    reference_path: Path | None = None,
 ) -> dict:
-    """Choose the best checkpoint, download only its adapter and the logs, land them atomically."""
+    """Choose the best checkpoint, download only its adapter and the logs, land them atomically.
+    With `reference_path`, the chosen checkpoint's reference evaluation on the pod (the first
+    `reference_examples` held-out examples; 0: none) is recorded there."""
     if adapter_dir.exists() and (not adapter_dir.is_dir() or any(adapter_dir.iterdir())):
         raise PodError(
             f"{adapter_dir} already exists and is not empty; fetch never overwrites an "
@@ -121,6 +174,11 @@ def fetch(
                     f"downloading {name}",
                 )
                 say(f"downloaded {name} ({hashes[rel][0]} bytes, sha256 {hashes[rel][1][:12]}... verified)")
+            reference = (
+                reference_eval(ex, settings, launch_rec, run_dir, choice.step, reference_examples, say)
+                if reference_path is not None
+                else None
+            )
             trained = max([int(e.get("step", 0)) for e in history] + [steps[-1]])
             planned = launch_rec.get("estimate") or {}
             table = results.results_table(history, finished.get("gpu_time"), trained)
@@ -167,4 +225,6 @@ def fetch(
         with stopped_as(stopped_after_landing(adapter_dir)):
             write_atomic(summary_path, text.encode())
             write_atomic(state_path, state_bytes)
+            if reference_path is not None:
+                write_atomic(reference_path, (json.dumps(reference, indent=2) + "\n").encode())
         return summary

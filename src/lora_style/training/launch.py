@@ -42,6 +42,7 @@ UPLOAD_LAYOUT = {
     "train_yaml": "train.yaml",
     "data": "data/train.jsonl",
     "dataset_info": "data/dataset_info.json",
+    "eval_data": "data/eval.jsonl",  # the held-out side, when train.yaml names an eval_dataset
 }
 
 
@@ -76,9 +77,20 @@ class RunFiles:
     extra: dict[str, Path] = field(default_factory=dict)  # run-folder path -> local file
 
     @classmethod
-    def load(cls, run: str, train_yaml: str, data: str, dataset_info: str) -> RunFiles:
+    def load(
+        cls, run: str, train_yaml: str, data: str, dataset_info: str, eval_data: str | None = None
+    ) -> RunFiles:
         files = {"train_yaml": Path(train_yaml), "data": Path(data), "dataset_info": Path(dataset_info)}
         args = yaml.safe_load(files["train_yaml"].read_text(encoding="utf-8")) or {}
+        if args.get("eval_dataset"):
+            # The held-out side of the graph's split: beside the training side unless named.
+            held_out = Path(eval_data) if eval_data else Path(data).with_name("eval.jsonl")
+            if not held_out.is_file():
+                raise PodError(
+                    f"{train_yaml}: eval_dataset {args['eval_dataset']} has no file {held_out}; "
+                    "run snakemake again (validate_dataset writes it)"
+                )
+            files["eval_data"] = held_out
         sha = {UPLOAD_LAYOUT[key]: sha256_file(path) for key, path in files.items()}
         base = base_fingerprint(str(args.get("model_name_or_path", "")))
         if base:
@@ -100,7 +112,10 @@ class RunFiles:
 
     def uploads(self) -> dict[str, Path]:
         """Run-folder path -> local file of everything uploaded that training reads."""
-        return {**{rel: self.files[key] for key, rel in UPLOAD_LAYOUT.items()}, **self.extra}
+        return {
+            **{rel: self.files[key] for key, rel in UPLOAD_LAYOUT.items() if key in self.files},
+            **self.extra,
+        }
 
     @property
     def run_id(self) -> str:

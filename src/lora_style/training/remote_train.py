@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--train-yaml", required=True)
             p.add_argument("--data", required=True)
             p.add_argument("--dataset-info", required=True)
+            p.add_argument("--eval-data", help="the held-out examples (train.yaml's eval_dataset)")
             p.add_argument("--output", required=name != "preflight", help="the record to write")
         if name == "submit":
             p.add_argument("--estimate", help="the plan's GPU time and cost estimate (JSON), recorded")
@@ -91,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "fetch":
             for option in ("--finished", "--adapter-dir", "--summary", "--trainer-state"):
                 p.add_argument(option, required=True)
+            p.add_argument(
+                "--reference-eval",
+                help="where to record the chosen checkpoint's evaluation on the pod (fetch.reference_eval)",
+            )
+            p.add_argument(
+                "--reference-examples",
+                type=int,
+                default=64,
+                help="how many held-out examples it reads (0: no evaluation)",
+            )
     for name, text in (
         ("prices", "read RunPod's GPU catalog for the plan's cost line"),
         ("bill", "read what RunPod billed for a run's pod (again)"),
@@ -119,6 +130,8 @@ def _command(args, settings: PodSettings, ex, files, say: Say) -> None:
             Path(args.summary),
             Path(args.trainer_state),
             say,
+            args.reference_examples,
+            Path(args.reference_eval) if args.reference_eval else None,
         )
         say(f"{args.adapter_dir}: checkpoint-{summary['best_step']} of {summary['total_steps']} steps")
         say(f"results: {summary['advice']}")
@@ -315,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         files = (
             None
             if args.command == "fetch"
-            else launch.RunFiles.load(args.run, args.train_yaml, args.data, args.dataset_info)
+            else launch.RunFiles.load(args.run, args.train_yaml, args.data, args.dataset_info, args.eval_data)
         )
         if not rented:
             _command(args, settings, make_executor(settings), files, say)
