@@ -36,7 +36,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 os.environ["TMUX_TMPDIR"] = tempfile.mkdtemp(prefix=f"tmux-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
 
 from helpers.sshd import Sshd  # noqa: E402
-from helpers.workflow import SAMPLE_DATA, demo_config, snakemake  # noqa: E402
+from helpers.workflow import SAMPLE_DATA  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +85,3 @@ def copy_sample(tmp_path):
         return dest
 
     return _copy
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    """`make demo`'s graph run once (tests/pod: trained with LLaMA-Factory on the CPU, converted,
-    quantised, measured, sampled): (its working directory, its config file)."""
-    tmp = tmp_path_factory.mktemp("demo")
-    config = demo_config(tmp / "demo.yaml")
-    work = tmp / "demo"
-    snakemake(work, "--printshellcmds", "lovecraft_mlx", configfile=config, timeout=1200)
-    return work, config

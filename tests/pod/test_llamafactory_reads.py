@@ -132,7 +132,7 @@ def test_llamafactory_loader_finds_the_dataset_through_dataset_info(checked, sam
 def test_the_mac_side_encodes_the_held_out_examples_as_llamafactory_does(checked, run_dir, tiny_model):
     """mlx/fidelity.py's loss scores the same tokens LLaMA-Factory's evaluation scores: the same
     ids, the same masked prompt, truncated to cutoff_len the same way (48 cuts both parts; the
-    untruncated case is the demo's, test_demo_fidelity.py, where the two losses agree)."""
+    untruncated case is the demo's, test_demo.py, where the two losses agree)."""
     from transformers import AutoTokenizer
 
     from lora_style.mlx import fidelity

@@ -1,11 +1,21 @@
-"""What the Mac bundle keeps, measured on `make demo`'s real run (the `demo` fixture, shared with
-test_demo_samples.py): the pod's own evaluation of the chosen checkpoint (LLaMA-Factory, here on
-the CPU through the local executor) against mlx-lm's loss on the same held-out examples."""
+"""`make demo`'s real run, built once for this file (the `demo` fixture: config/demo.yaml with its
+paths made absolute, in a working directory of its own; the base model built and pretrained,
+trained with LLaMA-Factory on the CPU through the local executor, converted, quantised to 4 bits,
+measured, sampled), and what it shows:
+
+- the samples read as text: the demo's tiny base model is pretrained on the sample data
+  (scripts/make_tiny_model.py --pretrain-steps), so what the bundle generates for the held-out
+  prompts is words of that text, not the byte soup of random weights;
+- what the Mac bundle keeps: the pod's own evaluation of the chosen checkpoint (LLaMA-Factory)
+  against mlx-lm's loss on the same held-out examples, and mlx-lm's own tools on the bundle.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import string
 import subprocess
 import sys
 import time
@@ -17,11 +27,72 @@ import pytest
 
 from lora_style.mlx import fidelity
 from lora_style.prompt_format import load_template, render_prompt, user_content
+from lora_style.tiny_model import corpus_texts
 
 from helpers.sshd import free_port
-from helpers.workflow import snakemake
+from helpers.workflow import SAMPLE_DATA, demo_config, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """`make demo`'s graph run once (tests/pod: trained with LLaMA-Factory on the CPU, converted,
+    quantised, measured, sampled): (its working directory, its config file)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    config = demo_config(tmp / "demo.yaml")
+    work = tmp / "demo"
+    snakemake(work, "--printshellcmds", "lovecraft_mlx", configfile=config, timeout=1200)
+    return work, config
+
+
+PUNCTUATION = string.punctuation + "“”‘’—"
+
+
+def words(text: str) -> list[str]:
+    """Whitespace-separated tokens, punctuation stripped, lower-cased; a dash joins two words."""
+    tokens = (token.strip(PUNCTUATION).lower() for token in re.split(r"[\s—]+", text))
+    return [token for token in tokens if token]
+
+
+def sample_outputs(samples_md: str) -> list[str]:
+    """The text of each sample's Output block (scripts/generate.py's samples_markdown)."""
+    return [m[2] for m in re.finditer(r"^Output:\n\n(`{3,})text\n(.*?)\n\1$", samples_md, re.M | re.S)]
+
+
+def test_the_demo_samples_are_words_of_the_shipped_text(demo):
+    work, _ = demo
+    known = set(words(" ".join(corpus_texts([str(SAMPLE_DATA)]))))
+    samples = (work / "results" / "lovecraft" / "samples.md").read_text(encoding="utf-8")
+    outputs = sample_outputs(samples)
+    assert len(outputs) == 4, samples
+    for output in outputs:
+        assert "\ufffd" not in output, output
+        said = words(output)
+        assert len(said) >= 5, f"too little generated: {output!r}"
+        unknown = [word for word in said if word not in known]
+        assert len(unknown) <= 0.2 * len(said), f"{unknown} of {output!r}"
+
+
+def test_the_demo_base_model_was_pretrained(demo):
+    """Its log shows the pretraining's loss falling; the model keeps Qwen's chat tokens."""
+    work, _ = demo
+    log = (work / "logs" / "models" / "tiny-qwen2.log").read_text()
+    losses = [float(m) for m in re.findall(r"^step \d+/\d+: loss ([\d.]+)", log, re.M)]
+    assert losses and losses[-1] < 2.0 < losses[0], log
+    model = work / "models" / "tiny-qwen2"
+    assert json.loads((model / "config.json").read_text())["rope_theta"] == 10000.0
+    tokens = {t["content"] for t in json.loads((model / "tokenizer.json").read_text())["added_tokens"]}
+    assert {"<|endoftext|>", "<|im_start|>", "<|im_end|>"} <= tokens
+
+
+def test_sampling_again_gives_the_same_samples(demo):
+    """The samples rule passes --seed: regenerating them changes nothing."""
+    work, config = demo
+    samples = work / "results" / "lovecraft" / "samples.md"
+    before = samples.read_bytes()
+    snakemake(work, "--forcerun", "samples", "--", "lovecraft_mlx", configfile=config)
+    assert samples.read_bytes() == before
 
 
 def records(work):
