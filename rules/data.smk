@@ -40,6 +40,10 @@ rule dataset_info:
         "logs/{run}/dataset_info.log",
     conda:
         LOCAL_ENV
+    params:
+        # Its output is the code's alone (from the run's name): a change to what the code writes
+        # (the held-out eval entry, say) rewrites it in a project that has one; a comment does not.
+        code=code_version("data/dataset_info.py"),
     shell:
         "logged {log:q} python -m lora_style.data.dataset_info --run {wildcards.run} --output {output:q}"
 
