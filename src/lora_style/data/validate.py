@@ -48,6 +48,7 @@ from lora_style.data.checks import (
     line_problems,
     surrogate_problems,
 )
+from lora_style.data.split import FALLBACK, SPLIT, held_out, hold_out_lowest, split_key
 from lora_style.data.token_counts import token_lengths  # noqa: F401 (the counting, for its callers here)
 from lora_style.fileio import write_atomic
 
@@ -148,18 +149,6 @@ class Tokens:
         return tokens, lengths, list(self.counter.lines)
 
 
-# The held-out split: an example goes to eval.jsonl when the first 8 bytes of the blake2b digest
-# of its normalised line, read as a fraction of 2**64, fall below val_size. It depends on nothing
-# but the example itself, so appending, deleting or editing one example never moves another
-# across (LLaMA-Factory's own val_size split reshuffles everything on any edit), and duplicates
-# land on the same side (no copy of a held-out example is trained on).
-SPLIT = "blake2b-128 of the normalised line, first 8 bytes / 2**64 < val_size -> eval"
-
-
-def held_out(digest: bytes, val_size: float) -> bool:
-    return int.from_bytes(digest[:8], "big") < val_size * 2**64
-
-
 def check_stream(handle, out, tokens: Tokens, eval_out=None, val_size: float = 0.0) -> Result:
     """Check a JSONL stream (binary), writing the normalised copy to `out` as it goes (with
     `eval_out`, the held-out examples to it instead); collect every problem, never raise on the
@@ -211,7 +200,7 @@ def check_stream(handle, out, tokens: Tokens, eval_out=None, val_size: float = 0
             result.problems.extend(Problem(number, m) for m in surrogate_problems(example))
             tokens.stop()
             continue
-        key = hashlib.blake2b(line, digest_size=16).digest()
+        key = split_key(line)
         if eval_out is not None and held_out(key, val_size):
             eval_out.write(line)
             result.eval_examples += 1
@@ -355,27 +344,6 @@ def validate_file(
         for left in (staging, eval_staging):
             if left:
                 Path(left).unlink(missing_ok=True)
-
-
-FALLBACK = (
-    "the fraction held out none of these few examples, so the one with the lowest hash is held "
-    "out (it moves back only when an example with a lower hash is added)"
-)
-
-
-def hold_out_lowest(train: Path, held: Path) -> int:
-    """Too few examples for val_size to hold out any (40 at 5%): the example with the lowest
-    hash (and its duplicates) goes to the held-out side, so evaluation has something to read.
-    Only small files get here; they are read whole. Returns how many lines moved."""
-    lines = train.read_bytes().splitlines(keepends=True)
-    if len(lines) < 2:
-        return 0
-    digest = lambda line: hashlib.blake2b(line, digest_size=16).digest()  # noqa: E731
-    lowest = min(lines, key=digest)
-    kept = [line for line in lines if line != lowest]
-    write_atomic(train, b"".join(kept))
-    write_atomic(held, lowest * (len(lines) - len(kept)))
-    return len(lines) - len(kept)
 
 
 def main(argv: list[str] | None = None) -> int:
