@@ -50,13 +50,16 @@ demo: venvs
 	@$(VENV)/bin/python -m lora_style.report.bundle_help --workdir demo --run lovecraft --report demo/report.html
 
 # The suite in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (its
-# module fixtures: an sshd, a Slurm cluster, a trained run). Most of a test's time is one core
-# busy or none (a training held at a step, Slurm's one-minute limit, a pod booting), so on 2
-# cores 3 workers overlap the waits. TEST_WORKERS=0 runs them in this process, one by one.
-TEST_WORKERS ?= 3
+# module fixtures: an sshd, a Slurm cluster, a trained run), the longest files first
+# (tests/conftest.py's LONGEST_FIRST). Most of a test's time is one core busy or none (a
+# training held at a step, a budget or Slurm's one-minute limit running out, a pod booting), so
+# on 2 cores 4 workers overlap the waits (each process one thread: tests/conftest.py).
+# TEST_WORKERS=0 runs them in this process, one by one.
+TEST_WORKERS ?= 4
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: venvs
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 # The in-process tier: the checks, the plan, costs, estimates, the package's shape. Needs only .venv.
 test-unit: $(VENV)/.installed
@@ -65,7 +68,7 @@ test-unit: $(VENV)/.installed
 # The in-process tier and the graph tier: dry and real Snakemake runs, the scripts' command lines,
 # MLX on the tiny model. Needs only .venv: no .venv-pod, no sshd, no Slurm (those are tests/pod).
 test-graph: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 tests/unit tests/graph $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) --durations=15 tests/unit tests/graph $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/graph/test_lint.py

@@ -1,5 +1,5 @@
-"""Fixtures only: the pod (a real sshd), tripwire binaries, the tiny model, the sample data.
-Helpers live in tests/helpers/ (workflow.py, sshd.py, mlx.py)."""
+"""Fixtures: the pod (a real sshd), tripwire binaries, the tiny model, the sample data; and the
+order in which pytest-xdist hands out the test files. Helpers live in tests/helpers/."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 # huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# One thread per process: the suite runs three workers on two cores, and a torch or OpenBLAS with
+# two threads on a loaded machine spins waiting for the one not scheduled (the demo's pretraining
+# took 54 CPU-seconds instead of 20 beside two busy processes). Snakemake sets these per job from
+# its threads, which the tests cap at 1 (helpers/workflow.py: --max-threads); the sshd pods and the
+# Slurm cluster set OMP_NUM_THREADS=1 themselves.
+for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
+
 # Ctrl-C must reach the snakemake runs the interruption tests start. A shell that runs a command in
 # the background (`make test &`, some CI runners) starts it with SIGINT ignored, and an ignored
 # signal stays ignored in every child; a handler does not survive exec, so with one here each
@@ -37,6 +45,42 @@ os.environ["TMUX_TMPDIR"] = tempfile.mkdtemp(prefix=f"tmux-{os.environ.get('PYTE
 
 from helpers.sshd import Sshd  # noqa: E402
 from helpers.workflow import SAMPLE_DATA  # noqa: E402
+
+# The longest test files first (a `make test` run's seconds per file, on 2 cores, beside each),
+# then the rest by tier, heaviest tier first (pod, graph, unit): pytest-xdist (--dist loadfile
+# --no-loadscope-reorder) hands out whole files in collection order, so no worker is left at the
+# end alone with a long one. A file missing here only runs later; the order changes no test.
+LONGEST_FIRST = (
+    "pod/test_runpod.py",  # 360 s
+    "pod/test_slurm.py",  # 280 s
+    "pod/test_faults_pod.py",  # 180 s
+    "pod/test_demo.py",  # 130 s
+    "pod/test_early_stopping.py",  # 110 s
+    "pod/test_train_ssh.py",  # 105 s
+    "pod/test_train_interrupts.py",  # 100 s
+    "pod/test_multi_gpu_training.py",  # 75 s
+    "pod/test_train_local.py",  # 60 s
+    "pod/test_pod_sessions.py",  # 60 s
+    "pod/test_hostile_input.py",  # 40 s
+    "graph/test_mlx_workflow.py",  # 40 s
+    "pod/test_pod_preflight.py",  # 35 s
+    "pod/test_faults_transfers.py",  # 35 s
+)
+
+
+def pytest_collection_modifyitems(items):
+    tests = Path(__file__).parent
+
+    tiers = ("pod", "graph", "unit")
+
+    def rank(item) -> tuple[int, int]:
+        path = Path(str(item.path)).relative_to(tests).as_posix()
+        if path in LONGEST_FIRST:
+            return 0, LONGEST_FIRST.index(path)
+        tier = path.split("/", 1)[0]
+        return 1, tiers.index(tier) if tier in tiers else len(tiers)
+
+    items.sort(key=rank)  # stable: the others keep their order
 
 
 @pytest.fixture(scope="module")

@@ -131,8 +131,8 @@ def test_converting_says_what_it_has_written_while_it_runs(tmp_path):
         time.sleep(0.5)
     assert len(lines) >= 2
     assert re.fullmatch(
-        r"converting: 3\.0 MB of 4-bit weights written in 1 file \(0 min 00 s\)", lines[-1]
-    ), lines
+        r"converting: 3\.0 MB of 4-bit weights written in 1 file \(0 min \d\d s\)", lines[-1]
+    ), lines  # (the seconds: under load the watcher's last look may come a second late)
 
 
 def test_quantising_says_each_stage_through_a_pipe(tiny_model, tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -52,3 +54,32 @@ def freeze(run_dir: Path) -> list[int]:
 def thaw(run_dir: Path) -> list[int]:
     """Let a frozen attempt go on."""
     return signal_tree(int((run_dir / "pid").read_text()), signal.SIGCONT)
+
+
+def first_checkpoint(runs: Path, proc: subprocess.Popen | None = None, timeout: float = 300) -> Path:
+    """Wait for a run folder under `runs` to hold a complete checkpoint; that run folder. Fails
+    if `proc` (the snakemake that trains it) ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(runs.glob("*/output/checkpoint-*/trainer_state.json")) if runs.exists() else []
+        if found:
+            return found[0].parents[2]
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"snakemake ended ({proc.returncode}) before the first checkpoint")
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint under {runs} in {timeout:g} s")
+
+
+def hold_until_budget_cut(run_dir: Path, timeout: float = 300) -> None:
+    """Freeze the run's training until the pod's guard has cut it by its budget (`budget_cut`),
+    then thaw it: the budget's clock runs on while the trainer spends no CPU, and the guard's
+    SIGTERM, pending while it is stopped, ends it as soon as it goes on."""
+    freeze(run_dir)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (run_dir / "budget_cut").exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the guard did not cut {run_dir.name} in {timeout:g} s")
+            time.sleep(0.2)
+    finally:
+        thaw(run_dir)

@@ -51,7 +51,9 @@ def snakemake_argv(
     the background, say). `args` are flags and targets; the config file is merged over the
     repository's config/config.yaml, as for `make demo`."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir)]
-    cmd += ["--cores", str(cores)]
+    # Each job one thread (a rule's `threads:` is for a user's idle machine): the suite runs
+    # several of these beside each other on two cores (see tests/conftest.py).
+    cmd += ["--cores", str(cores), "--max-threads", "1"]
     if configfile:
         cmd.append(f"--configfile={configfile}")  # the = form: targets after it stay targets
     return cmd + [str(a) for a in args]
@@ -99,12 +101,14 @@ def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | No
     pytest.fail(f"timed out waiting for {what}")
 
 
-def demo_config(path: Path) -> Path:
-    """config/demo.yaml, its paths (relative to demo/) made absolute, so it runs anywhere."""
+def demo_config(path: Path, **pod_keys) -> Path:
+    """config/demo.yaml, its paths (relative to demo/) made absolute, so it runs anywhere;
+    `pod_keys` are set on its pod (a price, say)."""
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     for run in config["runs"].values():
         for key in ("data", "heldout"):
             run[key] = str((REPO / "demo" / run[key]).resolve())
     for pod in config["pods"].values():
         pod["llamafactory_cli"] = str(LLAMAFACTORY_CLI)
+        pod.update(pod_keys)
     return write_config(path, config)

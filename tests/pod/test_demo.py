@@ -3,15 +3,27 @@ paths made absolute, in a working directory of its own; the base model built and
 trained with LLaMA-Factory on the CPU through the local executor, converted, quantised to 4 bits,
 measured, sampled), and what it shows:
 
+- the local executor (what `make demo` trains with): preflight alone launches nothing, the
+  training runs on this machine and the best checkpoint is fetched;
+
 - the samples read as text: the demo's tiny base model is pretrained on the sample data
   (scripts/make_tiny_model.py --pretrain-steps), so what the bundle generates for the held-out
   prompts is words of that text, not the byte soup of random weights;
 - what the Mac bundle keeps: the pod's own evaluation of the chosen checkpoint (LLaMA-Factory)
-  against mlx-lm's loss on the same held-out examples, and mlx-lm's own tools on the bundle.
+  against mlx-lm's loss on the same held-out examples, and mlx-lm's own tools on the bundle;
+- `snakemake --report` (rules/report.smk), the one page a user opens after a run: built as a zip
+  and as one HTML file from the demo's run, each thing it promises found in it with the numbers
+  of the run's own records (the validation statistics, the preflight, the loss curves with the
+  chosen step, the training summary, the metadata and the samples). The quick tests, which render
+  the pages' warnings from hand-made records, are tests/graph/test_report_pages.py.
+
+The demo's pod is given a price here (gpu_hourly_usd, which `make demo`'s CPU has not), so the
+report's cost lines show; a price changes no trained weight.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -21,6 +33,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import xml.dom.minidom
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,9 +44,12 @@ from lora_style.prompt_format import load_template, render_prompt, user_content
 from lora_style.tiny_model import corpus_texts
 
 from helpers.sshd import free_port
-from helpers.workflow import SAMPLE_DATA, demo_config, snakemake
+from helpers.workflow import SAMPLE_DATA, SAMPLE_HELDOUT, demo_config, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
+
+
+PRICE = 2.0  # $/h: the report's cost lines
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +57,13 @@ def demo(tmp_path_factory):
     """`make demo`'s graph run once (tests/pod: trained with LLaMA-Factory on the CPU, converted,
     quantised, measured, sampled): (its working directory, its config file)."""
     tmp = tmp_path_factory.mktemp("demo")
-    config = demo_config(tmp / "demo.yaml")
+    config = demo_config(tmp / "demo.yaml", gpu_hourly_usd=PRICE)
     work = tmp / "demo"
+    # The standalone preflight target first: it checks the pod (here, this machine) and launches
+    # nothing; the graph's run then takes its findings as they are.
+    snakemake(work, "results/lovecraft/train/preflight.json", configfile=config)
+    pod = work / "pod"
+    assert not pod.exists() or not list(pod.iterdir()), "preflight launches nothing"
     snakemake(work, "--printshellcmds", "lovecraft_mlx", configfile=config, timeout=1200)
     return work, config
 
@@ -72,6 +94,27 @@ def test_the_demo_samples_are_words_of_the_shipped_text(demo):
         assert len(said) >= 5, f"too little generated: {output!r}"
         unknown = [word for word in said if word not in known]
         assert len(unknown) <= 0.2 * len(said), f"{unknown} of {output!r}"
+
+
+def test_the_demo_trains_with_the_local_executor_and_fetches_the_best_checkpoint(demo):
+    work, _ = demo
+    report = json.loads((work / "results/lovecraft/train/preflight.json").read_text())
+    assert report["llamafactory_version"] == "0.9.5"
+    assert {c["name"]: c["ok"] for c in report["checks"]} == {
+        "llamafactory-cli": True,
+        "GPU": True,
+        "disk": True,
+    }
+    launch = json.loads((work / "results/lovecraft/train/launch.json").read_text())
+    assert launch["executor"] == "local" and launch["action"] == "launched"
+    run_dir = work / "pod" / launch["run_id"]
+    assert (run_dir / "exit_code").read_text().strip() == "0"
+    summary = json.loads((work / "lora_adapters/lovecraft_peft/training_summary.json").read_text())
+    assert summary["total_steps"] == 10 and summary["best_step"] in (5, 10)
+    assert summary["selected_by"] == "min_eval_loss"
+    assert (work / "lora_adapters/lovecraft_peft/adapter_model.safetensors").read_bytes() == (
+        run_dir / f"output/checkpoint-{summary['best_step']}/adapter_model.safetensors"
+    ).read_bytes()
 
 
 def test_the_demo_base_model_was_pretrained(demo):
@@ -294,3 +337,142 @@ def test_mlx_lm_server_answers_a_chat_request_with_the_adapter(demo):
         server.wait(timeout=30)
     content = answer["choices"][0]["message"]["content"]
     assert content.strip() == text, (content, text)
+
+
+# ------------------------------------------------------------------ the report of the demo's run
+
+SECTIONS = ["1. Data", "2. Preflight", "3. Training", "4. MLX bundle", "5. Samples"]
+
+
+@pytest.fixture(scope="module")
+def reported(demo, tmp_path_factory):
+    """`snakemake --report` of the demo's run, as a zip (unpacked) and as one HTML file: (the
+    demo's working directory, the unpacked report, the HTML file)."""
+    work, config = demo
+    tmp = tmp_path_factory.mktemp("report")
+    for name in ("report.zip", "report.html"):
+        snakemake(work, "--report", str(tmp / name), "lovecraft_mlx", configfile=config)
+    with zipfile.ZipFile(tmp / "report.zip") as archive:
+        archive.extractall(tmp / "unzipped")
+    return work, tmp / "unzipped" / "report", tmp / "report.html"
+
+
+def item(report, name: str) -> str:
+    """The text of one report item (the zip keeps each under data/raw/<id>/<name>)."""
+    (path,) = report.glob(f"data/raw/*/{name}")
+    return path.read_text(encoding="utf-8")
+
+
+def text_of(page: str) -> str:
+    """A page's text without its tags, entities decoded, whitespace collapsed."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
+def record(work, rel: str) -> dict:
+    return json.loads((work / rel).read_text())
+
+
+def test_the_report_has_a_section_per_stage_with_captions(reported):
+    _, report, single_file = reported
+    index = (report / "report.html").read_text(encoding="utf-8")
+    categories = json.loads(re.search(r"var categories = (\{.*?\});", index).group(1))
+    assert {section: sorted(paths) for section, paths in categories["lovecraft"].items()} == {
+        "1. Data": ["results/lovecraft/report/validation.html"],
+        "2. Preflight": ["results/lovecraft/report/preflight.html"],
+        "3. Training": ["results/lovecraft/report/training.html", "results/lovecraft/train/loss.svg"],
+        "4. MLX bundle": ["results/lovecraft/report/metadata.html"],
+        "5. Samples": ["results/lovecraft/report/samples.html"],
+    }
+    assert "What validation found in the training data of run" in index  # a caption
+    assert "click an item to show it" in index  # the front page
+    # The one-file report holds the same sections, each item embedded in it.
+    single = single_file.read_text(encoding="utf-8")
+    assert all(section in single for section in SECTIONS)
+    assert single.count("data:text/html;") >= 5 and "data:image/svg+xml;" in single
+
+
+def test_validation_statistics(reported):
+    work, report, _ = reported
+    facts = record(work, "results/lovecraft/data/validation.json")
+    page = text_of(item(report, "validation.html"))
+    assert (
+        f"examples {facts['examples']} to train on (train.jsonl) {facts['train_examples']} "
+        f"held out (eval.jsonl) {facts['eval_examples']} (val_size 0.1, split by a hash"
+    ) in page
+    assert f"duplicates {facts['duplicates']}" in page
+    assert f"cutoff_len (tokens) {facts['cutoff_len']} examples over it {facts['over_cutoff_len']}" in page
+    assert f"All {facts['examples']} examples fit in cutoff_len {facts['cutoff_len']} tokens" in page
+    tokens = facts["tokens"]
+    assert (
+        f"whole example (tokens, in the run's template) {tokens['min']} {tokens['median']:g} "
+        f"{tokens['mean']:g} {tokens['max']}"
+    ) in page
+    assert f"output (characters) {facts['chars']['output']['min']}" in page
+
+
+def test_preflight_findings(reported):
+    work, report, _ = reported
+    preflight = record(work, "results/lovecraft/train/launch.json")["attempt"]["preflight"]
+    page = text_of(item(report, "preflight.html"))
+    assert f"All {len(preflight['checks'])} checks passed" in page
+    for check in preflight["checks"]:
+        assert f"{check['name']} passed {check['detail']}" in page
+    assert f"LLaMA-Factory {preflight['llamafactory_version']}" in page
+
+
+def test_loss_plot_marks_the_chosen_checkpoint(reported):
+    work, report, _ = reported
+    summary = record(work, "results/lovecraft/train/training_summary.json")
+    svg = item(report, "loss.svg")
+    xml.dom.minidom.parseString(svg)
+    assert f"chosen: step {summary['best_step']}, eval_loss {summary['best_eval_loss']:.4g}" in svg
+    assert "train loss" in svg and "eval loss" in svg
+
+
+def test_training_summary(reported):
+    work, report, _ = reported
+    summary = record(work, "results/lovecraft/train/training_summary.json")
+    finished = record(work, "results/lovecraft/train/finished.json")
+    page = text_of(item(report, "training.html"))
+    assert (
+        f"checkpoint-{summary['best_step']} of {summary['total_steps']} steps: the lowest "
+        f"eval_loss, {summary['best_eval_loss']:.4g}"
+    ) in page
+    assert f"steps trained {summary['total_steps']}" in page
+    assert f"training wall time (all attempts) {summary['wall_time_s']} s" in page
+    used = summary["gpu_time"]
+    assert f"GPU time {used['gpu_hours']:.4g} GPU-hours (1 GPU)" in page
+    assert f"cost ${used['usd']:.2f} at ${PRICE:.2f}/h" in page
+    assert "the plan said lovecraft: 10 steps" in page
+    (attempt,) = finished["attempts"]
+    assert "Attempts (1) # started ended from step exit code took 1 " in page
+    assert f"{attempt['end'] - attempt['start']} s" in page
+    # The guide's results table: a row per evaluation of the run's log_history (steps 5 and 10).
+    state = record(work, "results/lovecraft/train/trainer_state.json")
+    evals = [e for e in state["log_history"] if "eval_loss" in e]
+    rows = summary["results_table"]
+    assert [(r["step"], r["eval_loss"]) for r in rows] == [(e["step"], e["eval_loss"]) for e in evals]
+    for row in rows:
+        assert f"{row['step']} {row['epoch']:.2f} {row['train_loss']:.4f} {row['eval_loss']:.4f}" in page
+        assert row["usd"] == pytest.approx(row["gpu_hours"] * PRICE, abs=1e-3)
+    assert f"Next run: {summary['advice']}" in page
+
+
+def test_metadata(reported):
+    work, report, _ = reported
+    metadata = record(work, "lora_adapters/lovecraft_mlx/metadata.json")
+    page = text_of(item(report, "metadata.html"))
+    for key in ("author", "base_model", "lora_rank", "lora_alpha", "training_examples"):
+        assert f"{key} {metadata[key]}" in page
+    assert f"template {metadata['prompt_format']['template']}" in page
+
+
+def test_samples(reported):
+    work, report, _ = reported
+    markdown = (work / "results/lovecraft/samples.md").read_text(encoding="utf-8")
+    first_output = re.search(r"Output:\n\n(`{3,})text\n(.*?)\n\1", markdown, re.S).group(2)
+    page = html.unescape(item(report, "samples.html"))
+    heldout = json.loads(SAMPLE_HELDOUT.read_text().splitlines()[0])
+    assert f"1. {heldout['instruction']}" in page
+    assert first_output in page
+    assert "Samples: lovecraft" not in page  # the page's own title replaces samples.md's

@@ -46,6 +46,7 @@ def style_config(tmp: Path, pod: dict | None = None, **run) -> Path:
                     "profile": "tiny_cpu",
                     "pod": "here",
                     "early_stopping": {"patience": PATIENCE},
+                    "fidelity": {"reference": False},  # no evaluation after training: not read here
                     "samples": {"count": 1, "max_tokens": 8},
                     "overrides": {
                         "learning_rate": 0.0,

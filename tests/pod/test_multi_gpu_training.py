@@ -76,47 +76,13 @@ def trainer_processes(run_dir: Path) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.pod
-def test_the_tiny_profile_trains_with_two_processes_under_llamafactorys_torchrun(tmp_path, tiny_model):
-    config = two_process_config(tmp_path, tiny_model)
-    work = tmp_path / "work"
-    proc = snakemake(work, ADAPTER, configfile=config)
-    launch_record = json.loads((work / "results/style/train/launch.json").read_text())
-    run_dir = work / "pod" / launch_record["run_id"]
-    assert (run_dir / "train.env").read_text().splitlines()[1:] == [
-        "NPROC_PER_NODE=2",
-        "FORCE_TORCHRUN=1",
-        "ACCELERATE_TORCH_DEVICE=cpu",
-    ]
-    assert json.loads((run_dir / "run.json").read_text())["processes"] == 2
-    log = (run_dir / "train.log").read_text()
-    # LLaMA-Factory's launcher, then one trainer per rank, each in a world of two, on the CPU.
-    assert "Initializing 2 distributed tasks at: 127.0.0.1:" in log
-    for rank in (0, 1):
-        assert f"Process rank: {rank}, world size: 2, device: cpu, distributed training: True" in log
-    assert "distributed training: True" in log
-    assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log  # 2 x 2
-    assert (run_dir / "exit_code").read_text().strip() == "0"
-    # Each rank saved its own random state into the checkpoints: a resume restores both.
-    assert sorted(p.name for p in (run_dir / "output/checkpoint-10").glob("rng_state_*.pth")) == [
-        "rng_state_0.pth",
-        "rng_state_1.pth",
-    ]
-    summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
-    assert summary["total_steps"] == 10 and summary["selected_by"] == "min_eval_loss"
-    assert (work / ADAPTER / "adapter_model.safetensors").read_bytes() == (
-        run_dir / f"output/checkpoint-{summary['best_step']}/adapter_model.safetensors"
-    ).read_bytes()
-    assert "preflight: ok   GPUs: 2 CPU processes (gloo) under torchrun" in proc.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.pod
-def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_path, tiny_model):
-    """llamafactory-cli is killed mid-training (the OOM killer's pick, a `kill -9`; the guard's
-    budget stop signals it too). torchrun and its two workers must not train on unseen: run.sh
-    stops them, records the kill, and the next snakemake call resumes from the newest complete
-    checkpoint with two processes again."""
-    config = two_process_config(tmp_path, tiny_model, max_steps=150, save_steps=25, eval_steps=25)
+def test_two_processes_train_and_resume_from_the_last_checkpoint_after_a_kill(tmp_path, tiny_model):
+    """The tiny profile trains with two processes under LLaMA-Factory's torchrun. llamafactory-cli
+    is killed mid-training (the OOM killer's pick, a `kill -9`; the guard's budget stop signals it
+    too). torchrun and its two workers must not train on unseen: run.sh stops them, records the
+    kill, and the next snakemake call resumes from the newest complete checkpoint with two
+    processes again, to the end."""
+    config = two_process_config(tmp_path, tiny_model, max_steps=100, save_steps=25, eval_steps=25)
     work = tmp_path / "work"
     work.mkdir()
     out = open(tmp_path / "first.out", "w")
@@ -152,18 +118,39 @@ def test_two_processes_killed_mid_training_resume_from_the_last_checkpoint(tmp_p
     assert (run_dir / "exit_code").read_text().strip() == "137"
     assert trainer_processes(run_dir) == [], "torchrun or a worker outlived llamafactory-cli"
     assert first.returncode != 0 and "ended without finishing" in said
+    assert "preflight: ok   GPUs: 2 CPU processes (gloo) under torchrun" in said
     last = max(complete(run_dir))  # (a save may have finished meanwhile)
     assert f"resumes from checkpoint-{last}" in said
 
     snakemake(work, ADAPTER, configfile=config)
+    assert (run_dir / "train.env").read_text().splitlines()[1:] == [
+        "NPROC_PER_NODE=2",
+        "FORCE_TORCHRUN=1",
+        "ACCELERATE_TORCH_DEVICE=cpu",
+    ]
+    assert json.loads((run_dir / "run.json").read_text())["processes"] == 2
     attempts = [line.split() for line in (run_dir / "attempts.log").read_text().splitlines()]
     starts = [a for a in attempts if a[0] == "start"]
     assert len(starts) == 2 and starts[1][2] == str(last)
     log = (run_dir / "train.log").read_text()
-    assert log.count("Initializing 2 distributed tasks") == 2
+    # LLaMA-Factory's launcher, then one trainer per rank, each in a world of two, on the CPU.
+    assert log.count("Initializing 2 distributed tasks at: 127.0.0.1:") == 2
+    for rank in (0, 1):
+        assert f"Process rank: {rank}, world size: 2, device: cpu, distributed training: True" in log
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log  # 2 x 2
     assert "Resuming training from checkpoint with epoch" in log and f"global step {last}" in log
-    assert json.loads((run_dir / "output/trainer_state.json").read_text())["global_step"] == 150
-    assert json.loads((work / ADAPTER / "training_summary.json").read_text())["total_steps"] == 150
+    assert (run_dir / "exit_code").read_text().strip() == "0"
+    # Each rank saved its own random state into the checkpoints: the resume restored both.
+    assert sorted(p.name for p in (run_dir / f"output/checkpoint-{last}").glob("rng_state_*.pth")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
+    assert json.loads((run_dir / "output/trainer_state.json").read_text())["global_step"] == 100
+    summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
+    assert summary["total_steps"] == 100 and summary["selected_by"] == "min_eval_loss"
+    assert (work / ADAPTER / "adapter_model.safetensors").read_bytes() == (
+        run_dir / f"output/checkpoint-{summary['best_step']}/adapter_model.safetensors"
+    ).read_bytes()
     assert trainer_processes(run_dir) == [], "no trainer left behind"
 
 

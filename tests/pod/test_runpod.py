@@ -25,7 +25,7 @@ from lora_style.training import runpod
 from lora_style.training.settings import PodSettings
 
 from helpers.fake_runpod import FakeRunPod
-from helpers.processes import freeze
+from helpers.processes import first_checkpoint, freeze, hold_until_budget_cut
 from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
@@ -180,13 +180,14 @@ def test_a_dry_run_rents_nothing_and_shows_the_cost(tmp_path, fake, tiny_model, 
 
 
 def test_a_pod_created_by_a_crashed_call_is_found_by_name_not_rented_twice(tmp_path, fake, tiny_model):
+    """What a job killed between "created" and "recorded" leaves: a pod, and no record of it. The
+    next call looks for it by name (through a rate limit, waited out) and uses it."""
     import requests
 
     config = rented_config(tmp_path, fake, tiny_model)
     work = tmp_path / "work"
     work.mkdir()
     name = runpod.pod_name(PodSettings(name="rented"), work)
-    # What a job killed between "created" and "recorded" leaves: a pod, and no record of it.
     body = {
         "name": name,
         "gpu": {"id": "NVIDIA A100-SXM4-80GB", "count": 1},
@@ -199,9 +200,12 @@ def test_a_pod_created_by_a_crashed_call_is_found_by_name_not_rented_twice(tmp_p
         f"{fake.url}/pods", json=body, timeout=30, headers={"Authorization": f"Bearer {USER_KEY}"}
     )
     assert created.status_code == 201
+    fake.fail_next("GET", "/pods", 429, "rate limit exceeded for the minute window", times=2, retry_after=1)
     proc = run(work, config)
     assert len(fake.calls("POST", "/pods")) == 1
     assert f"found pod {name}" in proc.stderr and the_pod(fake).id == created.json()["id"]
+    assert len(fake.calls("GET", "/pods")) >= 3, "asked again after each 429"
+    assert the_pod(fake).status == "EXITED"
 
 
 # ----------------------------------------------------------------------- a failed training
@@ -264,12 +268,22 @@ def test_a_budget_cuts_the_training_and_keeps_the_best_checkpoint(tmp_path, fake
         eval_steps=10,
     )
     work = tmp_path / "work"
-    proc = run(work, config)
+    log = tmp_path / "laptop.log"
+    with open(log, "w") as out:
+        laptop = subprocess.Popen(
+            snakemake_argv(work, "--", ADAPTER, configfile=config),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, KEY_ENV: USER_KEY},
+        )
+    # Held after its first checkpoint: the budget's 36 s pass without the CPU training on.
+    hold_until_budget_cut(first_checkpoint(fake.workspace / "lora-runs", laptop, timeout=240))
+    assert laptop.wait(timeout=300) == 0, log.read_text()[-3000:]
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
     assert summary["cut_by_budget"] is True
     assert 36 <= summary["gpu_time"]["wall_seconds"] < 90
     assert summary["best_step"] < 5000 and summary["best_step"] % 10 == 0
-    assert "stopped by its budget" in proc.stderr
+    assert "stopped by its budget" in log.read_text()
     assert the_pod(fake).status == "EXITED"
     assert (work / ADAPTER / "adapter_model.safetensors").exists()
 
@@ -323,12 +337,6 @@ def test_api_errors_say_what_runpod_said_and_what_to_change(
     assert files_holding(tmp_path / "work", USER_KEY) == []
 
 
-def test_a_rate_limit_is_waited_out(tmp_path, fake, tiny_model):
-    fake.fail_next("GET", "/pods", 429, "rate limit exceeded for the minute window", times=2, retry_after=1)
-    run(tmp_path / "work", rented_config(tmp_path, fake, tiny_model))
-    assert len(fake.calls("POST", "/pods")) == 1 and the_pod(fake).status == "EXITED"
-
-
 def test_a_missing_key_rents_nothing(tmp_path, fake, tiny_model):
     proc = run(tmp_path / "work", rented_config(tmp_path, fake, tiny_model), check=False, key=None)
     assert proc.returncode != 0
@@ -368,7 +376,7 @@ def test_a_pod_that_never_answers_is_given_back(tmp_path, fake, tiny_model):
 
 
 def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call(tmp_path, fake, tiny_model):
-    config = rented_config(tmp_path, fake, tiny_model, max_steps=150, save_steps=100, eval_steps=100)
+    config = rented_config(tmp_path, fake, tiny_model, max_steps=60, save_steps=20, eval_steps=20)
     work = tmp_path / "work"
     cmd = snakemake_argv(work, "--", ADAPTER, configfile=config)
     log = tmp_path / "laptop.log"
@@ -382,7 +390,7 @@ def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call
         )
     runs = fake.workspace / "lora-runs"
     wait_for(
-        lambda: list(runs.glob("style-*/output/checkpoint-100/trainer_state.json")),
+        lambda: list(runs.glob("style-*/output/checkpoint-20/trainer_state.json")),
         240,
         "the first checkpoint",
     )
@@ -398,4 +406,4 @@ def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call
     assert pod.start_count == 2 and pod.status == "EXITED"
     assert len(fake.calls("POST", "/pods")) == 1, "the same pod, started again"
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
-    assert summary["gpu_time"]["attempts"] == 2 and summary["total_steps"] == 150
+    assert summary["gpu_time"]["attempts"] == 2 and summary["total_steps"] == 60

@@ -288,7 +288,7 @@ def test_a_job_over_its_time_limit_is_submitted_again_and_finishes(tmp_path, clu
     work = tmp_path / "work"
     work.mkdir()
     config = style_config(
-        tmp_path, slurm_pod(tmp_path, time=1), tiny_model, max_steps=300, save_steps=20, eval_steps=20
+        tmp_path, slurm_pod(tmp_path, time=1), tiny_model, max_steps=100, save_steps=20, eval_steps=20
     )
     proc = start_snakemake(work, config, "timeout", env)
 
@@ -325,9 +325,9 @@ def test_a_job_over_its_time_limit_is_submitted_again_and_finishes(tmp_path, clu
     assert [a["from_step"] for a in attempts(run_dir)] == [0, paused_at]
     assert {p.name for p in run_dir.glob("slurm-*.out")} == {f"slurm-{first}.out", f"slurm-{second}.out"}
     steps = logged_steps(run_dir)
-    assert steps.count(1) == 1 and steps[-1] == 300
+    assert steps.count(1) == 1 and steps[-1] == 100
     summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
-    assert summary["total_steps"] == 300 and summary["gpu_time"]["attempts"] == 2
+    assert summary["total_steps"] == 100 and summary["gpu_time"]["attempts"] == 2
     assert (work / ADAPTER / "adapter_model.safetensors").is_file()
     # A rerun is a no-op: nothing asks Slurm for anything.
     assert "Nothing to be done" in snakemake(work, ADAPTER, configfile=config, env=env).stderr
@@ -362,7 +362,7 @@ def test_through_a_login_node_a_queued_job_is_attached_to_cancelled_and_resumed(
             "partition": "debug",
             "remote_dir": str(tmp_path / "cluster"),
         }
-        config = style_config(tmp_path, pod, tiny_model, max_steps=200, save_steps=20, eval_steps=20)
+        config = style_config(tmp_path, pod, tiny_model, max_steps=100, save_steps=20, eval_steps=20)
         work = tmp_path / "work"
         work.mkdir()
         wait_log = work / "logs/style/wait_training.log"
@@ -417,9 +417,9 @@ def test_through_a_login_node_a_queued_job_is_attached_to_cancelled_and_resumed(
         assert [a["from_step"] for a in attempts(run_dir)] == [0, last]
         assert "Resuming training from checkpoint" in (run_dir / "train.log").read_text()
         steps = logged_steps(run_dir)
-        assert steps.count(1) == 1 and steps[-1] == 200
+        assert steps.count(1) == 1 and steps[-1] == 100
         summary = json.loads((work / ADAPTER / "training_summary.json").read_text())
-        assert summary["total_steps"] == 200 and summary["best_step"] % 20 == 0
+        assert summary["total_steps"] == 100 and summary["best_step"] % 20 == 0
         launch = json.loads((work / "results/style/train/launch.json").read_text())
         assert launch["executor"] == "slurm" and launch["attempt"]["slurm_job"] == job
         # What the laptop mirrored is the login node's train.log of both jobs.

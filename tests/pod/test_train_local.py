@@ -1,64 +1,19 @@
-"""The `local` executor (what `make demo` uses): the same submit -> wait -> fetch, no SSH.
-
-Also the standalone preflight target, which checks a pod and launches nothing.
+"""The `local` executor (what `make demo` uses): the same submit -> wait -> fetch, no SSH; a failed
+training, and a budget. Its normal run, and the standalone preflight target that checks a pod
+and launches nothing, are the demo's (tests/pod/test_demo.py).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
-from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, write_config
+from helpers.processes import first_checkpoint, hold_until_budget_cut
+from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
-
-
-def test_local_executor_trains_the_tiny_profile_on_this_machine(tmp_path, tiny_model):
-    config = write_config(
-        tmp_path / "config.yaml",
-        {
-            "runs": {
-                "style": {
-                    "data": str(SAMPLE_DATA),
-                    "base_model": str(tiny_model),
-                    "profile": "tiny_cpu",
-                    "pod": "here",
-                    "fidelity": {"reference": False},  # no evaluation after training: not read here
-                }
-            },
-            "pods": {
-                "here": {
-                    "executor": "local",
-                    "remote_dir": "pod",
-                    "llamafactory_cli": str(LLAMAFACTORY_CLI),
-                    "poll_seconds": 1,
-                }
-            },
-        },
-    )
-    work = tmp_path / "work"
-    snakemake(work, "results/style/train/preflight.json", configfile=config)
-    report = json.loads((work / "results/style/train/preflight.json").read_text())
-    assert report["llamafactory_version"] == "0.9.5"
-    assert {c["name"]: c["ok"] for c in report["checks"]} == {
-        "llamafactory-cli": True,
-        "GPU": True,
-        "disk": True,
-    }
-    assert not list((work / "pod").iterdir()), "preflight launches nothing"
-
-    snakemake(work, "lora_adapters/style_peft", configfile=config)
-    launch = json.loads((work / "results/style/train/launch.json").read_text())
-    assert launch["executor"] == "local" and launch["action"] == "launched"
-    run_dir = work / "pod" / launch["run_id"]
-    assert (run_dir / "exit_code").read_text().strip() == "0"
-    summary = json.loads((work / "lora_adapters/style_peft/training_summary.json").read_text())
-    assert summary["total_steps"] == 10 and summary["best_step"] in (5, 10)
-    assert summary["selected_by"] == "min_eval_loss"
-    assert (work / "lora_adapters/style_peft/adapter_model.safetensors").read_bytes() == (
-        run_dir / f"output/checkpoint-{summary['best_step']}/adapter_model.safetensors"
-    ).read_bytes()
 
 
 def test_a_failed_training_is_reported_and_not_relaunched_by_a_rerun(tmp_path, tiny_model):
@@ -126,12 +81,22 @@ def test_a_budget_on_a_fixed_pod_cuts_the_training_and_fetches_the_best_so_far(t
         },
     )
     work = tmp_path / "work"
-    proc = snakemake(work, "lora_adapters/style_peft", configfile=config)
+    work.mkdir()
+    with open(tmp_path / "snakemake.out", "w") as out:
+        proc = subprocess.Popen(
+            snakemake_argv(work, "lora_adapters/style_peft", configfile=config),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    # Held after its first checkpoint: the budget's 20 s pass without the CPU training on.
+    hold_until_budget_cut(first_checkpoint(work / "pod", proc))
+    assert proc.wait(timeout=300) == 0, (tmp_path / "snakemake.out").read_text()[-3000:]
+    said = (tmp_path / "snakemake.out").read_text()
     summary = json.loads((work / "lora_adapters/style_peft/training_summary.json").read_text())
     assert summary["cut_by_budget"] is True and summary["best_step"] % 10 == 0
     assert 20 <= summary["gpu_time"]["wall_seconds"] < 60
     assert summary["gpu_time"]["usd"] >= 0.2
-    assert "stopped by its budget" in proc.stderr
+    assert "stopped by its budget" in said
     (run_dir,) = (work / "pod").glob("style-*")
     assert "budget of 20s reached" in (work / "pod" / "guard.log").read_text()
     assert (run_dir / "budget_cut").exists()
