@@ -23,7 +23,7 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 # huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-# One thread per process: the suite runs three workers on two cores, and a torch or OpenBLAS with
+# One thread per process: the suite runs four workers on two cores, and a torch or OpenBLAS with
 # two threads on a loaded machine spins waiting for the one not scheduled (the demo's pretraining
 # took 54 CPU-seconds instead of 20 beside two busy processes). Snakemake sets these per job from
 # its threads, which the tests cap at 1 (helpers/workflow.py: --max-threads); the sshd pods and the
@@ -70,7 +70,6 @@ LONGEST_FIRST = (
 
 def pytest_collection_modifyitems(items):
     tests = Path(__file__).parent
-
     tiers = ("pod", "graph", "unit")
 
     def rank(item) -> tuple[int, int]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
+
+from helpers.workflow import wait_until
 
 
 def process_tree(pid: int) -> list[int]:
@@ -59,15 +60,12 @@ def thaw(run_dir: Path) -> list[int]:
 def first_checkpoint(runs: Path, proc: subprocess.Popen | None = None, timeout: float = 300) -> Path:
     """Wait for a run folder under `runs` to hold a complete checkpoint; that run folder. Fails
     if `proc` (the snakemake that trains it) ends first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = list(runs.glob("*/output/checkpoint-*/trainer_state.json")) if runs.exists() else []
-        if found:
-            return found[0].parents[2]
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"snakemake ended ({proc.returncode}) before the first checkpoint")
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint under {runs} in {timeout:g} s")
+
+    def found() -> Path | None:
+        states = list(runs.glob("*/output/checkpoint-*/trainer_state.json")) if runs.exists() else []
+        return states[0].parents[2] if states else None
+
+    return wait_until(found, timeout, f"a checkpoint under {runs}", proc)
 
 
 def hold_until_budget_cut(run_dir: Path, timeout: float = 300) -> None:
@@ -76,10 +74,6 @@ def hold_until_budget_cut(run_dir: Path, timeout: float = 300) -> None:
     SIGTERM, pending while it is stopped, ends it as soon as it goes on."""
     freeze(run_dir)
     try:
-        deadline = time.monotonic() + timeout
-        while not (run_dir / "budget_cut").exists():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the guard did not cut {run_dir.name} in {timeout:g} s")
-            time.sleep(0.2)
+        wait_until((run_dir / "budget_cut").exists, timeout, f"the guard to cut {run_dir.name}")
     finally:
         thaw(run_dir)

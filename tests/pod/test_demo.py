@@ -5,7 +5,6 @@ measured, sampled), and what it shows:
 
 - the local executor (what `make demo` trains with): preflight alone launches nothing, the
   training runs on this machine and the best checkpoint is fetched;
-
 - the samples read as text: the demo's tiny base model is pretrained on the sample data
   (scripts/make_tiny_model.py --pretrain-steps), so what the bundle generates for the held-out
   prompts is words of that text, not the byte soup of random weights;
@@ -138,10 +137,15 @@ def test_sampling_again_gives_the_same_samples(demo):
     assert samples.read_bytes() == before
 
 
+def record(work, rel: str) -> dict:
+    return json.loads((work / rel).read_text())
+
+
 def records(work):
-    losses = json.loads((work / "results/lovecraft/fidelity/losses.json").read_text())
-    reference = json.loads((work / "results/lovecraft/train/reference_eval.json").read_text())
-    return losses, reference
+    """The Mac side's losses and the pod's reference evaluation."""
+    return record(work, "results/lovecraft/fidelity/losses.json"), record(
+        work, "results/lovecraft/train/reference_eval.json"
+    )
 
 
 def test_the_pod_and_mlx_measure_the_same_loss_on_the_unquantised_adapter(demo):
@@ -366,10 +370,6 @@ def item(report, name: str) -> str:
 def text_of(page: str) -> str:
     """A page's text without its tags, entities decoded, whitespace collapsed."""
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
-
-
-def record(work, rel: str) -> dict:
-    return json.loads((work / rel).read_text())
 
 
 def test_the_report_has_a_section_per_stage_with_captions(reported):
