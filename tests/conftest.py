@@ -3,6 +3,7 @@ order in which pytest-xdist hands out the test files. Helpers live in tests/help
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -43,6 +44,12 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # (same run id, so the same server name) never meet, and no test touches the user's own tmux.
 os.environ["TMUX_TMPDIR"] = tempfile.mkdtemp(prefix=f"tmux-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
 
+# Hugging Face's caches (the datasets cache a local training writes, the hub cache) in a folder of
+# this session's too: nothing lands in the user's ~/.cache/huggingface, and no test can pass on a
+# model the user happens to have cached. The sshd pods have a home of their own (helpers/sshd.py).
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix=f"hf-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], True)
+
 from helpers.sshd import Sshd  # noqa: E402
 from helpers.workflow import SAMPLE_DATA  # noqa: E402
 
@@ -52,19 +59,20 @@ from helpers.workflow import SAMPLE_DATA  # noqa: E402
 # end alone with a long one. A file missing here only runs later; the order changes no test.
 LONGEST_FIRST = (
     "pod/test_runpod.py",  # 360 s
-    "pod/test_slurm.py",  # 280 s
-    "pod/test_faults_pod.py",  # 180 s
-    "pod/test_demo.py",  # 130 s
+    "pod/test_slurm.py",  # 340 s
+    "pod/test_demo.py",  # 180 s
+    "pod/test_faults_pod.py",  # 150 s
+    "pod/test_train_interrupts.py",  # 120 s
     "pod/test_early_stopping.py",  # 110 s
-    "pod/test_train_ssh.py",  # 105 s
-    "pod/test_train_interrupts.py",  # 100 s
-    "pod/test_multi_gpu_training.py",  # 75 s
-    "pod/test_train_local.py",  # 60 s
+    "pod/test_train_ssh.py",  # 100 s
+    "pod/test_multi_gpu_training.py",  # 70 s
     "pod/test_pod_sessions.py",  # 60 s
-    "pod/test_hostile_input.py",  # 40 s
-    "graph/test_mlx_workflow.py",  # 40 s
-    "pod/test_pod_preflight.py",  # 35 s
-    "pod/test_faults_transfers.py",  # 35 s
+    "graph/test_mlx_workflow.py",  # 60 s
+    "pod/test_hostile_input.py",  # 55 s
+    "pod/test_train_local.py",  # 45 s
+    "pod/test_faults_transfers.py",  # 30 s
+    "pod/test_runpod_rent.py",  # 25 s
+    "pod/test_generate_prompt.py",  # 25 s
 )
 
 

@@ -1,8 +1,9 @@
 """A throwaway OpenSSH server on 127.0.0.1 that plays the pod in the tests.
 
 It runs Debian's real sshd in the foreground on a free port, with its own host key, client key,
-authorized_keys and pid file, all in a temporary folder. Logins run the real `llamafactory-cli`
-of the pod environment (.venv-pod) by its absolute path, as a pod's would run its own.
+authorized_keys, pid file and the pod user's home (HOME), all in a temporary folder. Logins run
+the real `llamafactory-cli` of the pod environment (.venv-pod) by its absolute path, as a pod's
+would run its own.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class Sshd:
         if authorized_keys is None:
             authorized_keys = Path(f"{self.client_key}.pub").read_text()
         (root / "authorized_keys").write_text(authorized_keys)
+        # The pod user's home: a fresh one, as on a new pod, not this machine's (whose ~/.bashrc
+        # may start pyenv or conda: bash sources it for every command sshd runs).
+        self.home = root / "home"
+        self.home.mkdir(exist_ok=True)
         os.chmod(root / "authorized_keys", 0o600)
         self.config = root / "sshd_config"
         self.config.write_text(
@@ -85,7 +90,7 @@ class Sshd:
                     "LogLevel VERBOSE",
                     # One torch thread: on a 2-core CI machine two spinning OpenMP threads slow down ten
                     # times whenever anything else runs (the tests, snakemake, sshd itself).
-                    setenv_line({"OMP_NUM_THREADS": "1", **(env or {})}),
+                    setenv_line({"HOME": str(self.home), "OMP_NUM_THREADS": "1", **(env or {})}),
                     "",
                 ]
             )

@@ -94,14 +94,28 @@ def test_preflight_over_ssh_needs_rsync_on_the_pod():
     assert "rsync" not in [c.name for c in preflight.evaluate(FACTS_OK, tiny, "local", 40).checks]
 
 
+# The real probe script, once, through the local executor (this machine is the pod): what a
+# preflight asks (the CLI, its version, the run folder, disk, rsync), the run's packages through
+# llamafactory-cli's interpreter, and what setup asks (the modules a fresh pod lacks).
+PROBED_NEEDS = (
+    preflight.Need("peft", "peft>=0.18.0", "test"),
+    preflight.Need("no_such_module_here", "no-such>=1", "test"),
+)
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("probe")
+    ex = LocalExecutor(PodSettings(name="here", executor="local"), tmp)
+    return tmp, preflight.probe(ex, "runs dir", str(LLAMAFACTORY_CLI), PROBED_NEEDS, for_setup=True).facts
+
+
 @pytest.mark.pod
-def test_probe_runs_here_and_finds_the_pod_environment(tmp_path):
-    """The real probe script through the local executor: this machine's facts."""
-    ex = LocalExecutor(PodSettings(name="here", executor="local"), tmp_path)
-    facts = preflight.probe(ex, "runs dir", str(LLAMAFACTORY_CLI)).facts
+def test_probe_runs_here_and_finds_the_pod_environment(probed):
+    tmp, facts = probed
     assert facts["cli"] == [str(LLAMAFACTORY_CLI)]
     assert facts["cli_rc"] == ["0"] and facts["version"] == ["0.9.5"]
-    assert facts["dir"] == [str((tmp_path / "runs dir").resolve())]
+    assert facts["dir"] == [str((tmp / "runs dir").resolve())]
     assert int(facts["disk_free_kb"][0]) > 0
     assert ("rsync" in facts) == (shutil.which("rsync") is not None)
 
@@ -148,23 +162,21 @@ def test_preflight_checks_the_runs_packages_at_the_versions_llamafactory_require
 
 
 @pytest.mark.pod
-def test_the_real_probe_asks_llamafactorys_python_for_the_runs_packages(tmp_path):
+def test_the_real_probe_asks_llamafactorys_python_for_the_runs_packages(probed):
     """probe.sh imports each module with llamafactory-cli's interpreter: a version, or the error."""
-    ex = LocalExecutor(PodSettings(name="here", executor="local"), tmp_path)
-    needs = [
-        preflight.Need("peft", "peft>=0.18.0", "test"),
-        preflight.Need("no_such_module_here", "no-such>=1", "test"),
-    ]
-    found = preflight.imported(preflight.probe(ex, "runs", str(LLAMAFACTORY_CLI), needs).facts)
+    found = preflight.imported(probed[1])
     pod_python = LLAMAFACTORY_CLI.parent / "python"
     peft_version = subprocess.run(
-        [pod_python, "-c", "import peft; print(peft.__version__)"], capture_output=True, text=True, check=True
+        [pod_python, "-c", "import importlib.metadata as m; print(m.version('peft'))"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert found["peft"] == ("0", peft_version)
-    assert preflight.unmet(needs[0], found) == ""
+    assert preflight.unmet(PROBED_NEEDS[0], found) == ""
     rc, said = found["no_such_module_here"]
     assert rc == "1" and "No module named 'no_such_module_here'" in said
-    assert preflight.unmet(needs[1], found).startswith("does not import (ModuleNotFoundError")
+    assert preflight.unmet(PROBED_NEEDS[1], found).startswith("does not import (ModuleNotFoundError")
 
 
 # -------------------------------------------------------------------------------------- setup
@@ -258,9 +270,8 @@ def test_setup_script_runs_logs_and_records(tmp_path):
 
 
 @pytest.mark.pod
-def test_setup_probe_reports_missing_modules_here(tmp_path):
-    ex = LocalExecutor(PodSettings(name="here", executor="local"), tmp_path)
-    facts = preflight.probe(ex, "runs", str(LLAMAFACTORY_CLI), for_setup=True).facts
+def test_setup_probe_reports_missing_modules_here(probed):
+    facts = probed[1]
     # The pod environment here has LLaMA-Factory but not the guide's extras.
     missing = " ".join(facts["missing_modules"]).split()
     assert "bitsandbytes" in missing and "llamafactory" not in missing

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,14 @@ from lora_style.training.settings import PodSettings
 
 from helpers.fake_runpod import FakeRunPod
 from helpers.processes import first_checkpoint, freeze, hold_until_budget_cut
-from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv, write_config
+from helpers.workflow import (
+    LLAMAFACTORY_CLI,
+    SAMPLE_DATA,
+    snakemake,
+    snakemake_argv,
+    wait_until,
+    write_config,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -99,16 +105,6 @@ def files_holding(root: Path, text: str) -> list[str]:
             except OSError:
                 pass
     return found
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -234,16 +230,17 @@ def test_the_pod_stops_itself_when_idle_with_the_laptop_gone(tmp_path, fake, tin
         env={**os.environ, KEY_ENV: USER_KEY},
     )
     runs = fake.workspace / "lora-runs"
-    wait_for(
+    wait_until(
         lambda: list(runs.glob("style-*/attempts.log")) and not (runs / ".hold").exists(),
         180,
         "the training to start",
+        laptop,
     )
     os.killpg(laptop.pid, signal.SIGKILL)  # the laptop is gone: no snakemake, no fetch
     laptop.wait()
     pod = the_pod(fake)
     assert pod.status == "RUNNING"
-    wait_for(lambda: pod.status == "EXITED", 240, "the pod to stop itself")
+    wait_until(lambda: pod.status == "EXITED", 240, "the pod to stop itself")
     (run_dir,) = runs.glob("style-*")
     assert (run_dir / "exit_code").read_text().strip() == "0", "stopped after the training, not during"
     stops = fake.calls("POST", f"/pods/{pod.id}/action")
@@ -389,10 +386,11 @@ def test_a_pod_runpod_stops_mid_training_is_started_and_resumed_in_the_same_call
             env={**os.environ, KEY_ENV: USER_KEY},
         )
     runs = fake.workspace / "lora-runs"
-    wait_for(
+    wait_until(
         lambda: list(runs.glob("style-*/output/checkpoint-20/trainer_state.json")),
         240,
         "the first checkpoint",
+        laptop,
     )
     pod = the_pod(fake)
     (run_dir,) = runs.glob("style-*")
