@@ -94,6 +94,25 @@ def test_preflight_over_ssh_needs_rsync_on_the_pod():
     assert "rsync" not in [c.name for c in preflight.evaluate(FACTS_OK, tiny, "local", 40).checks]
 
 
+def test_preflight_over_ssh_needs_a_shell_that_prints_nothing_of_its_own():
+    """What the login shell prints before the probe's first line (probe.sh starts with a newline,
+    so a banner without one ends there too) is told apart from the probe's answers."""
+    assert preflight.shell_noise("\n@@ok\n@@cli /x\n") == ""
+    assert preflight.shell_noise("Welcome to your pod\n\n@@ok\n@@cli /x\n") == "Welcome to your pod"
+    assert preflight.shell_noise("(base) \n@@ok\n") == "(base)"
+    assert preflight.shell_noise("nothing of the probe's") == ""
+    tiny = yaml.safe_load((PROFILES / "tiny_cpu.yaml").read_text())
+    facts = {**FACTS_OK, "rsync": [""]}
+    (failure,) = preflight.evaluate(
+        facts, tiny, "runpod", 40, needs_rsync=True, shell_output="Welcome to your pod\nmore"
+    ).failures
+    assert failure.name == "quiet shell"
+    assert failure.detail.startswith("the pod's shell prints 'Welcome to your pod' before every command")
+    assert "case $- in *i*) ;; *) return ;; esac" in failure.fix
+    # The local executor runs no login shell and copies files itself: nothing to check.
+    assert not preflight.evaluate(facts, tiny, "local", 40, shell_output="Welcome").failures
+
+
 # The real probe script, once, through the local executor (this machine is the pod): what a
 # preflight asks (the CLI, its version, the run folder, disk, rsync), the run's packages through
 # llamafactory-cli's interpreter, and what setup asks (the modules a fresh pod lacks).

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from helpers.sshd import style_run_config
-from helpers.workflow import LLAMAFACTORY_CLI, snakemake, snakemake_argv
+from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
 
@@ -142,7 +144,6 @@ def test_an_edit_to_the_executor_code_retrains_nothing(trained):
     """Scripts are not inputs of the training rules: editing them (in a copy of the checkout,
     which also shows that a moved checkout retrains nothing) plans no job."""
     import shutil
-    import subprocess
 
     from helpers.workflow import REPO
 
@@ -250,8 +251,11 @@ def _changed_host_key(sshd, tmp):
     ],
 )
 def test_preflight_failures_launch_nothing(preflight_work, sshd, tiny_model, broken, message):
-    tmp = preflight_work
-    pod, overrides = broken(sshd, tmp)
+    pod, overrides = broken(sshd, preflight_work)
+    fails_preflight(preflight_work, pod, tiny_model, overrides, message)
+
+
+def fails_preflight(tmp, pod: dict, tiny_model, overrides: dict, message: str | tuple[str, ...]) -> None:
     config = style_run_config(tmp, pod, tiny_model, **overrides)
     proc = snakemake(tmp / "work", "results/style/train/launch.json", configfile=config, check=False)
     assert proc.returncode != 0
@@ -261,3 +265,39 @@ def test_preflight_failures_launch_nothing(preflight_work, sshd, tiny_model, bro
     assert not (tmp / "work/results/style/train/launch.json").exists()
     pod_dir = tmp / "pod"
     assert not pod_dir.exists() or not any(pod_dir.iterdir()), list(pod_dir.iterdir())
+
+
+def test_a_pod_shell_that_prints_before_every_command_fails_preflight(preflight_work, sshd, tiny_model):
+    """bash reads ~/.bashrc for every command sshd runs; one that echoes breaks rsync's protocol
+    (which runs over that command's stdout) once the upload starts. Preflight names it first."""
+    bashrc = sshd.home / ".bashrc"
+    bashrc.write_text('echo "Welcome to your pod"\n')
+    try:
+        pod = sshd.pod(preflight_work, LLAMAFACTORY_CLI)
+        # Why it is a check: rsync through this shell fails, and says so in its own words.
+        ssh = shlex.join(
+            ["ssh", "-i", pod["identity_file"], "-p", str(pod["port"]), "-o", "BatchMode=yes"]
+            + ["-o", "StrictHostKeyChecking=accept-new"]
+            + ["-o", f"UserKnownHostsFile={preflight_work / 'rsync_known_hosts'}"]
+        )
+        copy = subprocess.run(
+            [
+                "rsync",
+                "-e",
+                ssh,
+                str(SAMPLE_DATA),
+                f"{pod['user']}@127.0.0.1:{preflight_work / 'rsync-copy'}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert copy.returncode != 0 and "is your shell clean?" in copy.stderr, copy.stderr
+        fails_preflight(
+            preflight_work,
+            pod,
+            tiny_model,
+            {},
+            ("quiet shell: the pod's shell prints 'Welcome to your pod' before every command", "~/.bashrc"),
+        )
+    finally:
+        bashrc.unlink()

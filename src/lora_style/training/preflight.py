@@ -5,7 +5,8 @@ run, and which version; which GPUs (``nvidia-smi``) with how much free memory; d
 the run's arguments need beyond LLaMA-Factory import, at a version LLaMA-Factory accepts
 (``bitsandbytes`` when the profile quantises, ``deepspeed`` when it names a DeepSpeed config: what
 LLaMA-Factory itself checks only once training has started); how much disk the run folder has; is rsync
-there (the ssh executor's file transfers need it). The answers are compared with what the run
+there, and does the login shell print nothing of its own (the ssh executor's file transfers need
+both). The answers are compared with what the run
 needs (estimate.py). Every failure says what is wrong and what to change; nothing is uploaded or
 launched until all checks pass.
 
@@ -157,6 +158,13 @@ def parse_gpus(lines: list[str]) -> list[dict]:
     return gpus
 
 
+def shell_noise(text: str) -> str:
+    """What the pod's login shell printed on its own before probe.sh's first line (a ~/.bashrc
+    that echoes a banner or activates an environment aloud)."""
+    before, found, _ = text.partition("\n@@ok\n")
+    return before.strip() if found else ""
+
+
 def evaluate(
     facts: dict,
     args: dict,
@@ -164,11 +172,13 @@ def evaluate(
     examples: int,
     needs_rsync: bool = False,
     settings: PodSettings | None = None,
+    shell_output: str = "",
 ) -> Report:
     """Turn the pod's facts into checks against what the run's profile needs.
 
     needs_rsync: the ssh executor copies files with rsync, which must exist at both ends.
-    settings: the pod's, for the number of GPUs (processes) the run trains on."""
+    settings: the pod's, for the number of GPUs (processes) the run trains on.
+    shell_output: what the login shell printed before the probe ran (shell_noise)."""
     settings = settings or PodSettings()
     report = Report()
     world = world_size(settings)
@@ -308,6 +318,20 @@ def evaluate(
                     f"apt-get install -y rsync on the pod, or set {at}.setup: true",
                 )
             )
+        # rsync speaks its protocol over the ssh command's stdout: a shell that prints first
+        # breaks it ("protocol version mismatch -- is your shell clean?"), after the upload began.
+        if shell_output:
+            report.checks.append(
+                Check(
+                    "quiet shell",
+                    False,
+                    f"the pod's shell prints {shell_output.splitlines()[0][:120]!r} before every command "
+                    "(its ~/.bashrc, ~/.profile or /etc/bash.bashrc); rsync's uploads and downloads "
+                    "cannot pass through that",
+                    "make it print only in an interactive shell (first line of ~/.bashrc: "
+                    "`case $- in *i*) ;; *) return ;; esac`), or print to stderr (`>&2`)",
+                )
+            )
     report.detach = "tmux" if "tmux" in facts else ("setsid nohup" if "setsid" in facts else "nohup")
     return report
 
@@ -350,7 +374,13 @@ def run_preflight(ex: Executor, settings: PodSettings, args: dict, examples: int
             f"(exit {result.rc}): {result.err.strip()[-500:]}"
         )
     report = evaluate(
-        facts, args, ex.name, examples, needs_rsync=ex.transport.kind == "ssh", settings=settings
+        facts,
+        args,
+        ex.name,
+        examples,
+        needs_rsync=ex.transport.kind == "ssh",
+        settings=settings,
+        shell_output=shell_noise(result.text),
     )
     ex.scheduler_checks(report, args)  # Slurm: its partition and GPUs instead of the login node's
     for check in report.checks:

@@ -3,7 +3,9 @@
 #   probe.sh REMOTE_DIR LLAMAFACTORY_CLI IMPORTS FOR_SETUP TEMPLATE_DIR [MODULE...]   (after lib.sh)
 # IMPORTS: the modules the run needs beyond LLaMA-Factory, space-separated (bitsandbytes deepspeed),
 # maybe none; FOR_SETUP is 0 or 1. Prints one `@@key value` line per fact; preflight.py reads them.
-echo @@ok
+# A newline first: whatever the login shell printed on its own before this (a ~/.bashrc that
+# echoes) ends there, and preflight.py tells it apart (rsync's protocol cannot pass through it).
+printf '\n@@ok\n'
 dir=$(expand_home "$1")
 cli=$2 imports=$3 for_setup=$4 template_dir=$5
 shift 5
