@@ -189,7 +189,7 @@ def test_token_counts_and_cutoff_len_with_a_tokenizer(tmp_path, tiny_model):
 def test_token_counts_render_with_the_runs_template(tmp_path, tiny_model, monkeypatch):
     """The counts are of the text training sees: the run's chat template, not always qwen's."""
     from lora_style import prompt_format
-    from lora_style.data.validate import token_lengths
+    from lora_style.data.token_counts import token_lengths
 
     qwen = json.loads((prompt_format.TEMPLATES_DIR / "qwen.json").read_text())
     long_system = {**qwen, "default_system": qwen["default_system"] + " Answer in the style asked." * 20}

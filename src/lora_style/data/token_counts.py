@@ -8,6 +8,9 @@ where a byte-level BPE tokenizer such as Qwen's cuts its words anyway, so the ch
 up to the whole's; and once it is over cutoff_len the counting of it stops there: an example over
 cutoff_len is known after its first cutoff_len tokens, and training truncates it anyway. Its
 count is then a lower bound, and the report lists its line (`tokens.counted_to_cutoff_lines`).
+
+`Tokens` is what validate.py drives while it streams the file: the tokenizer is loaded (a hub id's
+files fetched, hub.py) at the first valid example, and the counting dropped at the first problem.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import re
 from array import array
 from pathlib import Path
 
+from lora_style.config.train_yaml import HUB_ID, is_local_model
 from lora_style.prompt_format import load_template, render_training_text
+
+NO_TOKENIZER = {"counted": False, "why": "no tokenizer given (--tokenizer)"}
 
 BATCH_CHARS = 4_000_000  # text per encode_batch call: ~200 MB of the tokenizer's encodings
 BATCH_EXAMPLES = 5_000
@@ -99,3 +105,59 @@ def token_lengths(examples: list[dict], tokenizer_dir: str, template: str = "qwe
     for number, example in enumerate(examples, start=1):
         counter.add(number, example)
     return counter.finish()
+
+
+class Tokens:
+    """The report's token counting, started at the first valid example (a tokenizer is loaded,
+    maybe fetched, only for a file that has one) and dropped at the first problem."""
+
+    def __init__(self, tokenizer: str | None, template: str, cutoff_len: int | None):
+        self.spec, self.template, self.cutoff_len = tokenizer, template, cutoff_len
+        self.counter = None
+        self.answer: dict | None = None if tokenizer else dict(NO_TOKENIZER)
+        self.error: Exception | None = None  # raised after the pass, if the file is valid
+
+    def add(self, line: int, example: dict) -> None:
+        if self.answer is not None or self.error is not None:
+            return
+        if self.counter is None:
+            try:
+                self._start()
+            except FileNotFoundError as exc:
+                self.error = exc
+                return
+            if self.counter is None:
+                return
+        self.counter.add(line, example)
+
+    def _start(self) -> None:
+        folder = Path(self.spec).expanduser()
+        if not folder.is_dir() and not is_local_model(self.spec) and HUB_ID.match(self.spec):
+            from lora_style import hub  # huggingface_hub: a quarter of a second, for hub ids only
+
+            try:
+                folder = hub.download_tokenizer(self.spec)
+            except hub.HubError as exc:
+                self.answer = {
+                    "counted": False,
+                    "why": f"{exc}; character counts only (to count tokens, run the step again "
+                    "where the hub answers: snakemake --forcerun validate_dataset)",
+                }
+                return
+        self.counter = TokenCounter(str(folder), self.template, self.cutoff_len)
+
+    def stop(self) -> None:
+        self.counter = None
+        self.answer = self.answer or {"counted": False, "why": "the data has problems"}
+
+    def report(self) -> tuple[dict, list[int] | None, list[int]]:
+        """(tokens part of the report, lengths or None, line numbers)."""
+        if self.error is not None:
+            raise self.error
+        if self.counter is None:
+            return dict(self.answer or NO_TOKENIZER), None, []
+        lengths = self.counter.finish()
+        tokens = {"counted": True, "tokenizer": self.spec, "template": self.template}
+        if self.counter.counted_to_cutoff:
+            tokens["counted_to_cutoff_lines"] = self.counter.counted_to_cutoff
+        return tokens, lengths, list(self.counter.lines)

@@ -17,7 +17,7 @@ training renders it, and the examples over cutoff_len. When the hub cannot be as
 network, HF_HUB_OFFLINE=1, a gated model without HF_TOKEN), the report says why and keeps to
 character counts: that is no reason to stop the run.
 
-One pass over the file, streamed: each line is checked (dataset_checks.py), written to the
+One pass over the file, streamed: each line is checked (checks.py), written to the
 normalised copy in a staging file, hashed and counted (token_counts.py) as it goes by, so
 memory holds one line and a batch of text, not the file; the staging file becomes the output
 only when the whole file is valid.
@@ -36,23 +36,11 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_style.config.train_yaml import HUB_ID, is_local_model
-
-# Kept for readers of the old module: the rule, in one place (dataset_checks.py).
-from lora_style.data.checks import (
-    ARRAY_FILE,
-    BOM,
-    EXAMPLE_SCHEMA,  # noqa: F401,E402
-    FIELDS,
-    NO_EXAMPLES,
-    line_problems,
-    surrogate_problems,
-)
+from lora_style.data.checks import ARRAY_FILE, BOM, FIELDS, NO_EXAMPLES, line_problems, surrogate_problems
 from lora_style.data.split import FALLBACK, SPLIT, held_out, hold_out_lowest, split_key
-from lora_style.data.token_counts import token_lengths  # noqa: F401 (the counting, for its callers here)
+from lora_style.data.token_counts import Tokens
 from lora_style.fileio import write_atomic
 
-NO_TOKENIZER = {"counted": False, "why": "no tokenizer given (--tokenizer)"}
 # The normalised line is json.dumps({instruction, input, output}, ensure_ascii=False), written
 # out with json's own C string encoder: byte for byte the same, a third of the time (json.dumps
 # builds an encoder per call). A test compares it with json.dumps.
@@ -89,64 +77,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-class Tokens:
-    """The report's token counting, started at the first valid example (a tokenizer is loaded,
-    maybe fetched, only for a file that has one) and dropped at the first problem."""
-
-    def __init__(self, tokenizer: str | None, template: str, cutoff_len: int | None):
-        self.spec, self.template, self.cutoff_len = tokenizer, template, cutoff_len
-        self.counter = None
-        self.answer: dict | None = None if tokenizer else dict(NO_TOKENIZER)
-        self.error: Exception | None = None  # raised after the pass, if the file is valid
-
-    def add(self, line: int, example: dict) -> None:
-        if self.answer is not None or self.error is not None:
-            return
-        if self.counter is None:
-            try:
-                self._start()
-            except FileNotFoundError as exc:
-                self.error = exc
-                return
-            if self.counter is None:
-                return
-        self.counter.add(line, example)
-
-    def _start(self) -> None:
-        from lora_style.data.token_counts import TokenCounter
-
-        folder = Path(self.spec).expanduser()
-        if not folder.is_dir() and not is_local_model(self.spec) and HUB_ID.match(self.spec):
-            from lora_style import hub  # huggingface_hub: a quarter of a second, for hub ids only
-
-            try:
-                folder = hub.download_tokenizer(self.spec)
-            except hub.HubError as exc:
-                self.answer = {
-                    "counted": False,
-                    "why": f"{exc}; character counts only (to count tokens, run the step again "
-                    "where the hub answers: snakemake --forcerun validate_dataset)",
-                }
-                return
-        self.counter = TokenCounter(str(folder), self.template, self.cutoff_len)
-
-    def stop(self) -> None:
-        self.counter = None
-        self.answer = self.answer or {"counted": False, "why": "the data has problems"}
-
-    def report(self) -> tuple[dict, list[int] | None, list[int]]:
-        """(tokens part of the report, lengths or None, line numbers)."""
-        if self.error is not None:
-            raise self.error
-        if self.counter is None:
-            return dict(self.answer or NO_TOKENIZER), None, []
-        lengths = self.counter.finish()
-        tokens = {"counted": True, "tokenizer": self.spec, "template": self.template}
-        if self.counter.counted_to_cutoff:
-            tokens["counted_to_cutoff_lines"] = self.counter.counted_to_cutoff
-        return tokens, lengths, list(self.counter.lines)
 
 
 def check_stream(handle, out, tokens: Tokens, eval_out=None, val_size: float = 0.0) -> Result:
