@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from lora_style.training.executor import SSHExecutor
+from lora_style.training.messages import PodError
+from lora_style.training.settings import PodSettings
 
 from helpers.sshd import style_run_config
 from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv
@@ -143,8 +147,6 @@ def test_a_rerun_is_a_noop_and_a_new_pod_address_retrains_nothing(trained, sshd,
 def test_an_edit_to_the_executor_code_retrains_nothing(trained):
     """Scripts are not inputs of the training rules: editing them (in a copy of the checkout,
     which also shows that a moved checkout retrains nothing) plans no job."""
-    import shutil
-
     from helpers.workflow import REPO
 
     copy = trained["tmp"] / "checkout"
@@ -274,24 +276,17 @@ def test_a_pod_shell_that_prints_before_every_command_fails_preflight(preflight_
     bashrc.write_text('echo "Welcome to your pod"\n')
     try:
         pod = sshd.pod(preflight_work, LLAMAFACTORY_CLI)
-        # Why it is a check: rsync through this shell fails, and says so in its own words.
-        ssh = shlex.join(
-            ["ssh", "-i", pod["identity_file"], "-p", str(pod["port"]), "-o", "BatchMode=yes"]
-            + ["-o", "StrictHostKeyChecking=accept-new"]
-            + ["-o", f"UserKnownHostsFile={preflight_work / 'rsync_known_hosts'}"]
-        )
-        copy = subprocess.run(
-            [
-                "rsync",
-                "-e",
-                ssh,
-                str(SAMPLE_DATA),
-                f"{pod['user']}@127.0.0.1:{preflight_work / 'rsync-copy'}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert copy.returncode != 0 and "is your shell clean?" in copy.stderr, copy.stderr
+        # Why it is a check: the executor's own upload (rsync) through this shell fails, in
+        # rsync's words.
+        upload = preflight_work / "upload"
+        upload.mkdir(exist_ok=True)
+        shutil.copy(SAMPLE_DATA, upload)
+        ex = SSHExecutor(PodSettings.from_entry({**pod, "name": "testpod"}), preflight_work)
+        try:
+            with pytest.raises(PodError, match=r"is your shell clean\?"):
+                ex.put(upload, str(preflight_work / "rsync-copy"))
+        finally:
+            ex.close()
         fails_preflight(
             preflight_work,
             pod,
