@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from helpers.workflow import wait_until
@@ -34,10 +35,10 @@ def descendants(pid: int) -> list[int]:
     return process_tree(pid)[1:]
 
 
-def signal_tree(pid: int, sig: signal.Signals) -> list[int]:
-    """Send sig to pid and every process below it; the ones it reached."""
+def signal_below(pid: int, sig: signal.Signals) -> list[int]:
+    """Send sig to every process below pid (not pid itself); the ones it reached."""
     reached = []
-    for each in process_tree(pid):
+    for each in descendants(pid):
         try:
             os.kill(each, sig)
             reached.append(each)
@@ -46,15 +47,36 @@ def signal_tree(pid: int, sig: signal.Signals) -> list[int]:
     return reached
 
 
+def state_of(pid: int) -> str:
+    """A process's state letter (R, S, T for stopped, ...), or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def freeze(run_dir: Path) -> list[int]:
-    """Pause a run folder's attempt (run.sh, named in its `pid` file, and all below it): the
-    training holds its step and uses no CPU, and is still alive to whatever checks on it."""
-    return signal_tree(int((run_dir / "pid").read_text()), signal.SIGSTOP)
+    """Pause a run folder's training: every process below its run.sh (named in its `pid` file)
+    holds its step and uses no CPU, and is still alive to whatever checks on it.
+
+    run.sh itself is left running (it only waits for its trainer): under tmux it is the pane's
+    process, and tmux sends SIGCONT to the pane's whole process group, the trainer included, as
+    soon as that process stops. Fails unless every process is still stopped a moment later."""
+    stopped = signal_below(int((run_dir / "pid").read_text()), signal.SIGSTOP)
+    assert stopped, f"nothing to freeze under {run_dir}/pid"
+
+    def held() -> bool:
+        return all(state_of(pid) in ("T", "t", "") for pid in stopped)
+
+    wait_until(held, 10, f"the training under {run_dir.name} to stop")
+    time.sleep(0.3)  # where something resumes a stopped process (tmux does), it has by now
+    assert held(), f"the training under {run_dir.name} was resumed as soon as it was frozen"
+    return stopped
 
 
 def thaw(run_dir: Path) -> list[int]:
-    """Let a frozen attempt go on."""
-    return signal_tree(int((run_dir / "pid").read_text()), signal.SIGCONT)
+    """Let a frozen training go on."""
+    return signal_below(int((run_dir / "pid").read_text()), signal.SIGCONT)
 
 
 def first_checkpoint(runs: Path, proc: subprocess.Popen | None = None, timeout: float = 300) -> Path:

@@ -25,6 +25,7 @@ from helpers.fake_runpod import (
     pod_processes,
 )
 from helpers.openapi import Spec, load_spec
+from helpers.workflow import wait_until
 
 USER_KEY = "rpa_USERKEY0123456789"
 IMAGE = "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"
@@ -507,7 +508,8 @@ def test_a_pod_stops_itself_with_runpodctl_and_its_processes_die(runpod, tmp_pat
     assert wrong.returncode == 1 and runpod.requests[-1].auth == "none"
 
     ssh(port, "setsid nohup sleep 300 >/dev/null 2>&1 < /dev/null &", runpod.client_key)
-    assert pod_processes(pod["id"]), "the training runs on"
+    # (ssh returns when the login shell does: its detached child may not have started yet)
+    wait_until(lambda: pod_processes(pod["id"]), 10, "the training to run on")
     ssh(port, f"{runpodctl} pod stop $RUNPOD_POD_ID", runpod.client_key, check=False)
     with runpod.lock:  # the fake has answered (the caller died with the pod)
         assert runpod.pods[pod["id"]].status == "EXITED"
