@@ -25,6 +25,7 @@ import yaml
 from lora_style.report import pages
 from lora_style.training import cost
 
+from helpers.processes import freeze
 from helpers.workflow import LLAMAFACTORY_CLI, SAMPLE_DATA, snakemake, snakemake_argv, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pod]
@@ -223,7 +224,7 @@ def test_a_run_killed_after_a_non_improving_evaluation_stops_at_the_same_step(
         time.sleep(0.02)
     run_dir = found[0].parents[2]
     group = os.getpgid(int((run_dir / "pid").read_text()))
-    os.killpg(group, signal.SIGSTOP)  # frozen where it is: before step 60's evaluation
+    freeze(run_dir)  # held where it is: before step 60's evaluation
     saved = sorted(int(p.name.split("-")[1]) for p in (run_dir / "output").glob("checkpoint-*"))
     assert saved == [EVERY, 2 * EVERY], "the kill came too late to test the resume"
     state = json.loads(found[0].read_text())
