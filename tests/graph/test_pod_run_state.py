@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
 
 from lora_style.training import launch, messages, run_state, shell
+
+from helpers.processes import freeze, thaw
+from helpers.workflow import wait_until
 
 # ------------------------------------------------------------------------ states and messages
 
@@ -153,6 +157,36 @@ def test_launch_falls_back_to_setsid_nohup_and_never_starts_twice(tmp_path):
     assert state_of().status == "finished"
     assert (run / "attempts.log").read_text().count("start ") == 1
     assert "trained" in (run / "train.log").read_text()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (apt-get install tmux)")
+def test_freeze_holds_a_training_that_tmux_runs(tmp_path):
+    """The tests' freeze (tests/helpers/processes.py) on launch.sh's own tmux session, with a
+    stand-in trainer that ticks: frozen, it ticks no more; thawed, it goes on. (tmux resumes a
+    pane whose process stops, so freeze stops only what runs below run.sh, and checks it held.)"""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    trainer = bin_dir / "trainer"
+    trainer.write_text("#!/bin/sh\nwhile :; do echo tick >>ticks; sleep 0.05; done\n")
+    trainer.chmod(0o755)
+    run = tmp_path / "runs" / "style-abc"
+    run.mkdir(parents=True)
+    (run / "run.sh").write_text(shell.script("run.sh"))
+    ticks = lambda: len((run / "ticks").read_text().splitlines()) if (run / "ticks").exists() else 0
+    out = subprocess.run(
+        shell.argv("launch.sh", run, "lora-style-abc", trainer), capture_output=True, text=True, timeout=60
+    ).stdout
+    try:
+        assert shell.parse_markers(out)["detach"] == ["tmux"], out
+        wait_until(lambda: ticks() >= 3, 30, "the stand-in trainer to tick")
+        assert freeze(run)
+        held = ticks()
+        time.sleep(0.5)
+        assert ticks() == held, "the frozen trainer went on"
+        thaw(run)
+        wait_until(lambda: ticks() > held, 10, "the thawed trainer to tick again")
+    finally:
+        subprocess.run(["tmux", "-L", "lora-style-abc", "kill-server"], capture_output=True)
 
 
 def test_only_this_folders_own_run_sh_counts_as_alive(tmp_path):

@@ -66,7 +66,7 @@ def freeze(run_dir: Path) -> list[int]:
     assert stopped, f"nothing to freeze under {run_dir}/pid"
 
     def held() -> bool:
-        return all(state_of(pid) in ("T", "t", "") for pid in stopped)
+        return all(state_of(pid) in ("T", "t", "Z", "X", "") for pid in stopped)  # stopped, or gone
 
     wait_until(held, 10, f"the training under {run_dir.name} to stop")
     time.sleep(0.3)  # where something resumes a stopped process (tmux does), it has by now
