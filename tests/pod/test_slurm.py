@@ -27,7 +27,7 @@ from lora_style.training import run_state
 from lora_style.training.settings import PodSettings
 from lora_style.training.slurm import node_gpus, parse_time, sbatch_options
 
-from helpers.processes import descendants
+from helpers.processes import freeze
 from helpers.slurm import start_cluster
 from helpers.sshd import Sshd
 from helpers.workflow import (
@@ -306,8 +306,7 @@ def test_a_job_over_its_time_limit_is_submitted_again_and_finishes(tmp_path, clu
         "the first checkpoint",
         proc,
     )
-    for pid in descendants(int((run_dir / "pid").read_text())):
-        os.kill(pid, signal.SIGSTOP)
+    freeze(run_dir)  # its trainer, below run.sh; Slurm's TIMEOUT sends SIGCONT, then SIGTERM
     paused_at = max(checkpoints(run_dir))
     second = wait_until(
         lambda: job() not in ("", first) and job(), 300, "the job to be submitted again", proc
